@@ -1,0 +1,85 @@
+"""Address and header rules shared by the client, expand and send (pure functions)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from email.headerregistry import Address
+from email.utils import getaddresses, parseaddr
+
+from dbmail.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
+
+# The addr-spec we accept: 7-bit local part (SES does not support SMTPUTF8) and a dotted domain.
+_ADDR_SPEC = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' and space (RFC 5322 ftext)
+
+# Headers dbmail writes itself; a request may not set them.
+MANAGED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "Return-Path", "Sender",
+        "List-Unsubscribe", "List-Unsubscribe-Post",
+    )
+)
+
+
+def mask(address: str) -> str:
+    """An address fit for logs: the domain only ('***@example.org')."""
+    _, addr = parseaddr(address)
+    return "***@" + addr.rpartition("@")[2] if "@" in addr else "***"
+
+
+def parse_address(value: str) -> Address:
+    """Parse one address ('Name <a@b>' or 'a@b'); CR/LF, lists and bad addr-specs are refused."""
+    if not isinstance(value, str) or "\r" in value or "\n" in value:
+        raise AddressInvalid("an address may not contain CR or LF")
+    pairs = getaddresses([value.strip()])
+    if len(pairs) != 1 or not _ADDR_SPEC.match(pairs[0][1]) or ".." in pairs[0][1]:
+        raise AddressInvalid(f"not a single valid email address: {value!r}")
+    name, addr = pairs[0]
+    username, _, domain = addr.rpartition("@")
+    return Address(display_name=name, username=username, domain=domain.lower())
+
+
+def format_address(name: str | None, email: str) -> str:
+    """The original's '"First Last" <email>' form (or the bare address when there is no name)."""
+    name = " ".join((name or "").split()).replace("\\", "").replace('"', "")
+    return f'"{name}" <{email.strip()}>' if name else email.strip()
+
+
+def check_sender(value: str, allowed_domains: Iterable[str]) -> Address:
+    """The From address, refused unless its domain (or a parent domain) is allowed (DMARC)."""
+    address = parse_address(value)
+    domain = address.domain.lower()
+    for allowed in allowed_domains:
+        if domain == allowed or domain.endswith("." + allowed):
+            return address
+    raise SenderNotAllowed(
+        f"From domain {domain!r} is not an allowed sender domain ({', '.join(allowed_domains)})"
+    )
+
+
+def check_special_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate a request's special_headers: names are tokens, values carry no CR/LF,
+    and dbmail's own headers are not overridden. Reply-To is trimmed and must be an address."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise HeaderInvalid("special_headers must be a JSON object of header name to value")
+    clean: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise HeaderInvalid(f"invalid header name {name!r}")
+        if name.lower() in MANAGED_HEADERS:
+            raise HeaderInvalid(f"header {name!r} is set by dbmail and may not be overridden")
+        if not isinstance(value, str):
+            raise HeaderInvalid(f"header {name!r} must have a string value")
+        if "\r" in value or "\n" in value:
+            raise HeaderInvalid(f"header {name!r} contains CR or LF (header injection)")
+        if name.lower() == "reply-to":
+            value = value.strip()
+            for part in value.split(","):
+                parse_address(part)
+        clean[name] = value
+    return clean

@@ -1,0 +1,155 @@
+"""The website's side: submit a MessageRequest (validated before anything is written) and read its state.
+
+Write order is the contract that makes a request visible to ``expand`` only when complete:
+every recipient first, then the request item, whose INSERT triggers the expansion.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from dbmail.addresses import check_special_headers, mask, parse_address
+from dbmail.errors import AddressInvalid, RequestInvalid
+from dbmail.expand import RECIPIENT_FIELDS, prepare
+from dbmail.models import Person, RequestStatus, parse_datetime, utcnow
+from dbmail.settings import Settings, get_settings
+from dbmail.store import Store
+
+MAX_TEMPLATE_BYTES = 300_000  # the request item must stay under DynamoDB's 400 KB
+ADDRESS_FIELDS = ("email", "guardian_email", "emergency_email")
+
+
+def _as_datetime(value: datetime | str | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return parse_datetime(value)
+
+
+def recipient_key(recipient: Mapping[str, Any], index: int) -> str:
+    """One key per distinct user, so a user listed twice gets one email (as in the original)."""
+    user_id = recipient.get("user_id")
+    return f"u{int(user_id):010d}" if user_id is not None else f"n{index:08d}"
+
+
+def _check_recipient(recipient: Mapping[str, Any], index: int) -> None:
+    unknown = set(recipient) - set(RECIPIENT_FIELDS) - {"vars"}
+    if unknown:
+        raise RequestInvalid(f"recipient {index}: unknown fields {sorted(unknown)}")
+    for name in ADDRESS_FIELDS:
+        value = recipient.get(name)
+        if value:
+            try:
+                parse_address(value)
+            except AddressInvalid as exc:
+                raise AddressInvalid(f"recipient {index} (user {recipient.get('user_id')}): {name} "
+                                     f"is not a valid address ({mask(value)})") from exc
+    if recipient.get("vars") is not None and not isinstance(recipient["vars"], Mapping):
+        raise RequestInvalid(f"recipient {index}: vars must be an object")
+
+
+def submit_request(
+    subject: str,
+    msgtext: str,
+    recipients: Iterable[Mapping[str, Any]],
+    sendto_fn_name: str = "",
+    sender: str | None = None,
+    creator: Mapping[str, Any] | None = None,
+    var_dict: Mapping[str, Any] | None = None,
+    special_headers: Mapping[str, str] | None = None,
+    processed_by: datetime | str | None = None,
+    public: bool = False,
+    priority_level: int | None = None,
+    sent_by: datetime | str | None = None,
+    *,
+    settings: Settings | None = None,
+    store: Store | None = None,
+) -> str:
+    """Validate and write a request; return its id. Raises a RequestInvalid subclass on bad input,
+    in which case no request item exists (recipients already written are removed)."""
+    settings = settings or get_settings()
+    store = store or Store(settings)
+    now = utcnow()
+    if len((msgtext or "").encode()) + len((subject or "").encode()) > MAX_TEMPLATE_BYTES:
+        raise RequestInvalid(f"subject and body together exceed {MAX_TEMPLATE_BYTES} bytes")
+    processed_by, sent_by = _as_datetime(processed_by), _as_datetime(sent_by)
+    if processed_by is not None and processed_by > now + settings.max_age:
+        raise RequestInvalid("processed_by is more than 7 days ahead; such a request would never be sent")
+    Request, Recipient = store.models.MessageRequest, store.models.EmailRequest
+    request = Request(
+        request_id=uuid.uuid4().hex,
+        subject=subject,
+        msgtext=msgtext,
+        special_headers=check_special_headers(special_headers) or None,
+        sendto_fn_name=sendto_fn_name or "",
+        sender=sender,
+        creator=Person(**{k: creator.get(k) for k in ("user_id", "username", "email", "first_name", "last_name")}) if creator else None,
+        created_at=now,
+        processed_by=processed_by,
+        sent_by=sent_by,
+        priority_level=priority_level,
+        public=public,
+        message_vars=dict(var_dict) if var_dict else None,
+        status=RequestStatus.QUEUED,
+    )
+    prepare(request, settings)  # templates, send-to function, sender domain, headers
+
+    seen: set[str] = set()
+
+    def validated_recipients():
+        for index, recipient in enumerate(recipients):
+            _check_recipient(recipient, index)
+            key = recipient_key(recipient, index)
+            if key in seen:
+                continue
+            seen.add(key)
+            yield Recipient(request_id=request.request_id, recipient_key=key,
+                            **{f: recipient.get(f) for f in RECIPIENT_FIELDS}, vars=recipient.get("vars"))
+
+    try:
+        store.put_recipients(validated_recipients())
+    except RequestInvalid:
+        store.delete_recipients(request.request_id)
+        raise
+    request.recipient_count = len(seen)
+    store.put_new_request(request)
+    return request.request_id
+
+
+def request_status(request_id: str, *, settings: Settings | None = None, store: Store | None = None) -> dict[str, Any]:
+    """The request's state and counts, and its emails by status (queued, sent, failed, expired...)."""
+    store = store or Store(settings or get_settings())
+    request = store.get_request(request_id)
+    if request is None:
+        raise RequestInvalid(f"no request {request_id!r}")
+    return {
+        "request_id": request_id,
+        "status": request.status,
+        "error": request.error,
+        "created_at": request.created_at.isoformat(),
+        "processed_by": request.processed_by.isoformat() if request.processed_by else None,
+        "processed_at": request.processed_at.isoformat() if request.processed_at else None,
+        "recipients": int(request.recipient_count or 0),
+        "emails": int(request.email_count or 0),
+        "skipped_no_address": int(request.skipped_count or 0),
+        "render_failed": int(request.render_failed_count or 0),
+        "emails_by_status": dict(sorted(store.email_status_counts(request_id).items())),
+    }
+
+
+def render_again(request_id: str, email_key: str, *, settings: Settings | None = None,
+                 store: Store | None = None) -> dict[str, str]:
+    """Re-render a sent email (whose body was cleared) from its request and recipient."""
+    settings = settings or get_settings()
+    store = store or Store(settings)
+    request = store.get_request(request_id)
+    email = store.get_email(request_id, email_key)
+    if request is None or email is None:
+        raise RequestInvalid(f"no email {email_key!r} in request {request_id!r}")
+    recipient = store.get_recipient(request_id, email.recipient_key)
+    if recipient is None:
+        raise RequestInvalid(f"recipient {email.recipient_key!r} of request {request_id!r} is gone")
+    _, subject, body = prepare(request, settings).render(recipient)
+    return {"send_to": email.send_to, "send_from": email.send_from, "subject": subject, "msgtext": body}

@@ -1,0 +1,50 @@
+"""Errors with messages a chapter admin or an operator can act on.
+
+``RequestInvalid`` and its subclasses are permanent: the request (or email) is recorded as
+failed with the message and never retried. ``DeliveryError`` distinguishes a provider refusal
+that retrying cannot fix from a transient one that SQS should retry.
+"""
+
+
+class DbmailError(Exception):
+    """Base class for every error dbmail raises on purpose."""
+
+
+class ConfigurationError(DbmailError):
+    """The deployment's settings are missing or malformed."""
+
+
+class RequestInvalid(DbmailError):
+    """A MessageRequest cannot be expanded as written; retrying will not help."""
+
+
+class TemplateInvalid(RequestInvalid):
+    """A subject or body template does not compile or does not render."""
+
+
+class UnknownSendToFunction(RequestInvalid):
+    """sendto_fn_name names no known send-to function."""
+
+
+class SenderNotAllowed(RequestInvalid):
+    """The From address is outside the allowed (DMARC-aligned) domains."""
+
+
+class HeaderInvalid(RequestInvalid):
+    """A special header has a bad name, a CR/LF in its value, or overrides a managed header."""
+
+
+class AddressInvalid(RequestInvalid):
+    """An email address does not parse as a single plain address."""
+
+
+class DeliveryError(DbmailError):
+    """The provider did not accept a message. ``permanent`` means retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class ExpansionIncomplete(DbmailError):
+    """Expansion stopped early (time budget); it resumes from its saved cursor on retry."""

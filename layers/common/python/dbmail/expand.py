@@ -1,0 +1,250 @@
+"""Expanding a MessageRequest into one TextOfEmail per recipient address, queued for sending.
+
+Idempotent and resumable: email keys are deterministic, progress is checkpointed after each
+chunk, and a resumed expansion re-checks the one chunk that may have been half done. The
+expansion lease keeps the stream trigger and the schedule from working on one request at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from aws_lambda_powertools import Logger
+
+from dbmail.addresses import check_sender, check_special_headers, format_address
+from dbmail.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid
+from dbmail.models import EmailStatus, MessageRequestBase, RequestStatus, utcnow
+from dbmail.queue import QueuedEmail, SendQueue
+from dbmail.render import CompiledMessage, UserContext, build_context, compile_message
+from dbmail.sendto import Destination, get_sendto_function
+from dbmail.settings import Settings
+from dbmail.store import Store
+
+logger = Logger(child=True)
+
+CHUNK_RECIPIENTS = 200
+LEASE = timedelta(minutes=16)  # longer than the 15-minute Lambda timeout
+SAFETY_MARGIN_SECONDS = 30.0
+
+RECIPIENT_FIELDS = ("user_id", "username", "email", "first_name", "last_name",
+                    "guardian_name", "guardian_email", "emergency_name", "emergency_email")
+
+
+class Outcome:
+    PROCESSED = "processed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SCHEDULED = "scheduled"
+    ALREADY_DONE = "already_done"
+    BUSY = "busy"
+    MISSING = "missing"
+
+
+def email_key(recipient_key: str, index: int) -> str:
+    """Deterministic: the same recipient and position always give the same key."""
+    return f"{recipient_key}#{index}"
+
+
+def message_id_for(request_id: str, key: str, send_from: str) -> str:
+    """A stable RFC 5322 Message-ID, so a receiver can recognise a repeated delivery."""
+    digest = hashlib.sha256(f"{request_id}/{key}".encode()).hexdigest()[:32]
+    domain = send_from.rpartition("@")[2].rstrip(">").strip() or "dbmail.invalid"
+    return f"<dbmail.{digest}@{domain}>"
+
+
+def resolve_sender(request: MessageRequestBase, settings: Settings) -> str:
+    """The request's sender, else the creator's address, else the site default; domain-checked."""
+    if request.sender and request.sender.strip():
+        chosen = request.sender.strip()
+    elif request.creator is not None and request.creator.email:
+        creator = request.creator
+        chosen = format_address(" ".join(p for p in (creator.first_name, creator.last_name) if p), creator.email)
+    else:
+        chosen = settings.default_sender
+    check_sender(chosen, settings.allowed_sender_domains)
+    return chosen
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """Everything per-request, computed once: compiled templates, send-to function, sender."""
+
+    request_id: str
+    compiled: CompiledMessage
+    destinations: Callable
+    send_from: str
+    created_at: datetime
+    sent_by: datetime | None
+    request_context: dict
+    message_vars: dict
+    email_host_sender: str
+
+    def render(self, recipient) -> tuple[list[Destination], str, str]:
+        user = UserContext({f: getattr(recipient, f) for f in RECIPIENT_FIELDS}, recipient.vars)
+        subject, body = self.compiled.render(
+            build_context(user, self.request_context, self.email_host_sender, self.message_vars)
+        )
+        return self.destinations(recipient), subject, body
+
+
+def prepare(request: MessageRequestBase, settings: Settings) -> PreparedRequest:
+    """Validate the request as a whole; any RequestInvalid here fails it before any email exists."""
+    message_vars = request.message_vars or {}
+    if not isinstance(message_vars, dict):
+        raise RequestInvalid("message_vars must be a JSON object of name to value")
+    check_special_headers(request.special_headers)
+    return PreparedRequest(
+        request_id=request.request_id,
+        compiled=compile_message(request.subject, request.msgtext),
+        destinations=get_sendto_function(request.sendto_fn_name),
+        send_from=resolve_sender(request, settings),
+        created_at=request.created_at,
+        sent_by=request.sent_by,
+        request_context={
+            "id": request.request_id,
+            "subject": request.subject or "",
+            "sender": request.sender or "",
+            "public": bool(request.public),
+            "public_url": f"{settings.site_url}/email/{request.request_id}",
+            "created_at": request.created_at,
+            "priority_level": request.priority_level,
+        },
+        message_vars=message_vars,
+        email_host_sender=settings.email_host_sender,
+    )
+
+
+@dataclass
+class Counts:
+    recipients: int = 0
+    emails: int = 0
+    skipped: int = 0
+    render_failed: int = 0
+
+    @classmethod
+    def resumed_from(cls, request: MessageRequestBase) -> Counts:
+        """The counts checkpointed with the cursor (zero for a fresh expansion)."""
+        if not request.expand_cursor:
+            return cls()
+        return cls(emails=int(request.email_count or 0), skipped=int(request.skipped_count or 0),
+                   render_failed=int(request.render_failed_count or 0))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"recipients": self.recipients, "emails": self.emails, "skipped": self.skipped,
+                "render_failed": self.render_failed}
+
+
+@dataclass
+class Expander:
+    store: Store
+    queue: SendQueue
+    settings: Settings
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    def expand(self, request_id: str, *, owner: str, takeover: bool,
+               time_left: Callable[[], float] = lambda: float("inf")) -> str:
+        """Expand one request. ``takeover`` is for the stream trigger, which alone retries it."""
+        now = self.clock()
+        request = self.store.get_request(request_id)
+        if request is None:
+            logger.warning("request not found", extra={"request_id": request_id})
+            return Outcome.MISSING
+        if request.status in RequestStatus.FINAL:
+            return Outcome.ALREADY_DONE
+        if request.created_at < now - self.settings.max_age:
+            self.store.finish_request(request_id, RequestStatus.EXPIRED, now,
+                                      error="older than 7 days when its turn came; never expanded")
+            logger.info("request expired", extra={"request_id": request_id})
+            return Outcome.EXPIRED
+        if request.processed_by is not None and request.processed_by > now:
+            logger.info("request scheduled", extra={"request_id": request_id, "processed_by": str(request.processed_by)})
+            return Outcome.SCHEDULED
+        try:
+            prepared = prepare(request, self.settings)
+            self._check_recipients_complete(request)
+        except RequestInvalid as exc:
+            self.store.finish_request(request_id, RequestStatus.FAILED, now, error=f"{type(exc).__name__}: {exc}")
+            logger.warning("request failed", extra={"request_id": request_id, "error_type": type(exc).__name__, "error": str(exc)})
+            return Outcome.FAILED
+        if not self.store.claim_request(request_id, owner, now, now + LEASE, takeover):
+            return Outcome.BUSY
+        resuming = request.status == RequestStatus.PROCESSING
+        counts = Counts.resumed_from(request)
+        for chunk in _chunks(self.store.iter_recipients(request_id, after=request.expand_cursor), CHUNK_RECIPIENTS):
+            self._expand_chunk(prepared, chunk, counts, careful=resuming)
+            resuming = False
+            self.store.save_expand_progress(request_id, owner, chunk[-1].recipient_key, counts.as_dict())
+            if time_left() < SAFETY_MARGIN_SECONDS:
+                raise ExpansionIncomplete(f"request {request_id}: out of time; resumes after {chunk[-1].recipient_key!r}")
+        counts.recipients = request.recipient_count if request.recipient_count is not None else self.store.count_recipients(request_id)
+        self.store.finish_request(request_id, RequestStatus.PROCESSED, self.clock(), counts=counts.as_dict())
+        logger.info("request processed", extra={"request_id": request_id, **counts.as_dict()})
+        return Outcome.PROCESSED
+
+    def _check_recipients_complete(self, request: MessageRequestBase) -> None:
+        """The website writes every recipient before the request item; a short count means it did not."""
+        if request.recipient_count is None or request.expand_cursor:
+            return
+        found = self.store.count_recipients(request.request_id)
+        if found != int(request.recipient_count):
+            raise RequestInvalid(
+                f"recipient_count is {int(request.recipient_count)} but {found} recipients are stored: "
+                "write every recipient before the request item"
+            )
+
+    def _expand_chunk(self, prepared: PreparedRequest, recipients: list, counts: Counts, careful: bool) -> None:
+        emails = []
+        for recipient in recipients:
+            try:
+                destinations, subject, body = prepared.render(recipient)
+            except TemplateInvalid as exc:
+                counts.render_failed += 1
+                emails.append(self._email(prepared, recipient, 0, recipient.email or "", "", "",
+                                          status=EmailStatus.FAILED, error=str(exc)))
+                continue
+            if not destinations:
+                counts.skipped += 1
+                continue
+            for index, destination in enumerate(destinations):
+                emails.append(self._email(prepared, recipient, index, destination.send_to, subject, body))
+        if careful:
+            existing = self.store.email_statuses(prepared.request_id, (e.email_key for e in emails))
+            to_write = [e for e in emails if e.email_key not in existing]
+            to_queue = [e for e in emails if existing.get(e.email_key, e.status) in (EmailStatus.QUEUED, EmailStatus.PROCESSING)]
+        else:
+            to_write = emails
+            to_queue = [e for e in emails if e.status == EmailStatus.QUEUED]
+        self.store.put_emails(to_write)
+        self.queue.enqueue(QueuedEmail(e.request_id, e.email_key) for e in to_queue)
+        counts.emails += sum(1 for e in emails if e.status == EmailStatus.QUEUED)
+
+    def _email(self, prepared: PreparedRequest, recipient, index: int, send_to: str, subject: str, body: str,
+               status: str = EmailStatus.QUEUED, error: str | None = None):
+        return self.store.new_email(
+            request_id=prepared.request_id,
+            email_key=email_key(recipient.recipient_key, index),
+            recipient_key=recipient.recipient_key,
+            user_id=recipient.user_id,
+            send_to=send_to or "-",
+            send_from=prepared.send_from,
+            subject=subject,
+            msgtext=body,
+            created_at=prepared.created_at,
+            sent_by=prepared.sent_by,
+            status=status,
+            error=error,
+        )
+
+
+def _chunks(items: Iterable, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,199 @@
+"""PynamoDB models: the contract the website writes against (see docs/schema.md).
+
+Table names come from settings, so the model classes here are unbound bases and
+``bind_models`` makes concrete subclasses for one deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+
+from pynamodb.attributes import (
+    Attribute,
+    BooleanAttribute,
+    JSONAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.constants import STRING
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from dbmail.settings import Settings
+
+
+class RequestStatus:
+    """States of a MessageRequest. ``queued`` covers both 'new' and 'scheduled for later'."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    FINAL = frozenset({PROCESSED, FAILED, EXPIRED})
+
+
+class EmailStatus:
+    """States of a TextOfEmail. ``processing`` means a send holds the claim right now."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    FINAL = frozenset({SENT, EXPIRED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_datetime(value: str) -> datetime:
+    """ISO 8601 as the website writes it; a naive time is taken as UTC."""
+    parsed = datetime.fromisoformat(value.strip())
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def format_datetime(value: datetime) -> str:
+    """ISO 8601 UTC with a Z, so that stored times sort as strings."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class ISODateTimeAttribute(Attribute[datetime]):
+    """A datetime stored as an ISO 8601 string; accepts any ISO form a raw writer uses."""
+
+    attr_type = STRING
+
+    def serialize(self, value: datetime) -> str:
+        return format_datetime(value)
+
+    def deserialize(self, value: str) -> datetime:
+        return parse_datetime(value)
+
+
+class Person(MapAttribute):
+    """A user as the website knows them (the request's creator)."""
+
+    user_id = NumberAttribute(null=True)
+    username = UnicodeAttribute(null=True)
+    email = UnicodeAttribute(null=True)
+    first_name = UnicodeAttribute(null=True)
+    last_name = UnicodeAttribute(null=True)
+
+
+class ByStatusIndex(GlobalSecondaryIndex):
+    """Requests by status and creation time: scheduled, stuck and recent requests for expire."""
+
+    class Meta:
+        index_name = "ByStatus"
+        projection = AllProjection()
+
+    status = UnicodeAttribute(hash_key=True)
+    created_at = ISODateTimeAttribute(range_key=True)
+
+
+class MessageRequestBase(Model):
+    """The original's MessageRequest. Written last, after all its recipients."""
+
+    request_id = UnicodeAttribute(hash_key=True)
+    subject = UnicodeAttribute(null=True)
+    msgtext = UnicodeAttribute(null=True)
+    special_headers = JSONAttribute(null=True)
+    sendto_fn_name = UnicodeAttribute(null=True)
+    sender = UnicodeAttribute(null=True)
+    creator = Person(null=True)
+    created_at = ISODateTimeAttribute()
+    processed_by = ISODateTimeAttribute(null=True)
+    sent_by = ISODateTimeAttribute(null=True)
+    priority_level = NumberAttribute(null=True)
+    public = BooleanAttribute(default=False)
+    message_vars = JSONAttribute(null=True)
+    recipient_count = NumberAttribute(null=True)
+    status = UnicodeAttribute(default=RequestStatus.QUEUED)
+    error = UnicodeAttribute(null=True)
+    email_count = NumberAttribute(null=True)
+    skipped_count = NumberAttribute(null=True)
+    render_failed_count = NumberAttribute(null=True)
+    expand_cursor = UnicodeAttribute(null=True)
+    lease_owner = UnicodeAttribute(null=True)
+    lease_until = ISODateTimeAttribute(null=True)
+    processed_at = ISODateTimeAttribute(null=True)
+    swept_at = ISODateTimeAttribute(null=True)
+
+    by_status = ByStatusIndex()
+
+
+class EmailRequestBase(Model):
+    """One recipient user of a request (the original's EmailRequest plus the user's data)."""
+
+    request_id = UnicodeAttribute(hash_key=True)
+    recipient_key = UnicodeAttribute(range_key=True)
+    user_id = NumberAttribute(null=True)
+    username = UnicodeAttribute(null=True)
+    email = UnicodeAttribute(null=True)
+    first_name = UnicodeAttribute(null=True)
+    last_name = UnicodeAttribute(null=True)
+    guardian_name = UnicodeAttribute(null=True)
+    guardian_email = UnicodeAttribute(null=True)
+    emergency_name = UnicodeAttribute(null=True)
+    emergency_email = UnicodeAttribute(null=True)
+    vars = JSONAttribute(null=True)
+
+
+class TextOfEmailBase(Model):
+    """One rendered email to one address. ``msgtext`` is cleared once sent."""
+
+    request_id = UnicodeAttribute(hash_key=True)
+    email_key = UnicodeAttribute(range_key=True)
+    recipient_key = UnicodeAttribute()
+    user_id = NumberAttribute(null=True)
+    send_to = UnicodeAttribute()
+    send_from = UnicodeAttribute()
+    subject = UnicodeAttribute(null=True)
+    msgtext = UnicodeAttribute(null=True)
+    created_at = ISODateTimeAttribute()
+    sent = ISODateTimeAttribute(null=True)
+    sent_by = ISODateTimeAttribute(null=True)
+    tries = NumberAttribute(default=0)
+    status = UnicodeAttribute(default=EmailStatus.QUEUED)
+    error = UnicodeAttribute(null=True)
+    message_id = UnicodeAttribute(null=True)
+    provider_message_id = UnicodeAttribute(null=True)
+    claim_id = UnicodeAttribute(null=True)
+    claimed_until = ISODateTimeAttribute(null=True)
+
+
+@dataclass(frozen=True)
+class BoundModels:
+    MessageRequest: type[MessageRequestBase]
+    EmailRequest: type[EmailRequestBase]
+    TextOfEmail: type[TextOfEmailBase]
+
+
+def _bind(base: type[Model], table_name: str, settings: Settings) -> type[Model]:
+    meta = type(
+        "Meta",
+        (),
+        {
+            "table_name": table_name,
+            "region": settings.region,
+            "host": settings.dynamodb_endpoint,
+            "max_retry_attempts": 5,
+        },
+    )
+    return type(base.__name__.removesuffix("Base"), (base,), {"Meta": meta})
+
+
+@lru_cache(maxsize=4)
+def bind_models(settings: Settings) -> BoundModels:
+    """Concrete model classes for the tables named in ``settings`` (cached per settings)."""
+    return BoundModels(
+        MessageRequest=_bind(MessageRequestBase, settings.request_table, settings),
+        EmailRequest=_bind(EmailRequestBase, settings.recipient_table, settings),
+        TextOfEmail=_bind(TextOfEmailBase, settings.email_table, settings),
+    )

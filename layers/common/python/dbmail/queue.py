@@ -1,0 +1,60 @@
+"""The send queue: one small SQS message per TextOfEmail, sent 10 to a call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from dbmail.errors import DbmailError
+
+SQS_BATCH = 10
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class QueuedEmail:
+    """What a send message names: the email's key, never its content or address."""
+
+    request_id: str
+    email_key: str
+
+    def to_body(self) -> str:
+        return json.dumps({"request_id": self.request_id, "email_key": self.email_key}, separators=(",", ":"))
+
+    @classmethod
+    def from_body(cls, body: str) -> QueuedEmail:
+        data = json.loads(body)
+        return cls(request_id=str(data["request_id"]), email_key=str(data["email_key"]))
+
+
+class SendQueue:
+    def __init__(self, sqs_client, queue_url: str):
+        self._sqs = sqs_client
+        self._url = queue_url
+
+    def enqueue(self, emails: Iterable[QueuedEmail]) -> int:
+        """Queue every email; entries SQS refuses are retried, then it raises (the caller retries)."""
+        batch: list[QueuedEmail] = []
+        count = 0
+        for email in emails:
+            batch.append(email)
+            if len(batch) == SQS_BATCH:
+                count += self._send_batch(batch)
+                batch = []
+        if batch:
+            count += self._send_batch(batch)
+        return count
+
+    def _send_batch(self, batch: Sequence[QueuedEmail]) -> int:
+        pending = {str(i): email for i, email in enumerate(batch)}
+        for _ in range(ATTEMPTS):
+            response = self._sqs.send_message_batch(
+                QueueUrl=self._url,
+                Entries=[{"Id": entry_id, "MessageBody": email.to_body()} for entry_id, email in pending.items()],
+            )
+            failed = {f["Id"] for f in response.get("Failed", [])}
+            pending = {entry_id: email for entry_id, email in pending.items() if entry_id in failed}
+            if not pending:
+                return len(batch)
+        raise DbmailError(f"SQS refused {len(pending)} of {len(batch)} messages after {ATTEMPTS} attempts")

@@ -1,0 +1,109 @@
+"""Delivering one queued TextOfEmail: claim it, compose it, hand it to the provider, record it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from aws_lambda_powertools import Logger
+
+from dbmail.compose import compose
+from dbmail.errors import DeliveryError, RequestInvalid
+from dbmail.expand import message_id_for
+from dbmail.models import EmailStatus, utcnow
+from dbmail.queue import QueuedEmail
+from dbmail.settings import Settings
+from dbmail.store import Store
+from dbmail.transports import Transport
+from dbmail.unsubscribe import unsubscribe_url
+
+logger = Logger(child=True)
+
+CLAIM_LEASE = timedelta(minutes=3)  # the send queue's visibility timeout
+
+
+class SendOutcome:
+    SENT = "sent"
+    DUPLICATE = "duplicate"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class RetryableDeliveryError(Exception):
+    """Raised to make the batch processor report this record as failed, so SQS retries it."""
+
+
+@dataclass
+class EmailSender:
+    store: Store
+    transport: Transport
+    settings: Settings
+    clock: Callable[[], datetime] = field(default=utcnow)
+    _headers_by_request: dict = field(default_factory=dict)
+
+    def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int) -> str:
+        log = {"request_id": queued.request_id, "email_key": queued.email_key, "receive_count": receive_count}
+        email = self.store.get_email(queued.request_id, queued.email_key)
+        if email is None:
+            logger.error("queued email does not exist; dropping the message", extra=log)
+            return SendOutcome.UNKNOWN
+        if email.status in EmailStatus.FINAL:
+            logger.info("email already final; duplicate message dropped", extra={**log, "status": email.status})
+            return SendOutcome.DUPLICATE
+        now = self.clock()
+        reason = self._expiry_reason(email, now)
+        if reason:
+            expired = self.store.expire_email(email, reason, now)
+            logger.info("email expired before sending", extra={**log, "reason": reason, "changed": expired})
+            return SendOutcome.EXPIRED
+        if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
+            logger.info("another message holds this email; duplicate dropped", extra=log)
+            return SendOutcome.DUPLICATE
+        final_try = receive_count >= self.settings.max_tries
+        try:
+            outgoing = compose(
+                send_from=email.send_from,
+                send_to=[email.send_to],
+                subject=email.subject or "",
+                body=email.msgtext or "",
+                message_id=message_id_for(email.request_id, email.email_key, email.send_from),
+                date=now,
+                envelope_sender=self.settings.bounces_address,
+                special_headers=self._special_headers(email.request_id),
+                unsubscribe_url=self._unsubscribe(email),
+            )
+            provider_id = self.transport.send(outgoing)
+        except (RequestInvalid, DeliveryError) as exc:
+            permanent = isinstance(exc, RequestInvalid) or exc.permanent
+            self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=permanent or final_try)
+            logger.warning("delivery failed", extra={**log, "error_type": type(exc).__name__,
+                                                     "error": str(exc), "permanent": permanent})
+            if permanent:
+                return SendOutcome.FAILED
+            raise RetryableDeliveryError(str(exc)) from exc
+        self.store.mark_sent(email, self.clock(), provider_id, outgoing.message_id)
+        logger.info("email sent", extra=log)
+        return SendOutcome.SENT
+
+    def _expiry_reason(self, email, now: datetime) -> str | None:
+        if email.sent_by is not None and email.sent_by < now:
+            return "sent_by deadline passed"
+        if email.created_at < now - self.settings.max_age:
+            return "older than 7 days"
+        return None
+
+    def _special_headers(self, request_id: str) -> dict:
+        """A request's special headers, read once per request per container."""
+        if request_id not in self._headers_by_request:
+            request = self.store.get_request(request_id)
+            self._headers_by_request[request_id] = (request.special_headers if request else None) or {}
+        return self._headers_by_request[request_id]
+
+    def _unsubscribe(self, email) -> str | None:
+        """One-click unsubscribe for mail that goes to (or on behalf of) a website user."""
+        if email.user_id is None:
+            return None
+        address = email.send_to.rpartition("<")[2].rstrip(">").strip()
+        return unsubscribe_url(self.settings.site_url, self.settings.unsubscribe_secret, int(email.user_id), address)

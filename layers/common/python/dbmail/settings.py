@@ -1,0 +1,89 @@
+"""The one typed settings object, read from the environment and validated once per process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+
+from dbmail.errors import ConfigurationError
+
+PROVIDERS = ("ses", "sendgrid")
+
+
+@dataclass(frozen=True)
+class Settings:
+    request_table: str
+    recipient_table: str
+    email_table: str
+    send_queue_url: str
+    allowed_sender_domains: tuple[str, ...]
+    default_sender: str
+    bounces_address: str
+    email_host_sender: str
+    site_url: str
+    region: str
+    provider: str = "ses"
+    sendgrid_api_key: str = ""
+    sendgrid_url: str = "https://api.sendgrid.com"
+    unsubscribe_secret: str = ""
+    dynamodb_endpoint: str | None = None
+    max_age: timedelta = timedelta(days=7)
+    max_tries: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        missing = [
+            name
+            for name in (
+                "DBMAIL_REQUEST_TABLE",
+                "DBMAIL_RECIPIENT_TABLE",
+                "DBMAIL_EMAIL_TABLE",
+                "DBMAIL_SEND_QUEUE_URL",
+                "DBMAIL_ALLOWED_SENDER_DOMAINS",
+                "DBMAIL_DEFAULT_SENDER",
+                "DBMAIL_BOUNCES_ADDRESS",
+                "DBMAIL_SITE_URL",
+            )
+            if not env.get(name)
+        ]
+        if missing:
+            raise ConfigurationError(
+                "missing settings: " + ", ".join(missing)
+                + " (deployed: set by template.yaml; local: source .local/stack.env)"
+            )
+        provider = env.get("DBMAIL_PROVIDER", "ses").strip().lower()
+        if provider not in PROVIDERS:
+            raise ConfigurationError(f"DBMAIL_PROVIDER must be one of {PROVIDERS}, not {provider!r}")
+        domains = tuple(d.strip().lower() for d in env["DBMAIL_ALLOWED_SENDER_DOMAINS"].split(",") if d.strip())
+        if not domains:
+            raise ConfigurationError("DBMAIL_ALLOWED_SENDER_DOMAINS lists no domain")
+        bounces = env["DBMAIL_BOUNCES_ADDRESS"].strip()
+        if "@" not in bounces:
+            raise ConfigurationError("DBMAIL_BOUNCES_ADDRESS must be an email address")
+        return cls(
+            request_table=env["DBMAIL_REQUEST_TABLE"],
+            recipient_table=env["DBMAIL_RECIPIENT_TABLE"],
+            email_table=env["DBMAIL_EMAIL_TABLE"],
+            send_queue_url=env["DBMAIL_SEND_QUEUE_URL"],
+            allowed_sender_domains=domains,
+            default_sender=env["DBMAIL_DEFAULT_SENDER"].strip(),
+            bounces_address=bounces,
+            email_host_sender=env.get("DBMAIL_EMAIL_HOST_SENDER", "").strip(),
+            site_url=env["DBMAIL_SITE_URL"].rstrip("/"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            provider=provider,
+            sendgrid_api_key=env.get("DBMAIL_SENDGRID_API_KEY", ""),
+            sendgrid_url=env.get("DBMAIL_SENDGRID_URL", "https://api.sendgrid.com").rstrip("/"),
+            unsubscribe_secret=env.get("DBMAIL_UNSUBSCRIBE_SECRET", ""),
+            dynamodb_endpoint=env.get("AWS_ENDPOINT_URL_DYNAMODB") or env.get("AWS_ENDPOINT_URL") or None,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, read once (a Lambda container's environment never changes)."""
+    return Settings.from_env()

@@ -1,0 +1,232 @@
+"""DynamoDB access through PynamoDB: the only module that knows the tables' shapes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from pynamodb.exceptions import UpdateError
+
+from dbmail.models import (
+    BoundModels,
+    EmailRequestBase,
+    EmailStatus,
+    MessageRequestBase,
+    RequestStatus,
+    TextOfEmailBase,
+    bind_models,
+)
+from dbmail.settings import Settings
+
+MAX_ERROR_CHARS = 1000
+
+
+def _condition_failed(exc: Exception) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+class Store:
+    """Reads and conditional writes on the three tables; every write that races is conditional."""
+
+    def __init__(self, settings: Settings, models: BoundModels | None = None):
+        self.models = models or bind_models(settings)
+
+    # ---- MessageRequest ---------------------------------------------------------------
+    def get_request(self, request_id: str) -> MessageRequestBase | None:
+        Request = self.models.MessageRequest
+        try:
+            return Request.get(request_id, consistent_read=True)
+        except Request.DoesNotExist:
+            return None
+
+    def put_new_request(self, request: MessageRequestBase) -> None:
+        """Write a new request item; it must not exist yet (its INSERT starts the expansion)."""
+        request.save(condition=self.models.MessageRequest.request_id.does_not_exist())
+
+    def requests_with_status(self, status: str, created_after: datetime | None = None) -> Iterator[MessageRequestBase]:
+        Request = self.models.MessageRequest
+        condition = Request.created_at >= created_after if created_after else None
+        return Request.by_status.query(status, range_key_condition=condition)
+
+    def claim_request(self, request_id: str, owner: str, now: datetime, lease_until: datetime, takeover: bool) -> bool:
+        """Take the expansion lease. ``takeover`` (a stream retry) may take a live lease."""
+        Request = self.models.MessageRequest
+        condition = Request.status.is_in(RequestStatus.QUEUED, RequestStatus.PROCESSING)
+        if not takeover:
+            condition &= Request.lease_until.does_not_exist() | (Request.lease_until < now)
+        try:
+            Request(request_id).update(
+                actions=[
+                    Request.status.set(RequestStatus.PROCESSING),
+                    Request.lease_owner.set(owner),
+                    Request.lease_until.set(lease_until),
+                ],
+                condition=condition,
+            )
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def save_expand_progress(self, request_id: str, owner: str, cursor: str, counts: dict[str, int]) -> None:
+        """Checkpoint after a chunk: a resumed expansion starts after ``cursor``."""
+        Request = self.models.MessageRequest
+        Request(request_id).update(
+            actions=[
+                Request.expand_cursor.set(cursor),
+                Request.email_count.set(counts["emails"]),
+                Request.skipped_count.set(counts["skipped"]),
+                Request.render_failed_count.set(counts["render_failed"]),
+            ],
+            condition=Request.lease_owner == owner,
+        )
+
+    def finish_request(
+        self, request_id: str, status: str, now: datetime, counts: dict[str, int] | None = None, error: str | None = None
+    ) -> None:
+        Request = self.models.MessageRequest
+        actions = [
+            Request.status.set(status),
+            Request.processed_at.set(now),
+            Request.lease_owner.remove(),
+            Request.lease_until.remove(),
+        ]
+        if counts is not None:
+            actions += [
+                Request.email_count.set(counts["emails"]),
+                Request.skipped_count.set(counts["skipped"]),
+                Request.render_failed_count.set(counts["render_failed"]),
+                Request.recipient_count.set(counts["recipients"]),
+            ]
+        if error is not None:
+            actions.append(Request.error.set(error[:MAX_ERROR_CHARS]))
+        Request(request_id).update(actions=actions)
+
+    def mark_swept(self, request_id: str, now: datetime) -> None:
+        Request = self.models.MessageRequest
+        Request(request_id).update(actions=[Request.swept_at.set(now)])
+
+    # ---- EmailRequest (recipients) ----------------------------------------------------
+    def count_recipients(self, request_id: str) -> int:
+        return self.models.EmailRequest.count(request_id, consistent_read=True)
+
+    def iter_recipients(self, request_id: str, after: str | None = None) -> Iterator[EmailRequestBase]:
+        Recipient = self.models.EmailRequest
+        condition = Recipient.recipient_key > after if after else None
+        return Recipient.query(request_id, range_key_condition=condition, consistent_read=True, page_size=500)
+
+    def put_recipients(self, recipients: Iterable[EmailRequestBase]) -> None:
+        with self.models.EmailRequest.batch_write() as batch:
+            for recipient in recipients:
+                batch.save(recipient)
+
+    def delete_recipients(self, request_id: str) -> None:
+        """Remove the recipients of a request that was refused before its item was written."""
+        with self.models.EmailRequest.batch_write() as batch:
+            for recipient in self.iter_recipients(request_id):
+                batch.delete(recipient)
+
+    def get_recipient(self, request_id: str, recipient_key: str) -> EmailRequestBase | None:
+        Recipient = self.models.EmailRequest
+        try:
+            return Recipient.get(request_id, recipient_key, consistent_read=True)
+        except Recipient.DoesNotExist:
+            return None
+
+    # ---- TextOfEmail ------------------------------------------------------------------
+    def new_email(self, **attributes) -> TextOfEmailBase:
+        return self.models.TextOfEmail(**attributes)
+
+    def put_emails(self, emails: Iterable[TextOfEmailBase]) -> None:
+        """Batch-write new emails (25 per call; PynamoDB retries unprocessed items)."""
+        with self.models.TextOfEmail.batch_write() as batch:
+            for email in emails:
+                batch.save(email)
+
+    def email_statuses(self, request_id: str, email_keys: Iterable[str]) -> dict[str, str]:
+        """Status of those emails that exist, for a resumed expansion's first chunk."""
+        keys = [(request_id, key) for key in email_keys]
+        return {
+            email.email_key: email.status
+            for email in self.models.TextOfEmail.batch_get(keys, consistent_read=True, attributes_to_get=["email_key", "status"])
+        }
+
+    def get_email(self, request_id: str, email_key: str) -> TextOfEmailBase | None:
+        Email = self.models.TextOfEmail
+        try:
+            return Email.get(request_id, email_key, consistent_read=True)
+        except Email.DoesNotExist:
+            return None
+
+    def iter_emails(self, request_id: str, attributes: list[str] | None = None) -> Iterator[TextOfEmailBase]:
+        return self.models.TextOfEmail.query(request_id, attributes_to_get=attributes, page_size=1000)
+
+    def email_status_counts(self, request_id: str) -> Counter:
+        return Counter(email.status for email in self.iter_emails(request_id, ["status"]))
+
+    def claim_email(self, email: TextOfEmailBase, claim_id: str, now: datetime, lease_until: datetime) -> bool:
+        """Only one send may hold an email. The same SQS message (redelivered after a crash)
+        or any message after the lease lapsed may take it again."""
+        Email = self.models.TextOfEmail
+        condition = Email.status.is_in(EmailStatus.QUEUED, EmailStatus.FAILED) | (
+            (Email.status == EmailStatus.PROCESSING) & ((Email.claim_id == claim_id) | (Email.claimed_until < now))
+        )
+        try:
+            email.update(
+                actions=[
+                    Email.status.set(EmailStatus.PROCESSING),
+                    Email.claim_id.set(claim_id),
+                    Email.claimed_until.set(lease_until),
+                ],
+                condition=condition,
+            )
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def mark_sent(self, email: TextOfEmailBase, when: datetime, provider_message_id: str, message_id: str) -> None:
+        """Record delivery and clear the body (it can be rendered again from the request)."""
+        Email = self.models.TextOfEmail
+        email.update(
+            actions=[
+                Email.status.set(EmailStatus.SENT),
+                Email.sent.set(when),
+                Email.msgtext.remove(),
+                Email.error.remove(),
+                Email.provider_message_id.set(provider_message_id),
+                Email.message_id.set(message_id),
+                Email.claimed_until.remove(),
+            ]
+        )
+
+    def record_failure(self, email: TextOfEmailBase, error: str, final: bool) -> None:
+        """Count the try; a final failure stays ``failed``, otherwise the email is queued again."""
+        Email = self.models.TextOfEmail
+        email.update(
+            actions=[
+                Email.tries.add(1),
+                Email.error.set(error[:MAX_ERROR_CHARS]),
+                Email.status.set(EmailStatus.FAILED if final else EmailStatus.QUEUED),
+                Email.claimed_until.remove(),
+            ]
+        )
+
+    def expire_email(self, email: TextOfEmailBase, reason: str, now: datetime) -> bool:
+        """Mark an unsent email expired (never sent); False if it was sent or taken meanwhile."""
+        Email = self.models.TextOfEmail
+        try:
+            email.update(
+                actions=[Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason)],
+                condition=(Email.status == EmailStatus.QUEUED)
+                | ((Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)),
+            )
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+

@@ -1,0 +1,37 @@
+"""The composition root: services built once per process from settings, on first use (never at import)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import boto3
+
+from dbmail.expand import Expander
+from dbmail.expire import Expirer
+from dbmail.queue import SendQueue
+from dbmail.send import EmailSender
+from dbmail.settings import get_settings
+from dbmail.store import Store
+from dbmail.transports import make_transport
+from dbmail.unsubscribe import MIN_SECRET_LENGTH
+from dbmail.errors import ConfigurationError
+
+
+@lru_cache(maxsize=1)
+def expander() -> Expander:
+    settings = get_settings()
+    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
+    return Expander(store=Store(settings), queue=SendQueue(sqs, settings.send_queue_url), settings=settings)
+
+
+@lru_cache(maxsize=1)
+def email_sender() -> EmailSender:
+    settings = get_settings()
+    if len(settings.unsubscribe_secret) < MIN_SECRET_LENGTH:
+        raise ConfigurationError(f"DBMAIL_UNSUBSCRIBE_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+    return EmailSender(store=Store(settings), transport=make_transport(settings), settings=settings)
+
+
+@lru_cache(maxsize=1)
+def expirer() -> Expirer:
+    return Expirer(expander=expander())

@@ -1,0 +1,1 @@
+"""Test doubles for services the real tests cannot reach offline."""
