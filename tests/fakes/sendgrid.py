@@ -369,6 +369,8 @@ def _check_content(value: Any, errors: list[dict]) -> None:
         if kind is not None and kind not in ordered and kind in types[:i]:
             errors.append(error(f"content.{i}.type",
                                 f"The content type {kind} may only be included once."))
+    if None in types:  # a block without a usable type: its place is unknown
+        return
     expected = [t for t in ordered if t in types]
     if types[: len(expected)] != expected or any(  # C3
         types.count(t) > 1 for t in expected
@@ -492,8 +494,8 @@ class FakeSendGrid:
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="FakeSendGrid",
-                                        daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
+                                        name="FakeSendGrid", daemon=True)
         self._thread.start()
         return self
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # make `tests.fakes` importable
-
-from tests.fakes.sendgrid import (  # noqa: E402
+from tests.fakes.sendgrid import (
     MAX_BODY_BYTES,
     RESERVED_HEADERS,
     FakeSendGrid,
@@ -188,8 +184,10 @@ VIOLATIONS = [
     ("C3-plain-twice",
      _set("content", [{"type": "text/plain", "value": "x"}, {"type": "text/plain", "value": "y"}]),
      {"content"}, "text/plain needs to be first"),
-    ("C4-duplicate-type", _set("content.3", {"type": "TEXT/CALENDAR", "value": "again"}),
-     {"content.3.type"}, "only once"),
+    ("C4-duplicate-type",
+     _set("content", [{"type": "text/plain", "value": "x"}, {"type": "text/calendar", "value": "c"},
+                      {"type": "TEXT/CALENDAR", "value": "again"}]),
+     {"content.2.type"}, "may only be included once"),
     ("D1-header-value-not-string", _set("headers.X-Entity-Ref-ID", 1), {"headers"}, "must be strings"),
     ("D1-header-key-with-space", _set("headers.X Bad", "v"), {"headers"}, "non-ASCII characters or empty spaces"),
     ("D1-header-key-non-ascii", _set("headers.X-Grüße", "v"), {"headers"}, "non-ASCII characters or empty spaces"),

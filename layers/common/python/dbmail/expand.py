@@ -146,9 +146,12 @@ class Expander:
 
     def expand(self, request_id: str, *, owner: str, takeover: bool,
                time_left: Callable[[], float] = lambda: float("inf")) -> str:
-        """Expand one request. ``takeover`` is for the stream trigger, which alone retries it."""
+        """Expand one request; ``takeover`` marks the stream trigger (see Store.claim_request)."""
         now = self.clock()
-        request = self.store.get_request(request_id)
+        try:
+            request = self.store.get_request(request_id)
+        except RequestInvalid as exc:
+            return self._fail(request_id, now, exc)
         if request is None:
             logger.warning("request not found", extra={"request_id": request_id})
             return Outcome.MISSING
@@ -166,9 +169,7 @@ class Expander:
             prepared = prepare(request, self.settings)
             self._check_recipients_complete(request)
         except RequestInvalid as exc:
-            self.store.finish_request(request_id, RequestStatus.FAILED, now, error=f"{type(exc).__name__}: {exc}")
-            logger.warning("request failed", extra={"request_id": request_id, "error_type": type(exc).__name__, "error": str(exc)})
-            return Outcome.FAILED
+            return self._fail(request_id, now, exc)
         if not self.store.claim_request(request_id, owner, now, now + LEASE, takeover):
             return Outcome.BUSY
         resuming = request.status == RequestStatus.PROCESSING
@@ -183,6 +184,11 @@ class Expander:
         self.store.finish_request(request_id, RequestStatus.PROCESSED, self.clock(), counts=counts.as_dict())
         logger.info("request processed", extra={"request_id": request_id, **counts.as_dict()})
         return Outcome.PROCESSED
+
+    def _fail(self, request_id: str, now: datetime, exc: RequestInvalid) -> str:
+        self.store.finish_request(request_id, RequestStatus.FAILED, now, error=f"{type(exc).__name__}: {exc}")
+        logger.warning("request failed", extra={"request_id": request_id, "error_type": type(exc).__name__, "error": str(exc)})
+        return Outcome.FAILED
 
     def _check_recipients_complete(self, request: MessageRequestBase) -> None:
         """The website writes every recipient before the request item; a short count means it did not."""

@@ -33,14 +33,19 @@ class Expirer:
     def run(self, owner: str, time_left: Callable[[], float] = lambda: float("inf")) -> dict[str, int]:
         summary: Counter = Counter()
         now = self.clock()
+
+        def expand(label: str, request_id: str) -> None:
+            outcome = self.expander.expand(request_id, owner=owner, takeover=False, time_left=time_left)
+            summary[f"{label}_{outcome}"] += 1
+
         for request in self.store.requests_with_status(RequestStatus.QUEUED):
             due = request.processed_by is not None and request.processed_by <= now
             missed = request.processed_by is None and request.created_at < now - STREAM_GRACE
             if due or missed:
-                summary["expand_" + self.expander.expand(request.request_id, owner=owner, takeover=False, time_left=time_left)] += 1
+                expand("expand", request.request_id)
         for request in self.store.requests_with_status(RequestStatus.PROCESSING):
             if request.lease_until is None or request.lease_until < now:
-                summary["resume_" + self.expander.expand(request.request_id, owner=owner, takeover=False, time_left=time_left)] += 1
+                expand("resume", request.request_id)
         for request in self.store.requests_with_status(RequestStatus.PROCESSED, created_after=now - SWEEP_WINDOW):
             if request.swept_at is not None:
                 continue

@@ -6,8 +6,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from pynamodb.exceptions import UpdateError
+from pynamodb.exceptions import AttributeDeserializationError, UpdateError
 
+from dbmail.errors import RequestInvalid
 from dbmail.models import (
     BoundModels,
     EmailRequestBase,
@@ -39,6 +40,8 @@ class Store:
             return Request.get(request_id, consistent_read=True)
         except Request.DoesNotExist:
             return None
+        except (AttributeDeserializationError, ValueError, TypeError) as exc:
+            raise RequestInvalid(f"malformed request item (see docs/schema.md): {exc}") from exc
 
     def put_new_request(self, request: MessageRequestBase) -> None:
         """Write a new request item; it must not exist yet (its INSERT starts the expansion)."""
@@ -50,11 +53,14 @@ class Store:
         return Request.by_status.query(status, range_key_condition=condition)
 
     def claim_request(self, request_id: str, owner: str, now: datetime, lease_until: datetime, takeover: bool) -> bool:
-        """Take the expansion lease. ``takeover`` (a stream retry) may take a live lease."""
+        """Take the expansion lease when it is free or lapsed. With ``takeover`` (a stream retry:
+        Lambda runs one invocation per shard at a time) a lease held by a stream invocation is
+        taken too, since that invocation has ended."""
         Request = self.models.MessageRequest
-        condition = Request.status.is_in(RequestStatus.QUEUED, RequestStatus.PROCESSING)
-        if not takeover:
-            condition &= Request.lease_until.does_not_exist() | (Request.lease_until < now)
+        free = Request.lease_until.does_not_exist() | (Request.lease_until < now)
+        if takeover:
+            free |= Request.lease_owner.startswith("stream:")
+        condition = Request.status.is_in(RequestStatus.QUEUED, RequestStatus.PROCESSING) & free
         try:
             Request(request_id).update(
                 actions=[

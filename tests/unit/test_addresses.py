@@ -1,0 +1,56 @@
+import pytest
+
+from dbmail.addresses import check_sender, check_special_headers, format_address, mask, parse_address
+from dbmail.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
+
+
+def test_sender_in_an_allowed_domain_or_subdomain_passes():
+    assert check_sender('"Splash" <splash@example.org>', ["example.org"]).domain == "example.org"
+    assert check_sender("news@mail.example.org", ["example.org"]).domain == "mail.example.org"
+
+
+def test_sender_outside_the_allowed_domains_is_refused_with_the_domain_named():
+    with pytest.raises(SenderNotAllowed, match="gmail.com"):
+        check_sender("someone@gmail.com", ["example.org", "learningu.org"])
+
+
+def test_lookalike_domains_are_not_subdomains():
+    with pytest.raises(SenderNotAllowed):
+        check_sender("x@evilexample.org", ["example.org"])
+
+
+@pytest.mark.parametrize("value", ["a@b.org, c@d.org", "not an address", "x@localhost", "a@b.org\r\nBcc: c@d.org", ""])
+def test_invalid_addresses_are_refused(value):
+    with pytest.raises(AddressInvalid):
+        parse_address(value)
+
+
+def test_header_values_with_cr_or_lf_are_refused():
+    with pytest.raises(HeaderInvalid, match="CR or LF"):
+        check_special_headers({"X-Note": "hello\r\nBcc: victim@example.com"})
+
+
+@pytest.mark.parametrize("name", ["From", "to", "Subject", "List-Unsubscribe", "Content-Type"])
+def test_managed_headers_may_not_be_overridden(name):
+    with pytest.raises(HeaderInvalid, match="set by dbmail"):
+        check_special_headers({name: "x"})
+
+
+def test_bad_header_names_are_refused():
+    with pytest.raises(HeaderInvalid, match="invalid header name"):
+        check_special_headers({"X Bad: name": "x"})
+
+
+def test_reply_to_is_trimmed_and_checked():
+    assert check_special_headers({"Reply-To": "  directors@example.org \t"}) == {"Reply-To": "directors@example.org"}
+    with pytest.raises(AddressInvalid):
+        check_special_headers({"Reply-To": "nobody"})
+
+
+def test_format_address_quotes_the_name_and_strips_quotes_inside_it():
+    assert format_address('Zoë "Z" Ng', " zoe@example.net ") == '"Zoë Z Ng" <zoe@example.net>'
+    assert format_address("", "zoe@example.net") == "zoe@example.net"
+
+
+def test_mask_keeps_only_the_domain_for_logs():
+    assert mask('"Zoë" <zoe@example.net>') == "***@example.net"
