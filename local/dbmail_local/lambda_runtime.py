@@ -1,0 +1,196 @@
+"""Loads a template function's handler and invokes it the way the Lambda Python runtime does.
+
+All functions share the runner's process: a function's module is imported once (its globals
+live across invocations, like a warm Lambda environment), and SQS pollers may invoke the same
+handler from several threads at once, so module-level state must be thread-safe (boto3
+clients are).
+"""
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .cfn import Template, TemplateError
+
+log = logging.getLogger(__name__)
+
+_import_lock = threading.Lock()  # os.environ and sys.path are process-wide while a module imports
+
+
+class HandlerLoadError(Exception):
+    """A handler module could not be imported or has no such handler function."""
+
+
+class LambdaContext:
+    """The context object of the Python runtime, as far as handlers and Powertools use it.
+
+    Once the runner is asked to stop, ``get_remaining_time_in_millis`` returns 0 so a long
+    handler saves its progress and returns early, as it would before a Lambda timeout.
+    """
+
+    def __init__(self, function: "LocalFunction", stopping: threading.Event) -> None:
+        self.function_name = function.name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = function.arn
+        self.memory_limit_in_mb = str(function.memory_mb)  # a string, as in the real runtime
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function.name}"
+        self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
+        self.identity = None
+        self.client_context = None
+        self._deadline = time.monotonic() + function.timeout_s
+        self._stopping = stopping
+
+    def get_remaining_time_in_millis(self) -> int:
+        if self._stopping.is_set():
+            return 0
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """The outcome of one invocation: a JSON-shaped response, or the error Lambda would report."""
+
+    request_id: str
+    response: Any = None
+    error: BaseException | None = None
+
+    def failed_positions(self, identifiers: Sequence[str], partial_responses: bool) -> list[int]:
+        """Positions of the batch's records that failed, by Lambda's rules.
+
+        ``identifiers`` are the records' itemIdentifiers (SQS message ids, stream sequence
+        numbers); ``partial_responses`` is whether ReportBatchItemFailures is on. An error fails
+        every record. So does, with partial responses, a response that is not an object, an item
+        without an identifier, or an identifier not in the batch. No response or an empty
+        ``batchItemFailures`` fails none.
+        """
+        everything = list(range(len(identifiers)))
+        if self.error is not None:
+            return everything
+        if not partial_responses or self.response is None:
+            return []
+        if not isinstance(self.response, dict):
+            return everything
+        reported: set[str] = set()
+        for failure in self.response.get("batchItemFailures") or []:
+            identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+            if not isinstance(identifier, str) or not identifier:
+                return everything
+            reported.add(identifier)
+        if not reported.issubset(identifiers):
+            return everything
+        return [position for position, identifier in enumerate(identifiers) if identifier in reported]
+
+
+class LocalFunction:
+    """One AWS::Serverless::Function of the template, runnable in this process."""
+
+    def __init__(self, template: Template, logical_id: str, stopping: threading.Event) -> None:
+        properties = template.properties(logical_id)
+        self.logical_id = logical_id
+        self.name = template.physical_name(logical_id)
+        self.arn = template.get_att(logical_id, "Arn")
+        self.timeout_s = float(template.resolve(properties.get("Timeout", 3)))
+        self.memory_mb = int(template.resolve(properties.get("MemorySize", 128)))
+        self.environment = template.function_environment(logical_id)
+        code_uri = template.resolve(properties.get("CodeUri"))
+        handler = template.resolve(properties.get("Handler", ""))
+        if not isinstance(code_uri, str) or "." not in handler:
+            raise TemplateError(f"{logical_id}: the runner needs a local CodeUri and a module.function Handler")
+        module, _, self.handler_name = handler.rpartition(".")
+        self.code_dir = (template.base_dir / code_uri).resolve()
+        self.module_path = self.code_dir / (module.replace(".", "/") + ".py")
+        self.layer_dirs = [
+            (template.base_dir / template.resolve(template.properties(layer)["ContentUri"]) / "python").resolve()
+            for layer in _layer_ids(properties.get("Layers", []))
+        ]
+        self._stopping = stopping
+        self._handler: Callable[[Any, LambdaContext], Any] | None = None
+
+    def load(self) -> None:
+        """Imports the handler module under a unique name, with this function's environment.
+
+        Like Lambda, the code directory and the layers' ``python`` directories come first on
+        sys.path. Raises HandlerLoadError with the cause attached.
+        """
+        module_name = "dbmail_local_function_" + re.sub(r"\W", "_", self.logical_id)
+        spec = importlib.util.spec_from_file_location(module_name, self.module_path)
+        if spec is None or spec.loader is None or not self.module_path.is_file():
+            raise HandlerLoadError(f"{self.logical_id}: no handler module at {self.module_path}")
+        module = importlib.util.module_from_spec(spec)
+        with _import_lock, _environment(self.environment):
+            for directory in reversed([self.code_dir, *self.layer_dirs]):
+                if str(directory) not in sys.path:
+                    sys.path.insert(0, str(directory))
+            try:
+                spec.loader.exec_module(module)
+            except Exception as error:
+                raise HandlerLoadError(f"{self.logical_id}: importing {self.module_path} failed: {error!r}") from error
+        self._handler = _handler_function(module, self.handler_name, self.logical_id)
+        sys.modules[module_name] = module
+        log.info("handler loaded", extra={"function": self.logical_id, "module": str(self.module_path)})
+
+    def invoke(self, event: Any) -> Invocation:
+        """Calls the handler; errors are logged with their traceback and returned, never raised."""
+        if self._handler is None:
+            raise RuntimeError(f"{self.logical_id} is not loaded")
+        context = LambdaContext(self, self._stopping)
+        fields = {"function": self.logical_id, "request_id": context.aws_request_id}
+        started = time.monotonic()
+        try:
+            response = json.loads(json.dumps(self._handler(event, context)))  # Lambda returns JSON
+        except Exception as error:
+            log.exception("handler failed", extra=fields)
+            return Invocation(context.aws_request_id, error=error)
+        elapsed = time.monotonic() - started
+        if elapsed > self.timeout_s:
+            log.error(
+                "invocation ran past the function's Timeout; Lambda would have stopped it",
+                extra={**fields, "seconds": round(elapsed, 3), "timeout": self.timeout_s},
+            )
+            return Invocation(context.aws_request_id, error=TimeoutError(f"Task timed out after {self.timeout_s} seconds"))
+        log.info("invoked", extra={**fields, "ms": round(elapsed * 1000, 1)})
+        return Invocation(context.aws_request_id, response=response)
+
+
+def _layer_ids(layers: list[Any]) -> list[str]:
+    """Logical ids of the template's own layers (``!Ref SomeLayer``); ARNs of others are skipped."""
+    return [layer["Ref"] for layer in layers if isinstance(layer, dict) and "Ref" in layer]
+
+
+def _handler_function(module: ModuleType, name: str, logical_id: str) -> Callable[[Any, LambdaContext], Any]:
+    handler = getattr(module, name, None)
+    if not callable(handler):
+        raise HandlerLoadError(f"{logical_id}: {module.__file__} has no function {name}")
+    return handler
+
+
+class _environment:
+    """Temporarily sets variables in os.environ (a function's own values while it imports)."""
+
+    def __init__(self, variables: Mapping[str, str]) -> None:
+        self._variables = variables
+        self._saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        self._saved = {name: os.environ.get(name) for name in self._variables}
+        os.environ.update(self._variables)
+
+    def __exit__(self, *_: object) -> None:
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

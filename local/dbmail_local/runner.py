@@ -1,0 +1,136 @@
+"""The runner: Lambda's part of the local stack. It runs each AWS::Serverless::Function of the
+template with the triggers its Events give it (DynamoDB streams, SQS queues, schedules).
+
+Trigger kinds are looked up by event Type in TRIGGER_KINDS, and each runs in its own threads.
+Another way in, such as an SMTP front on loopback (aiosmtpd) that hands SES receipt-shaped
+events to an inbound function, is one more trigger class found the same way, with no change
+to the runner.
+
+A function whose handler does not import is logged and left out; the others run. On SIGTERM
+or SIGINT the runner tells in-flight invocations that no time is left
+(``get_remaining_time_in_millis() == 0``), lets them finish, and exits with its stream
+checkpoints saved.
+"""
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from . import logs
+from .cfn import LocalTarget, Template, TemplateError, as_bool
+from .lambda_runtime import HandlerLoadError, LocalFunction
+from .schedule import ScheduleTrigger
+from .sqs import SqsTrigger
+from .stack import StatePaths, client_factory, read_env_file
+from .streams import StreamTrigger
+from .triggers import RunnerSettings, Runtime, Trigger, TriggerKind
+
+log = logging.getLogger(__name__)
+
+TRIGGER_KINDS: dict[str, TriggerKind] = {
+    "DynamoDB": StreamTrigger,
+    "SQS": SqsTrigger,
+    "Schedule": ScheduleTrigger,
+    "ScheduleV2": ScheduleTrigger,
+}
+RESTART_DELAY = 1.0  # seconds before a crashed poller starts again
+
+
+class Runner:
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.name = name
+
+    def triggers(self) -> list[Trigger]:
+        """Loads every function and builds the triggers of its Events; failures are logged."""
+        template = self.runtime.template
+        triggers: list[Trigger] = []
+        for logical_id in template.resources("AWS::Serverless::Function"):
+            try:
+                function = LocalFunction(template, logical_id, self.runtime.stopping)
+                function.load()
+            except (HandlerLoadError, TemplateError) as error:
+                log.error(
+                    "function left out: its handler could not be loaded",
+                    extra={"function": logical_id, "error": str(error)},
+                    exc_info=error.__cause__ or error,
+                )
+                continue
+            for event_name, event in template.properties(logical_id).get("Events", {}).items():
+                trigger = self._trigger(function, event_name, event)
+                if trigger is not None:
+                    triggers.append(trigger)
+        return triggers
+
+    def _trigger(self, function: LocalFunction, event_name: str, event: dict[str, Any]) -> Trigger | None:
+        fields = {"function": function.logical_id, "event": event_name, "type": event["Type"]}
+        kind = TRIGGER_KINDS.get(event["Type"])
+        if kind is None:
+            log.warning("event type not run locally", extra=fields)
+            return None
+        try:
+            properties = self.runtime.template.resolve(event.get("Properties", {}))
+            if not as_bool(properties.get("Enabled", True)) or properties.get("State") == "DISABLED":
+                log.info("event disabled in the template", extra=fields)
+                return None
+            return kind(function, event_name, properties, self.runtime)
+        except (TemplateError, ValueError, ClientError) as error:
+            log.error("event left out: its trigger could not be set up", extra={**fields, "error": str(error)})
+            return None
+
+    def run(self) -> int:
+        stopping = self.runtime.stopping
+        threads = [
+            threading.Thread(target=self._keep_running, args=(trigger,), name=f"{trigger.name}#{n}", daemon=True)
+            for trigger in self.triggers()
+            for n in range(trigger.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        ready = self.runtime.state.ready_file(self.name)
+        ready.write_text(f"{os.getpid()}\n")
+        log.info("runner ready", extra={"runner": self.name, "threads": [thread.name for thread in threads]})
+        try:
+            while not stopping.wait(0.5):
+                pass
+            log.info("stopping: in-flight invocations see no time left and finish")
+            for thread in threads:
+                thread.join()
+        finally:
+            ready.unlink(missing_ok=True)
+        log.info("runner stopped", extra={"runner": self.name})
+        return 0
+
+    def _keep_running(self, trigger: Trigger) -> None:
+        """Runs a trigger until the runner stops; a poller that crashes is logged and restarted."""
+        while not self.runtime.stopping.is_set():
+            try:
+                trigger.run()
+            except Exception:
+                log.exception("poller crashed; restarting it", extra={"trigger": trigger.name, "in_s": RESTART_DELAY})
+                self.runtime.stopping.wait(RESTART_DELAY)
+
+
+def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str) -> int:
+    """``python -m dbmail_local runner``: runs in the foreground until SIGTERM or Ctrl-C."""
+    logs.configure(json_lines=True)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    settings = RunnerSettings.from_environ()
+    env = read_env_file(state.env_file)
+    os.environ.update(env)  # handlers read their settings from the environment, once
+    client = client_factory(env)
+
+    def stream_arn(table: str) -> str:
+        return client("dynamodb").describe_table(TableName=table)["Table"]["LatestStreamArn"]
+
+    target = LocalTarget(sqs_url=env["AWS_ENDPOINT_URL_SQS"], stream_arn=stream_arn)
+    template = Template.load(template_path, parameter_file, target)
+    os.environ.update(template.environment())
+    return Runner(Runtime(template, client, settings, state, stopping), name).run()

@@ -1,0 +1,79 @@
+"""Shared fixtures: an in-process moto account whose tables and queues are built from template.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from dbmail import models, settings, wiring
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+
+
+def clear_caches() -> None:
+    """Settings and services are built once per process; each test gets fresh ones."""
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+    for factory in (wiring.expander, wiring.email_sender, wiring.expirer):
+        factory.cache_clear()
+
+
+@pytest.fixture
+def moto_stack(monkeypatch):
+    """The template's tables, queues and SES identities in moto, with the functions' environment set."""
+    from dbmail_local.cfn import LocalTarget, Template
+    from dbmail_local.resources import create_resources
+
+    for name in list(os.environ):
+        if name.startswith(("AWS_ENDPOINT_URL", "DBMAIL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "dbmail")
+    with mock_aws():
+        template = Template.load(target=LocalTarget(sqs_url="https://sqs.us-east-1.amazonaws.com"))
+        create_resources(template)
+        for name, value in template.environment().items():
+            monkeypatch.setenv(name, value)
+        clear_caches()
+        stack = SimpleNamespace(
+            template=template,
+            settings=settings.get_settings(),
+            sqs=boto3.client("sqs", region_name="us-east-1"),
+            dlq_url=template.queue_url(template.physical_name("SendDeadLetterQueue")),
+        )
+        yield stack
+        clear_caches()
+
+
+def recipient(i: int, **overrides) -> dict:
+    """A small factory of website users."""
+    user = {"user_id": i, "username": f"user{i}", "email": f"user{i}@example.net",
+            "first_name": "Zoë", "last_name": f"Ng{i}",
+            "guardian_name": f"Mai Ng{i}", "guardian_email": f"guardian{i}@example.net"}
+    user.update(overrides)
+    return user
+
+
+def drain(sqs, queue_url: str) -> list[dict]:
+    """Every message currently on a queue (received, not deleted)."""
+    messages = []
+    while True:
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)

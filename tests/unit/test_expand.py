@@ -1,0 +1,130 @@
+"""Expanding a request: one TextOfEmail per address, idempotent, resumable, failing cleanly."""
+
+from datetime import timedelta
+
+import pytest
+
+from dbmail import wiring
+from dbmail.client import request_status, submit_request
+from dbmail.errors import ExpansionIncomplete
+from dbmail.expand import CHUNK_RECIPIENTS, Outcome
+from dbmail.models import RequestStatus, utcnow
+from dbmail.store import Store
+from tests.conftest import drain, recipient
+
+
+def submit(n=3, **kwargs):
+    args = dict(subject="Hi {{ user.first_name }}", msgtext="Dear {{ user.first_name }} {{ program.name }}",
+                recipients=[recipient(i) for i in range(1, n + 1)], sendto_fn_name="send_to_self_and_guardian",
+                sender="Splash <splash@example.org>", var_dict={"program": {"name": "Splash"}})
+    args.update(kwargs)
+    return submit_request(**args)
+
+
+def test_one_email_per_address_rendered_and_queued(moto_stack):
+    # given a request for 3 users, one without a guardian
+    rid = submit(recipients=[recipient(1), recipient(2, guardian_email=None), recipient(3)])
+    # when it is expanded
+    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.PROCESSED
+    # then 5 emails exist, each rendered for its user, and 5 messages are queued
+    store = Store(moto_stack.settings)
+    emails = list(store.iter_emails(rid))
+    assert len(emails) == 5
+    assert {e.subject for e in emails} == {"Hi Zoë"}
+    assert {e.send_to for e in emails if e.recipient_key == "u0000000002"} == {'"Zoë Ng2" <user2@example.net>'}
+    assert all(e.msgtext == "Dear Zoë Splash" and e.send_from == "Splash <splash@example.org>" for e in emails)
+    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 5
+    status = request_status(rid)
+    assert (status["status"], status["recipients"], status["emails"], status["skipped_no_address"]) == ("processed", 3, 5, 0)
+
+
+def test_expanding_again_creates_no_duplicates(moto_stack):
+    rid = submit()
+    wiring.expander().expand(rid, owner="stream:a", takeover=True)
+    # when the same stream record is delivered again
+    assert wiring.expander().expand(rid, owner="stream:b", takeover=True) == Outcome.ALREADY_DONE
+    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 6
+
+
+def test_an_interrupted_expansion_resumes_without_duplicates(moto_stack):
+    # given a request bigger than one chunk whose first expansion runs out of time after a chunk
+    n = CHUNK_RECIPIENTS + 50
+    rid = submit(n=n, sendto_fn_name="")
+    with pytest.raises(ExpansionIncomplete):
+        wiring.expander().expand(rid, owner="stream:first", takeover=True, time_left=lambda: 0)
+    assert Store(moto_stack.settings).get_request(rid).status == RequestStatus.PROCESSING
+    # when the stream retries it
+    assert wiring.expander().expand(rid, owner="stream:retry", takeover=True) == Outcome.PROCESSED
+    # then every user has exactly one email and one queued message
+    bodies = [m["Body"] for m in drain(moto_stack.sqs, moto_stack.settings.send_queue_url)]
+    assert len(bodies) == len(set(bodies)) == n
+    assert request_status(rid)["emails"] == n
+
+
+def test_a_resumed_chunk_does_not_reset_an_email_already_sent(moto_stack):
+    # given an expansion that wrote a chunk but crashed before checkpointing it
+    rid = submit(n=2, sendto_fn_name="")
+    store = Store(moto_stack.settings)
+    wiring.expander().expand(rid, owner="stream:a", takeover=True)
+    email = store.get_email(rid, "u0000000001#0")
+    store.mark_sent(email, utcnow(), "p-1", "<m@x>")
+    store.models.MessageRequest(rid).update(actions=[
+        store.models.MessageRequest.status.set(RequestStatus.PROCESSING),
+        store.models.MessageRequest.expand_cursor.remove(),
+    ])
+    # when it is resumed
+    wiring.expander().expand(rid, owner="stream:b", takeover=True)
+    # then the sent email stays sent
+    assert store.get_email(rid, "u0000000001#0").status == "sent"
+
+
+def test_a_template_error_fails_the_request_with_the_error_named(moto_stack):
+    # given a request written without the client's validation (as a raw writer could)
+    rid = submit()
+    store = Store(moto_stack.settings)
+    Request = store.models.MessageRequest
+    Request(rid).update(actions=[Request.msgtext.set("Dear {{ user.first_name ")])
+    # when expand runs
+    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.FAILED
+    # then it is failed with the syntax error named, and nothing was queued
+    request = store.get_request(rid)
+    assert request.status == "failed" and "body template syntax error" in request.error
+    assert drain(moto_stack.sqs, moto_stack.settings.send_queue_url) == []
+
+
+def test_an_unknown_sendto_function_fails_the_request(moto_stack):
+    rid = submit()
+    store = Store(moto_stack.settings)
+    Request = store.models.MessageRequest
+    Request(rid).update(actions=[Request.sendto_fn_name.set("send_to_parents")])
+    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.FAILED
+    assert "send_to_parents" in store.get_request(rid).error
+
+
+def test_a_future_processed_by_waits_and_an_old_request_expires(moto_stack):
+    later = submit(processed_by=utcnow() + timedelta(hours=1))
+    assert wiring.expander().expand(later, owner="stream:t", takeover=True) == Outcome.SCHEDULED
+    assert Store(moto_stack.settings).get_request(later).status == RequestStatus.QUEUED
+    old = submit()
+    store = Store(moto_stack.settings)
+    Request = store.models.MessageRequest
+    Request(old).update(actions=[Request.created_at.set(utcnow() - timedelta(days=8))])
+    assert wiring.expander().expand(old, owner="stream:t", takeover=True) == Outcome.EXPIRED
+    assert store.get_request(old).status == RequestStatus.EXPIRED
+
+
+def test_a_recipient_count_mismatch_fails_the_request(moto_stack):
+    rid = submit()
+    store = Store(moto_stack.settings)
+    Request = store.models.MessageRequest
+    Request(rid).update(actions=[Request.recipient_count.set(10)])
+    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.FAILED
+    assert "write every recipient before the request item" in store.get_request(rid).error
+
+
+def test_a_live_lease_held_by_the_schedule_is_not_taken_by_the_stream(moto_stack):
+    rid = submit()
+    store = Store(moto_stack.settings)
+    now = utcnow()
+    assert store.claim_request(rid, "schedule:x", now, now + timedelta(minutes=5), takeover=False)
+    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.BUSY

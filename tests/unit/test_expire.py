@@ -1,0 +1,57 @@
+"""The scheduled sweep: scheduled requests expand when due; stale mail is expired, not sent."""
+
+from datetime import timedelta
+
+from dbmail import wiring
+from dbmail.client import request_status
+from dbmail.expand import Outcome
+from dbmail.models import utcnow
+from dbmail.store import Store
+from tests.conftest import drain
+from tests.unit.test_expand import submit
+
+
+def test_a_scheduled_request_is_expanded_once_its_time_has_come(moto_stack):
+    # given a request scheduled for later that the stream left waiting
+    rid = submit(n=2, sendto_fn_name="", processed_by=utcnow() + timedelta(minutes=10))
+    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.SCHEDULED
+    expirer = wiring.expirer()
+    # when the schedule runs before and after its time
+    assert expirer.run(owner="schedule:1") == {}
+    expirer.clock = wiring.expander().clock = lambda: utcnow() + timedelta(minutes=11)
+    summary = expirer.run(owner="schedule:2")
+    # then it is expanded only the second time
+    assert summary == {"expand_processed": 1}
+    assert request_status(rid)["status"] == "processed"
+    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 2
+
+
+def test_unsent_mail_older_than_seven_days_is_expired(moto_stack):
+    rid = submit(n=2, sendto_fn_name="")
+    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    store = Store(moto_stack.settings)
+    email = store.get_email(rid, "u0000000001#0")
+    store.mark_sent(email, utcnow(), "p", "<m@x>")
+    expirer = wiring.expirer()
+    expirer.clock = lambda: utcnow() + timedelta(days=7, minutes=1)
+    summary = expirer.run(owner="schedule:1")
+    assert summary == {"emails_expired": 1, "requests_swept": 1}
+    assert request_status(rid)["emails_by_status"] == {"expired": 1, "sent": 1}
+    # and a second run has nothing left to do
+    assert expirer.run(owner="schedule:2") == {}
+
+
+def test_a_request_the_stream_missed_is_expanded_by_the_schedule(moto_stack):
+    rid = submit(n=1, sendto_fn_name="")
+    expirer = wiring.expirer()
+    expirer.clock = lambda: utcnow() + timedelta(minutes=5)
+    assert expirer.run(owner="schedule:1") == {"expand_processed": 1}
+    assert request_status(rid)["status"] == "processed"
+
+
+def test_an_unprocessed_request_past_seven_days_is_expired(moto_stack):
+    rid = submit(n=1, sendto_fn_name="")
+    expirer = wiring.expirer()
+    expirer.clock = wiring.expander().clock = lambda: utcnow() + timedelta(days=8)
+    assert expirer.run(owner="schedule:1") == {"expand_expired": 1}
+    assert request_status(rid)["status"] == "expired"
