@@ -140,7 +140,7 @@ class LocalFunction:
                 raise HandlerLoadError(f"{self.logical_id}: importing {self.module_path} failed: {error!r}") from error
         self._handler = _handler_function(module, self.handler_name, self.logical_id)
         sys.modules[module_name] = module
-        log.info("handler loaded", extra={"function": self.logical_id, "module": str(self.module_path)})
+        log.info("handler loaded", extra={"function": self.logical_id, "path": str(self.module_path)})
 
     def invoke(self, event: Any) -> Invocation:
         """Calls the handler; errors are logged with their traceback and returned, never raised."""

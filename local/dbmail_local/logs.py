@@ -50,12 +50,16 @@ class TextFormatter(logging.Formatter):
 def configure(*, json_lines: bool) -> None:
     """Sends dbmail_local's records (INFO and up) and everyone else's warnings to stderr.
 
-    The root logger stays at WARNING like in the Lambda runtime, so a handler's plain
-    ``logging.info`` is as quiet locally as it is in AWS.
+    dbmail_local has its own handler because Powertools filters the root handlers to drop
+    records of loggers whose names start with its service name ("dbmail"). The root logger
+    stays at WARNING like in the Lambda runtime, so a handler's plain ``logging.info`` is as
+    quiet locally as it is in AWS.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("dbmail_local").setLevel(logging.INFO)
+    formatter = JsonFormatter() if json_lines else TextFormatter()
+    for name, level in (("", logging.WARNING), ("dbmail_local", logging.INFO)):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+    logging.getLogger("dbmail_local").propagate = False

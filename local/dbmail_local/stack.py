@@ -222,7 +222,7 @@ def _spawn(state: StatePaths, name: str, argv: list[str], env: Mapping[str, str]
             start_new_session=True,  # its own process group: stopped as one, immune to our Ctrl-C
         )
     state.pid_file(name).write_text(f"{process.pid}\n")
-    log.info("started", extra={"process": name, "pid": process.pid, "log": str(state.log_file(name))})
+    log.info("started", extra={"component": name, "pid": process.pid, "log": str(state.log_file(name))})
     return process
 
 
@@ -283,11 +283,11 @@ def stop_process(state: StatePaths, name: str, timeout: float) -> str:
         outcome = "stopped"
         _signal_group(pid, signal.SIGTERM)
         if not _wait_gone(pid, timeout):
-            log.warning("did not stop in time; killing it", extra={"process": name, "pid": pid, "timeout": timeout})
+            log.warning("did not stop in time; killing it", extra={"component": name, "pid": pid, "timeout": timeout})
             _signal_group(pid, signal.SIGKILL)
             _wait_gone(pid, 5.0)
             outcome = "killed"
-        log.info(outcome, extra={"process": name, "pid": pid})
+        log.info(outcome, extra={"component": name, "pid": pid})
     state.pid_file(name).unlink(missing_ok=True)
     state.ready_file(name).unlink(missing_ok=True)
     return outcome
@@ -426,7 +426,7 @@ def start_runner(
         raise StackError(f"{state.env_file} is missing: the local stack is not up")
     pid = running_pid(state, name)
     if pid is not None:
-        log.info("already running", extra={"process": name, "pid": pid})
+        log.info("already running", extra={"component": name, "pid": pid})
         return pid
     config = json.loads(state.config_file.read_text())
     argv = [

@@ -174,12 +174,14 @@ class Expander:
             return Outcome.BUSY
         resuming = request.status == RequestStatus.PROCESSING
         counts = Counts.resumed_from(request)
-        for chunk in _chunks(self.store.iter_recipients(request_id, after=request.expand_cursor), CHUNK_RECIPIENTS):
+        cursor = request.expand_cursor
+        for chunk in _chunks(self.store.iter_recipients(request_id, after=cursor), CHUNK_RECIPIENTS):
+            if cursor != request.expand_cursor and time_left() < SAFETY_MARGIN_SECONDS:
+                raise ExpansionIncomplete(f"request {request_id}: out of time; resumes after {cursor!r}")
             self._expand_chunk(prepared, chunk, counts, careful=resuming)
             resuming = False
-            self.store.save_expand_progress(request_id, owner, chunk[-1].recipient_key, counts.as_dict())
-            if time_left() < SAFETY_MARGIN_SECONDS:
-                raise ExpansionIncomplete(f"request {request_id}: out of time; resumes after {chunk[-1].recipient_key!r}")
+            cursor = chunk[-1].recipient_key
+            self.store.save_expand_progress(request_id, owner, cursor, counts.as_dict())
         counts.recipients = request.recipient_count if request.recipient_count is not None else self.store.count_recipients(request_id)
         self.store.finish_request(request_id, RequestStatus.PROCESSED, self.clock(), counts=counts.as_dict())
         logger.info("request processed", extra={"request_id": request_id, **counts.as_dict()})

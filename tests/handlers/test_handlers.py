@@ -1,0 +1,83 @@
+"""Each handler fed the sample events in events/ (the files `sam local invoke -e` takes)."""
+
+import copy
+
+from dbmail.client import submit_request
+from dbmail.expand import CHUNK_RECIPIENTS
+from dbmail.store import Store
+from tests.conftest import drain, load_event, recipient
+from tests.handlers.conftest import EXAMPLE_REQUEST, load_handler, seed_example_request
+
+
+def test_expand_handler_expands_the_inserted_request(moto_stack, context):
+    # given the request the sample stream event names
+    seed_example_request(Store(moto_stack.settings))
+    # when the stream event arrives
+    response = load_handler("expand")(load_event("expand_insert.json"), context)
+    # then no record failed and one email per user is queued
+    assert response == {"batchItemFailures": []}
+    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 3
+    assert Store(moto_stack.settings).get_request(EXAMPLE_REQUEST).status == "processed"
+
+
+def test_a_bad_template_fails_its_request_without_blocking_the_batch(moto_stack, context):
+    store = Store(moto_stack.settings)
+    seed_example_request(store, subject="{% if %}")
+    event = load_event("expand_insert.json")
+    other = copy.deepcopy(event["Records"][0])
+    other["dynamodb"]["Keys"] = {"request_id": {"S": "no-such-request"}}
+    other["dynamodb"]["SequenceNumber"] = "111100000000000000000002"
+    event["Records"].append(other)
+    response = load_handler("expand")(event, context)
+    assert response == {"batchItemFailures": []}
+    request = store.get_request(EXAMPLE_REQUEST)
+    assert request.status == "failed" and "subject template syntax error" in request.error
+
+
+def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batch_proceeds(moto_stack, context):
+    # given a request larger than one chunk, and a small one after it in the same batch
+    store = Store(moto_stack.settings)
+    seed_example_request(store, recipient_count=None)
+    store.put_recipients(store.models.EmailRequest(request_id=EXAMPLE_REQUEST, recipient_key=f"u{i:010d}", **recipient(i))
+                         for i in range(4, CHUNK_RECIPIENTS + 10))
+    small = submit_request(subject="s", msgtext="b", recipients=[recipient(1)], sender="splash@example.org")
+    event = load_event("expand_insert.json")
+    second = copy.deepcopy(event["Records"][0])
+    second["dynamodb"]["Keys"] = {"request_id": {"S": small}}
+    second["dynamodb"]["SequenceNumber"] = "111100000000000000000002"
+    event["Records"].append(second)
+    # when the function is nearly out of time
+    context.remaining_ms = 0
+    response = load_handler("expand")(event, context)
+    # then the big request is reported for retry (it resumes from its cursor) and the small one is done
+    assert response == {"batchItemFailures": [{"itemIdentifier": "111100000000000000000001"}]}
+    assert store.get_request(EXAMPLE_REQUEST).status == "processing"
+    assert store.get_request(small).status == "processed"
+
+
+def test_send_handler_delivers_each_queued_email(moto_stack, context):
+    # given the example request expanded
+    seed_example_request(Store(moto_stack.settings))
+    load_handler("expand")(load_event("expand_insert.json"), context)
+    # when the sample SQS event (two of its emails) arrives
+    response = load_handler("send")(load_event("send_sqs.json"), context)
+    # then both were sent through SES (moto) and the third is still queued
+    assert response == {"batchItemFailures": []}
+    counts = Store(moto_stack.settings).email_status_counts(EXAMPLE_REQUEST)
+    assert counts == {"sent": 2, "queued": 1}
+
+
+def test_a_poison_message_fails_alone(moto_stack, context):
+    seed_example_request(Store(moto_stack.settings))
+    load_handler("expand")(load_event("expand_insert.json"), context)
+    event = load_event("send_sqs.json")
+    event["Records"][0]["body"] = "not json"
+    response = load_handler("send")(event, context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert Store(moto_stack.settings).email_status_counts(EXAMPLE_REQUEST)["sent"] == 1
+
+
+def test_expire_handler_runs_the_sweep(moto_stack, context):
+    seed_example_request(Store(moto_stack.settings), processed_by=None)
+    summary = load_handler("expire")(load_event("expire_schedule.json"), context)
+    assert summary == {}
