@@ -1,6 +1,8 @@
 """The scheduled sweep: scheduled requests expand when due; stale mail is expired, not sent."""
 
+import email
 from datetime import timedelta
+from email import policy
 
 from dbmail import wiring
 from dbmail.client import request_status
@@ -55,3 +57,30 @@ def test_an_unprocessed_request_past_seven_days_is_expired(moto_stack):
     expirer.clock = wiring.expander().clock = lambda: utcnow() + timedelta(days=8)
     assert expirer.run(owner="schedule:1") == {"expand_expired": 1}
     assert request_status(rid)["status"] == "expired"
+
+
+def test_failed_emails_are_reported_once_to_the_sender_and_bounces(moto_stack):
+    # given a request one of whose emails the provider refused for good
+    from moto.ses.models import ses_backends
+
+    from dbmail.errors import DeliveryError
+    from dbmail.queue import QueuedEmail
+    from tests.unit.test_send import RecordingTransport, sender
+
+    rid = submit(n=2, sendto_fn_name="")
+    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: Address blacklisted", permanent=True))) \
+        .deliver(QueuedEmail(rid, "u0000000002#0"), claim_id="m", receive_count=1)
+    ses = ses_backends["123456789012"]["us-east-1"]
+    before = len(ses.sent_messages)
+    # when the schedule runs twice
+    assert wiring.expirer().run(owner="schedule:1") == {"failure_reports": 1}
+    assert wiring.expirer().run(owner="schedule:2") == {}
+    # then exactly one "Mail delivery failure" report went to the sender and the bounces address
+    reports = ses.sent_messages[before:]
+    assert len(reports) == 1
+    report = email.message_from_string(reports[0].raw_data, policy=policy.default)
+    assert report["Subject"].startswith("Mail delivery failure")
+    body = report.get_content()
+    assert '"Zoë Ng2" <user2@example.net>: MessageRejected' in body and "user1@" not in body
+    assert set(reports[0].destinations) == {"splash@example.org", moto_stack.settings.bounces_address}

@@ -10,8 +10,11 @@ from datetime import datetime, timedelta
 
 from aws_lambda_powertools import Logger
 
-from dbmail.expand import Expander
+from dbmail.errors import DeliveryError, RequestInvalid
+from dbmail.expand import Expander, resolve_sender
 from dbmail.models import EmailStatus, RequestStatus, utcnow
+from dbmail.report import failure_report
+from dbmail.transports import Transport
 
 logger = Logger(child=True)
 
@@ -24,6 +27,7 @@ SWEEP_WINDOW = timedelta(days=30)
 @dataclass
 class Expirer:
     expander: Expander
+    transport: Transport
     clock: Callable[[], datetime] = field(default=utcnow)
 
     @property
@@ -47,6 +51,8 @@ class Expirer:
             if request.lease_until is None or request.lease_until < now:
                 expand("resume", request.request_id)
         for request in self.store.requests_with_status(RequestStatus.PROCESSED, created_after=now - SWEEP_WINDOW):
+            if int(request.failed_count or 0) > int(request.failure_reported_count or 0):
+                summary["failure_reports"] += self._report_failures(request, now)
             if request.swept_at is not None:
                 continue
             reason = self._expiry_reason(request, now)
@@ -56,6 +62,28 @@ class Expirer:
                 summary["requests_swept"] += 1
         logger.info("expire run", extra=dict(summary))
         return dict(summary)
+
+    def _report_failures(self, request, now: datetime) -> int:
+        """Mail the sender one report of the request's failed emails; 1 if it went, else 0."""
+        settings = self.expander.settings
+        failures = [(e.send_to, e.error or "unknown") for e in self.store.failed_emails(request.request_id)]
+        try:
+            sender = resolve_sender(request, settings)
+        except RequestInvalid:
+            sender = settings.default_sender
+        report = failure_report(
+            request_id=request.request_id, request_subject=request.subject or "", failures=failures,
+            report_from=settings.default_sender, report_to=[sender, settings.bounces_address],
+            site_url=settings.site_url, date=now, envelope_sender=settings.bounces_address,
+        )
+        try:
+            self.transport.send(report)
+        except DeliveryError as exc:
+            logger.warning("failure report not sent", extra={"request_id": request.request_id, "error": str(exc)})
+            return 0
+        self.store.mark_failures_reported(request.request_id, int(request.failed_count))
+        logger.info("failure report sent", extra={"request_id": request.request_id, "failures": len(failures)})
+        return 1
 
     def _expiry_reason(self, request, now: datetime) -> str | None:
         if request.sent_by is not None and request.sent_by < now:

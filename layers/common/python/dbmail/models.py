@@ -119,6 +119,8 @@ class MessageRequestBase(Model):
     email_count = NumberAttribute(null=True)
     skipped_count = NumberAttribute(null=True)
     render_failed_count = NumberAttribute(null=True)
+    failed_count = NumberAttribute(null=True)
+    failure_reported_count = NumberAttribute(null=True)
     expand_cursor = UnicodeAttribute(null=True)
     lease_owner = UnicodeAttribute(null=True)
     lease_until = ISODateTimeAttribute(null=True)

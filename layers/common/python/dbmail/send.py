@@ -77,7 +77,10 @@ class EmailSender:
             provider_id = self.transport.send(outgoing)
         except (RequestInvalid, DeliveryError) as exc:
             permanent = isinstance(exc, RequestInvalid) or exc.permanent
-            self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=permanent or final_try)
+            final = permanent or final_try
+            self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=final)
+            if final:
+                self.store.count_failed_email(email.request_id)
             logger.warning("delivery failed", extra={**log, "error_type": type(exc).__name__,
                                                      "error": str(exc), "permanent": permanent})
             if permanent:

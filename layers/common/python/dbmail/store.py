@@ -101,6 +101,7 @@ class Store:
         ]
         if counts is not None:
             actions += [
+                Request.failed_count.add(counts["render_failed"]),
                 Request.email_count.set(counts["emails"]),
                 Request.skipped_count.set(counts["skipped"]),
                 Request.render_failed_count.set(counts["render_failed"]),
@@ -109,6 +110,15 @@ class Store:
         if error is not None:
             actions.append(Request.error.set(error[:MAX_ERROR_CHARS]))
         Request(request_id).update(actions=actions)
+
+    def count_failed_email(self, request_id: str) -> None:
+        """One more email of this request failed for good (drives the failure report)."""
+        Request = self.models.MessageRequest
+        Request(request_id).update(actions=[Request.failed_count.add(1)])
+
+    def mark_failures_reported(self, request_id: str, reported: int) -> None:
+        Request = self.models.MessageRequest
+        Request(request_id).update(actions=[Request.failure_reported_count.set(reported)])
 
     def mark_swept(self, request_id: str, now: datetime) -> None:
         Request = self.models.MessageRequest
@@ -168,6 +178,11 @@ class Store:
 
     def iter_emails(self, request_id: str, attributes: list[str] | None = None) -> Iterator[TextOfEmailBase]:
         return self.models.TextOfEmail.query(request_id, attributes_to_get=attributes, page_size=1000)
+
+    def failed_emails(self, request_id: str) -> Iterator[TextOfEmailBase]:
+        Email = self.models.TextOfEmail
+        return Email.query(request_id, filter_condition=Email.status == EmailStatus.FAILED,
+                           attributes_to_get=["email_key", "send_to", "error", "tries"])
 
     def email_status_counts(self, request_id: str) -> Counter:
         return Counter(email.status for email in self.iter_emails(request_id, ["status"]))

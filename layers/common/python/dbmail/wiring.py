@@ -6,6 +6,7 @@ from functools import lru_cache
 
 import boto3
 
+from dbmail.errors import ConfigurationError
 from dbmail.expand import Expander
 from dbmail.expire import Expirer
 from dbmail.queue import SendQueue
@@ -14,7 +15,6 @@ from dbmail.settings import get_settings
 from dbmail.store import Store
 from dbmail.transports import make_transport
 from dbmail.unsubscribe import MIN_SECRET_LENGTH
-from dbmail.errors import ConfigurationError
 
 
 @lru_cache(maxsize=1)
@@ -34,4 +34,4 @@ def email_sender() -> EmailSender:
 
 @lru_cache(maxsize=1)
 def expirer() -> Expirer:
-    return Expirer(expander=expander())
+    return Expirer(expander=expander(), transport=make_transport(get_settings()))

@@ -1,0 +1,1 @@
+"""`make bench`: per-request costs of dbmail, measured (never asserted in tests)."""
