@@ -79,21 +79,23 @@ def submit_demo_requests(recipients: list[dict]) -> list[str]:
     return ids
 
 
-def wait_until_settled(request_ids: list[str], timeout: float) -> list[dict]:
-    """Poll until every request is final and none of its emails is queued or in flight."""
+def wait_until_settled(request_ids: list[str], outbox: Path, before: set[Path], timeout: float) -> list[dict]:
+    """Wait (cheaply: request items and the outbox) until every request is final and as many new
+    .eml files exist as emails were expanded, then read the full status once."""
     from dbmail.client import request_status
+    from dbmail.settings import get_settings
+    from dbmail.store import Store
 
+    store = Store(get_settings())
     deadline = time.monotonic() + timeout
-    while True:
-        statuses = [request_status(rid) for rid in request_ids]
-        settled = all(
-            s["status"] in ("processed", "failed", "expired")
-            and not {"queued", "processing"} & set(s["emails_by_status"])
-            for s in statuses
-        )
-        if settled or time.monotonic() > deadline:
-            return statuses
+    while time.monotonic() < deadline:
+        requests = [store.get_request(rid) for rid in request_ids]
+        if all(r.status in ("processed", "failed", "expired") for r in requests):
+            expected = sum(int(r.email_count or 0) for r in requests)
+            if len(set(outbox.glob("*.eml")) - before) >= expected:
+                break
         time.sleep(0.5)
+    return [request_status(rid) for rid in request_ids]
 
 
 def run_demo(outbox: Path, timeout: float = 300) -> int:
@@ -101,7 +103,7 @@ def run_demo(outbox: Path, timeout: float = 300) -> int:
     before = set(outbox.glob("*.eml")) if outbox.is_dir() else set()
     started = time.monotonic()
     request_ids = submit_demo_requests(generate_recipients(RECIPIENTS))
-    statuses = wait_until_settled(request_ids, timeout)
+    statuses = wait_until_settled(request_ids, outbox, before, timeout)
     wall = time.monotonic() - started
     new_files = sorted(set(outbox.glob("*.eml")) - before)
 

@@ -45,22 +45,15 @@ class EmailSender:
 
     def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int) -> str:
         log = {"request_id": queued.request_id, "email_key": queued.email_key, "receive_count": receive_count}
-        email = self.store.get_email(queued.request_id, queued.email_key)
-        if email is None:
-            logger.error("queued email does not exist; dropping the message", extra=log)
-            return SendOutcome.UNKNOWN
-        if email.status in EmailStatus.FINAL:
-            logger.info("email already final; duplicate message dropped", extra={**log, "status": email.status})
-            return SendOutcome.DUPLICATE
         now = self.clock()
+        email = self.store.email_ref(queued.request_id, queued.email_key)
+        if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
+            return self._not_claimed(queued, log)
         reason = self._expiry_reason(email, now)
         if reason:
-            expired = self.store.expire_email(email, reason, now)
-            logger.info("email expired before sending", extra={**log, "reason": reason, "changed": expired})
+            self.store.expire_email(email, reason, now, claim_id=claim_id)
+            logger.info("email expired before sending", extra={**log, "reason": reason})
             return SendOutcome.EXPIRED
-        if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
-            logger.info("another message holds this email; duplicate dropped", extra=log)
-            return SendOutcome.DUPLICATE
         final_try = receive_count >= self.settings.max_tries
         try:
             outgoing = compose(
@@ -90,6 +83,16 @@ class EmailSender:
         logger.info("email sent", extra=log)
         return SendOutcome.SENT
 
+    def _not_claimed(self, queued: QueuedEmail, log: dict) -> str:
+        """The claim failed: the email is missing, already final, or held by another live message."""
+        email = self.store.get_email(queued.request_id, queued.email_key)
+        if email is None:
+            logger.error("queued email does not exist; dropping the message", extra=log)
+            return SendOutcome.UNKNOWN
+        logger.info("email already final or held by another message; duplicate dropped",
+                    extra={**log, "status": email.status})
+        return SendOutcome.DUPLICATE
+
     def _expiry_reason(self, email, now: datetime) -> str | None:
         if email.sent_by is not None and email.sent_by < now:
             return "sent_by deadline passed"
@@ -100,6 +103,8 @@ class EmailSender:
     def _special_headers(self, request_id: str) -> dict:
         """A request's special headers, read once per request per container."""
         if request_id not in self._headers_by_request:
+            if len(self._headers_by_request) >= 512:  # a warm container lives long; stay bounded
+                self._headers_by_request.clear()
             request = self.store.get_request(request_id)
             self._headers_by_request[request_id] = (request.special_headers if request else None) or {}
         return self._headers_by_request[request_id]

@@ -169,6 +169,10 @@ class Store:
             for email in self.models.TextOfEmail.batch_get(keys, consistent_read=True, attributes_to_get=["email_key", "status"])
         }
 
+    def email_ref(self, request_id: str, email_key: str) -> TextOfEmailBase:
+        """A key-only handle; a successful conditional update fills in the rest (ALL_NEW)."""
+        return self.models.TextOfEmail(request_id, email_key)
+
     def get_email(self, request_id: str, email_key: str) -> TextOfEmailBase | None:
         Email = self.models.TextOfEmail
         try:
@@ -236,14 +240,19 @@ class Store:
             ]
         )
 
-    def expire_email(self, email: TextOfEmailBase, reason: str, now: datetime) -> bool:
-        """Mark an unsent email expired (never sent); False if it was sent or taken meanwhile."""
+    def expire_email(self, email: TextOfEmailBase, reason: str, now: datetime, claim_id: str | None = None) -> bool:
+        """Mark an unsent email expired (never sent); False if it was sent or taken meanwhile.
+        ``claim_id``: the caller holds the claim itself."""
         Email = self.models.TextOfEmail
+        condition = (Email.status == EmailStatus.QUEUED) | (
+            (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
+        )
+        if claim_id is not None:
+            condition |= (Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id)
         try:
             email.update(
                 actions=[Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason)],
-                condition=(Email.status == EmailStatus.QUEUED)
-                | ((Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)),
+                condition=condition,
             )
         except UpdateError as exc:
             if _condition_failed(exc):
