@@ -23,8 +23,15 @@ from dbmail.settings import Settings
 MAX_ERROR_CHARS = 1000
 
 
-def _condition_failed(exc: Exception) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+def _update_if(item, actions: list, condition) -> bool:
+    """A conditional update; False (not an error) when the condition does not hold."""
+    try:
+        item.update(actions=actions, condition=condition)
+    except UpdateError as exc:
+        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
 
 
 class Store:
@@ -61,20 +68,12 @@ class Store:
         if takeover:
             free |= Request.lease_owner.startswith("stream:")
         condition = Request.status.is_in(RequestStatus.QUEUED, RequestStatus.PROCESSING) & free
-        try:
-            Request(request_id).update(
-                actions=[
-                    Request.status.set(RequestStatus.PROCESSING),
-                    Request.lease_owner.set(owner),
-                    Request.lease_until.set(lease_until),
-                ],
-                condition=condition,
-            )
-        except UpdateError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
+        actions = [
+            Request.status.set(RequestStatus.PROCESSING),
+            Request.lease_owner.set(owner),
+            Request.lease_until.set(lease_until),
+        ]
+        return _update_if(Request(request_id), actions, condition)
 
     def save_expand_progress(self, request_id: str, owner: str, cursor: str, counts: dict[str, int]) -> None:
         """Checkpoint after a chunk: a resumed expansion starts after ``cursor``."""
@@ -198,20 +197,12 @@ class Store:
         condition = Email.status.is_in(EmailStatus.QUEUED, EmailStatus.FAILED) | (
             (Email.status == EmailStatus.PROCESSING) & ((Email.claim_id == claim_id) | (Email.claimed_until < now))
         )
-        try:
-            email.update(
-                actions=[
-                    Email.status.set(EmailStatus.PROCESSING),
-                    Email.claim_id.set(claim_id),
-                    Email.claimed_until.set(lease_until),
-                ],
-                condition=condition,
-            )
-        except UpdateError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
+        actions = [
+            Email.status.set(EmailStatus.PROCESSING),
+            Email.claim_id.set(claim_id),
+            Email.claimed_until.set(lease_until),
+        ]
+        return _update_if(email, actions, condition)
 
     def mark_sent(self, email: TextOfEmailBase, when: datetime, provider_message_id: str, message_id: str) -> None:
         """Record delivery and clear the body (it can be rendered again from the request)."""
@@ -249,14 +240,5 @@ class Store:
         )
         if claim_id is not None:
             condition |= (Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id)
-        try:
-            email.update(
-                actions=[Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason)],
-                condition=condition,
-            )
-        except UpdateError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
+        return _update_if(email, [Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason)], condition)
 
