@@ -1,0 +1,175 @@
+"""Outgoing mail end to end on the real local stack: DynamoDB Local's stream, moto's SQS and SES,
+and the runner playing Lambda. What lands in the outbox is what SES was handed."""
+
+from __future__ import annotations
+
+import email
+import json
+import uuid
+from datetime import datetime, timezone
+from email import policy
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+import pytest
+
+from dbmail import models, settings
+from dbmail.client import request_status, submit_request
+from dbmail.expand import message_id_for
+from dbmail.store import Store
+from tests.conftest import recipient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def store(local_stack):
+    """dbmail's settings come from the stack's environment (read once, so the caches are reset)."""
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+    yield Store(settings.get_settings())
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+
+
+def outbox_by_message_id(outbox: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in outbox.glob("*.eml"):
+        with path.open("rb") as handle:
+            found.setdefault(BytesHeaderParser().parse(handle)["Message-ID"], []).append(path)
+    return found
+
+
+def wait_delivered(local_stack, request_id: str, timeout: float = 120) -> dict:
+    def settled():
+        status = request_status(request_id)
+        if status["status"] in ("failed", "expired"):
+            return status
+        done = status["status"] == "processed" and set(status["emails_by_status"]) <= {"sent", "failed", "expired"}
+        return status if done else None
+
+    return local_stack.wait_for(settled, timeout=timeout, interval=0.5)
+
+
+def delivered_messages(local_stack, store, request_id: str) -> list[email.message.EmailMessage]:
+    by_id = outbox_by_message_id(local_stack.outbox)
+    messages = []
+    for item in store.iter_emails(request_id):
+        paths = by_id.get(message_id_for(request_id, item.email_key, item.send_from), [])
+        assert len(paths) == 1, f"{item.email_key}: {len(paths)} copies in the outbox"
+        messages.append(email.message_from_bytes(paths[0].read_bytes(), policy=policy.default))
+    return messages
+
+
+def test_a_submitted_request_is_delivered_as_correct_mime(local_stack, store):
+    # given an HTML request and a plain one, with non-ASCII names and subjects
+    people = [recipient(1, first_name="Zoë", last_name="Ng"), recipient(2, first_name="José", last_name="García",
+                                                                          guardian_email=None)]
+    html_id = submit_request(
+        subject="[Splash] Wëlcome, {{ user.first_name }} ✨",
+        msgtext='<html lang="en"><body><h1>Hi {{ user.first_name }}</h1><p>See <a href="https://esp.example.org/c">'
+                "your classes</a></p></body></html>",
+        recipients=people, sendto_fn_name="send_to_self_and_guardian",
+        sender="Splash Dïrectors <splash@example.org>", special_headers={"Reply-To": " splash@example.org "})
+    text_id = submit_request(subject="Plain for {{ user.first_name }}", msgtext="Dear {{ user.first_name }},\nhello.\n",
+                             recipients=people, sender="splash@example.org")
+    # when the stack has delivered them
+    assert wait_delivered(local_stack, html_id)["emails_by_status"] == {"sent": 3}
+    assert wait_delivered(local_stack, text_id)["emails_by_status"] == {"sent": 2}
+    # then each .eml is correct MIME
+    for message in delivered_messages(local_stack, store, html_id):
+        assert message.get_content_type() == "multipart/alternative"
+        text, html = message.get_payload()
+        assert text.get_content_type() == "text/plain" and "<h1>" not in text.get_content()
+        assert "your classes" in text.get_content() and "https://esp.example.org/c" in text.get_content()
+        assert html.get_content_type() == "text/html" and "<h1>Hi" in html.get_content()
+        assert message["From"].addresses[0].display_name == "Splash Dïrectors"
+        assert message["Subject"].startswith("[Splash] Wëlcome, ") and message["Subject"].endswith("✨")
+        assert message["Reply-To"] == "splash@example.org"
+        assert message["Return-Path"] == "<bounces@example.org>"
+        assert message["List-Unsubscribe"].startswith("<https://") and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["Date"] is not None
+    names = sorted(m["To"].addresses[0].display_name for m in delivered_messages(local_stack, store, html_id))
+    assert names == ["José García", "Mai Ng1", "Zoë Ng"]
+    for message in delivered_messages(local_stack, store, text_id):
+        assert message.get_content_type() == "text/plain"
+        assert message.get_content().replace("\r\n", "\n").endswith(",\nhello.\n")
+
+
+def write_raw_request(local_stack, subject: str, msgtext: str, users: list[dict]) -> str:
+    """A request written with plain DynamoDB calls, exactly as docs/schema.md describes."""
+    dynamodb = local_stack.client("dynamodb")
+    env = local_stack.env
+    request_id = f"raw-{uuid.uuid4().hex[:12]}"
+    items = []
+    for user in users:
+        item = {"request_id": {"S": request_id}, "recipient_key": {"S": f"u{user['user_id']:010d}"},
+                "user_id": {"N": str(user["user_id"])}, "email": {"S": user["email"]},
+                "first_name": {"S": user["first_name"]}, "last_name": {"S": user["last_name"]},
+                "vars": {"S": json.dumps({"get_confirmation_link": f"https://esp.example.org/c/{user['user_id']}"})}}
+        items.append({"PutRequest": {"Item": item}})
+    dynamodb.batch_write_item(RequestItems={env["DBMAIL_RECIPIENT_TABLE"]: items})
+    dynamodb.put_item(
+        TableName=env["DBMAIL_REQUEST_TABLE"],
+        ConditionExpression="attribute_not_exists(request_id)",
+        Item={"request_id": {"S": request_id}, "status": {"S": "queued"},
+              "created_at": {"S": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+              "subject": {"S": subject}, "msgtext": {"S": msgtext}, "sendto_fn_name": {"S": "send_to_self"},
+              "sender": {"S": "Splash <splash@example.org>"},
+              "message_vars": {"S": json.dumps({"program": {"name": "Splash"}})},
+              "recipient_count": {"N": str(len(users))}},
+    )
+    return request_id
+
+
+def test_a_request_written_straight_into_dynamodb_is_delivered(local_stack, store):
+    request_id = write_raw_request(local_stack, "{{ program.name }} for {{ user.first_name }}",
+                                   "Confirm at {{ user.get_confirmation_link }}", [recipient(7), recipient(8)])
+    assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 2}
+    bodies = sorted(m.get_content().strip() for m in delivered_messages(local_stack, store, request_id))
+    assert bodies == ["Confirm at https://esp.example.org/c/7", "Confirm at https://esp.example.org/c/8"]
+
+
+def test_a_template_error_fails_its_request_and_later_requests_still_deliver(local_stack, store):
+    # given a raw request whose body has a syntax error, then a good one
+    bad = write_raw_request(local_stack, "ok", "Dear {{ user.first_name }", [recipient(9)])
+    good = write_raw_request(local_stack, "ok", "Dear {{ user.first_name }}", [recipient(10)])
+    # then the bad one ends failed, naming the error, and the good one is delivered
+    status = wait_delivered(local_stack, bad)
+    assert status["status"] == "failed" and "body template syntax error" in status["error"]
+    assert wait_delivered(local_stack, good)["emails_by_status"] == {"sent": 1}
+
+
+def test_stopping_the_runner_mid_expand_delivers_every_email_exactly_once(local_stack, store):
+    # given a large request whose expansion is under way
+    size = 1200
+    request_id = submit_request(subject="Hi {{ user.first_name }}", msgtext="Dear {{ user.first_name }}",
+                                recipients=[recipient(i) for i in range(1000, 1000 + size)], sender="splash@example.org")
+    local_stack.wait_for(lambda: (store.get_request(request_id).expand_cursor or None), timeout=60, interval=0.05)
+    # when the runner is stopped in the middle of it and started again
+    local_stack.stop_runner()
+    interrupted = store.get_request(request_id)
+    assert interrupted.status == "processing", "the expansion finished before the runner stopped: test not meaningful"
+    local_stack.start_runner()
+    # then every email is delivered exactly once
+    status = wait_delivered(local_stack, request_id, timeout=240)
+    assert (status["status"], status["emails"], status["emails_by_status"]) == ("processed", size, {"sent": size})
+    assert len(delivered_messages(local_stack, store, request_id)) == size
+
+
+def test_a_poison_message_goes_to_the_dead_letter_queue_and_does_not_block_the_queue(local_stack, store):
+    sqs = local_stack.client("sqs")
+    queue_url = local_stack.env["DBMAIL_SEND_QUEUE_URL"]
+    dlq_url = local_stack.env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"]
+    # given a message no send can understand, queued before a real request
+    sqs.send_message(QueueUrl=queue_url, MessageBody="{not json")
+    request_id = submit_request(subject="after poison", msgtext="x", recipients=[recipient(3000)], sender="splash@example.org")
+    # then the real email is delivered and the poison message ends in the DLQ after 3 receives
+    assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 1}
+
+    def poison_in_dlq():
+        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
+        return [m for m in messages if m["Body"] == "{not json"]
+
+    dead = local_stack.wait_for(poison_in_dlq, timeout=60, interval=0.5)
+    assert int(dead[0]["Attributes"]["ApproximateReceiveCount"]) >= 3
