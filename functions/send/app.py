@@ -18,7 +18,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 def send_record(record: SQSRecord) -> None:
     outcome = wiring.email_sender().deliver(
         QueuedEmail.from_body(record.body),
-        claim_id=record.message_id,
+        claim_id=record.receipt_handle,
         receive_count=int(record.attributes.approximate_receive_count),
     )
     metrics.add_metric(name=f"Emails_{outcome}", unit=MetricUnit.Count, value=1)

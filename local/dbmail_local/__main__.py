@@ -73,8 +73,10 @@ def _print_status(state: StatePaths) -> int:
     print(f"state: {state.root}")
     for row in rows:
         where = urls.get(f"{row.name}_url", "") if row.running else ""
-        print(f"  {row.name:<10} {'running' if row.running else 'stopped':<8} "
-              f"{('pid ' + str(row.pid)) if row.running else '':<11} {where:<24} log: {row.log}")  # fmt: skip
+        print(
+            f"  {row.name:<10} {'running' if row.running else 'stopped':<8} "
+            f"{('pid ' + str(row.pid)) if row.running else '':<11} {where:<24} log: {row.log}"
+        )
     if all(row.running for row in rows):
         print(f"source {state.env_file} to use it; mail lands in {state.outbox}/")
         return 0
@@ -82,11 +84,17 @@ def _print_status(state: StatePaths) -> int:
 
 
 def _demo(state: StatePaths, timeout: float) -> int:
+    """Runs the demo on the stack; a stack the demo started is stopped again (the outbox stays)."""
     from .demo import run_demo
 
-    up(state)
-    os.environ.update(read_env_file(state.env_file))
-    return run_demo(state.outbox, timeout=timeout)
+    started = up(state)
+    try:
+        os.environ.update(read_env_file(state.env_file))
+        return run_demo(state.outbox, timeout=timeout)
+    finally:
+        if started:
+            down(state)
+            print(f"stack    stopped (it was started for the demo); the mail stays in {state.outbox}/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(json_lines=False)
     try:
         if args.command == "up":
-            up(state, dynamodb_port=args.dynamodb_port, moto_port=args.moto_port,
-               template=args.template, parameters=args.parameters)  # fmt: skip
+            up(
+                state,
+                dynamodb_port=args.dynamodb_port,
+                moto_port=args.moto_port,
+                template=args.template,
+                parameters=args.parameters,
+            )
             return _print_status(state)
         if args.command == "down":
             down(state, timeout=args.timeout)

@@ -67,7 +67,7 @@ TemplateLoader.add_multi_constructor("!", _construct_intrinsic)
 
 def load_yaml(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as stream:
-        return yaml.load(stream, Loader=TemplateLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(stream, Loader=TemplateLoader)  # a SafeLoader subclass: safe
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class Template:
         return self._conditions[name]
 
     def _evaluate(self, expression: Any) -> bool:
-        (function, argument), = expression.items()
+        ((function, argument),) = expression.items()
         if function == "Condition":
             return self.condition(argument)
         if function == "Fn::Equals":
@@ -281,7 +281,10 @@ class Template:
                 "QueueUrl": lambda: self.queue_url(name),
             }
         elif kind == "AWS::DynamoDB::Table":
-            attributes = {"Arn": lambda: self._arn("dynamodb", f"table/{name}"), "StreamArn": lambda: self._stream_arn(name)}
+            attributes = {
+                "Arn": lambda: self._arn("dynamodb", f"table/{name}"),
+                "StreamArn": lambda: self._stream_arn(name),
+            }
         elif kind == "AWS::S3::Bucket":
             attributes = {
                 "Arn": lambda: f"arn:aws:s3:::{name}",
@@ -313,7 +316,7 @@ class Template:
         if not isinstance(value, dict):
             return value
         if _is_intrinsic(value):
-            (function, argument), = value.items()
+            ((function, argument),) = value.items()
             return self._intrinsic(function, argument)
         resolved = {key: self.resolve(item) for key, item in value.items()}
         return {key: item for key, item in resolved.items() if item is not _NO_VALUE}

@@ -43,7 +43,7 @@ def _same(value: Any, expected: Any) -> bool:
 def _condition_matches(condition: Any, field: Any) -> bool:
     if not isinstance(condition, dict):
         return field is not _MISSING and any(_same(value, condition) for value in _values(field))
-    (operator, argument), = condition.items()
+    ((operator, argument),) = condition.items()
     if operator == "exists":
         return (field is not _MISSING) == bool(argument)
     if field is _MISSING:

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,10 +113,7 @@ class LocalFunction:
         module, _, self.handler_name = handler.rpartition(".")
         self.code_dir = (template.base_dir / code_uri).resolve()
         self.module_path = self.code_dir / (module.replace(".", "/") + ".py")
-        self.layer_dirs = [
-            (template.base_dir / template.resolve(template.properties(layer)["ContentUri"]) / "python").resolve()
-            for layer in _layer_ids(properties.get("Layers", []))
-        ]
+        self.layer_dirs = _layer_python_dirs(template, properties.get("Layers", []))
         self._stopping = stopping
         self._handler: Callable[[Any, LambdaContext], Any] | None = None
 
@@ -134,12 +132,13 @@ class LocalFunction:
             for directory in reversed([self.code_dir, *self.layer_dirs]):
                 if str(directory) not in sys.path:
                     sys.path.insert(0, str(directory))
+            sys.modules[module_name] = module  # as an import would (dataclasses look it up)
             try:
                 spec.loader.exec_module(module)
             except Exception as error:
+                del sys.modules[module_name]
                 raise HandlerLoadError(f"{self.logical_id}: importing {self.module_path} failed: {error!r}") from error
         self._handler = _handler_function(module, self.handler_name, self.logical_id)
-        sys.modules[module_name] = module
         log.info("handler loaded", extra={"function": self.logical_id, "path": str(self.module_path)})
 
     def invoke(self, event: Any) -> Invocation:
@@ -160,14 +159,29 @@ class LocalFunction:
                 "invocation ran past the function's Timeout; Lambda would have stopped it",
                 extra={**fields, "seconds": round(elapsed, 3), "timeout": self.timeout_s},
             )
-            return Invocation(context.aws_request_id, error=TimeoutError(f"Task timed out after {self.timeout_s} seconds"))
+            return Invocation(
+                context.aws_request_id, error=TimeoutError(f"Task timed out after {self.timeout_s} seconds")
+            )
         log.info("invoked", extra={**fields, "ms": round(elapsed * 1000, 1)})
         return Invocation(context.aws_request_id, response=response)
 
 
-def _layer_ids(layers: list[Any]) -> list[str]:
-    """Logical ids of the template's own layers (``!Ref SomeLayer``); ARNs of others are skipped."""
-    return [layer["Ref"] for layer in layers if isinstance(layer, dict) and "Ref" in layer]
+def _layer_python_dirs(template: Template, layers: list[Any]) -> list[Path]:
+    """The ``python`` directories of the template's own layers (Lambda's /opt/python).
+
+    Only ``!Ref SomeLayer`` to an AWS::Serverless::LayerVersion with a local ContentUri has
+    one; layers given by ARN are not available locally and are skipped.
+    """
+    directories = []
+    own_layers = template.resources("AWS::Serverless::LayerVersion")
+    for layer in layers:
+        logical_id = layer.get("Ref") if isinstance(layer, dict) else None
+        if logical_id not in own_layers:
+            continue
+        content = template.resolve(own_layers[logical_id].get("Properties", {}).get("ContentUri"))
+        if isinstance(content, str):
+            directories.append((template.base_dir / content / "python").resolve())
+    return directories
 
 
 def _handler_function(module: ModuleType, name: str, logical_id: str) -> Callable[[Any, LambdaContext], Any]:
@@ -177,19 +191,15 @@ def _handler_function(module: ModuleType, name: str, logical_id: str) -> Callabl
     return handler
 
 
-class _environment:
+@contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
     """Temporarily sets variables in os.environ (a function's own values while it imports)."""
-
-    def __init__(self, variables: Mapping[str, str]) -> None:
-        self._variables = variables
-        self._saved: dict[str, str | None] = {}
-
-    def __enter__(self) -> None:
-        self._saved = {name: os.environ.get(name) for name in self._variables}
-        os.environ.update(self._variables)
-
-    def __exit__(self, *_: object) -> None:
-        for name, value in self._saved.items():
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:

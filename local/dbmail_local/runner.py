@@ -1,10 +1,11 @@
 """The runner: Lambda's part of the local stack. It runs each AWS::Serverless::Function of the
 template with the triggers its Events give it (DynamoDB streams, SQS queues, schedules).
 
-Trigger kinds are looked up by event Type in TRIGGER_KINDS, and each runs in its own threads.
-Another way in, such as an SMTP front on loopback (aiosmtpd) that hands SES receipt-shaped
-events to an inbound function, is one more trigger class found the same way, with no change
-to the runner.
+Trigger kinds are looked up by event Type in TRIGGER_KINDS, and each runs in its own threads
+(see triggers.py for what a trigger is). Another way in is one more trigger class: an SMTP
+front on loopback (aiosmtpd) that hands SES receipt-shaped events to an inbound function would
+run its server in ``run()`` until the runner stops, and be found next to the Events here from
+the template's AWS::SES::ReceiptRule Lambda actions.
 
 A function whose handler does not import is logged and left out; the others run. On SIGTERM
 or SIGINT the runner tells in-flight invocations that no time is left
@@ -26,7 +27,7 @@ from .cfn import LocalTarget, Template, TemplateError, as_bool
 from .lambda_runtime import HandlerLoadError, LocalFunction
 from .schedule import ScheduleTrigger
 from .sqs import SqsTrigger
-from .stack import StatePaths, client_factory, read_env_file
+from .stack import StatePaths, client_factory, read_env_file, running_pid
 from .streams import StreamTrigger
 from .triggers import RunnerSettings, Runtime, Trigger, TriggerKind
 
@@ -119,6 +120,16 @@ class Runner:
 def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str) -> int:
     """``python -m dbmail_local runner``: runs in the foreground until SIGTERM or Ctrl-C."""
     logs.configure(json_lines=True)
+    other = running_pid(state, name)
+    if other is not None and other != os.getpid():
+        log.error(
+            "a runner with this name already runs; stop it first or pick another --name",
+            extra={"runner": name, "pid": other},
+        )
+        return 1
+    if not state.env_file.is_file():
+        log.error("the local stack is not up (no stack.env)", extra={"env_file": str(state.env_file)})
+        return 1
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
@@ -133,4 +144,10 @@ def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str
     target = LocalTarget(sqs_url=env["AWS_ENDPOINT_URL_SQS"], stream_arn=stream_arn)
     template = Template.load(template_path, parameter_file, target)
     os.environ.update(template.environment())
-    return Runner(Runtime(template, client, settings, state, stopping), name).run()
+    pid_file = state.pid_file(name)  # a runner started in a terminal is known to `down` too
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return Runner(Runtime(template, client, settings, state, stopping), name).run()
+    finally:
+        if running_pid(state, name) == os.getpid():
+            pid_file.unlink()

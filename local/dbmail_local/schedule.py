@@ -61,7 +61,12 @@ class ScheduleTrigger:
         interval = self.runtime.settings.schedule_seconds
         log.info(
             "schedule ticks locally",
-            extra={"trigger": self.name, "schedule": self.expression, "in_aws": self.meaning, "local_interval_s": interval},
+            extra={
+                "trigger": self.name,
+                "schedule": self.expression,
+                "in_aws": self.meaning,
+                "local_interval_s": interval,
+            },
         )
         while not self.runtime.stopping.wait(interval):
             self.function.invoke(self.input if self.input is not None else self._scheduled_event())

@@ -40,7 +40,9 @@ def _message_attribute(value: dict[str, Any]) -> dict[str, Any]:
     if "BinaryValue" in value:
         attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode("ascii")
     attribute["stringListValues"] = value.get("StringListValues", [])
-    attribute["binaryListValues"] = [base64.b64encode(item).decode("ascii") for item in value.get("BinaryListValues", [])]
+    attribute["binaryListValues"] = [
+        base64.b64encode(item).decode("ascii") for item in value.get("BinaryListValues", [])
+    ]
     attribute["dataType"] = value["DataType"]
     return attribute
 
@@ -54,7 +56,7 @@ def _filter_view(record: Record) -> Record:
 
 
 def _chunks(items: list[Any]) -> list[list[Any]]:
-    return [items[start:start + BATCH_CALL_LIMIT] for start in range(0, len(items), BATCH_CALL_LIMIT)]
+    return [items[start : start + BATCH_CALL_LIMIT] for start in range(0, len(items), BATCH_CALL_LIMIT)]
 
 
 class SqsTrigger:
@@ -121,7 +123,11 @@ class SqsTrigger:
         }
         if "MD5OfMessageAttributes" in message:
             record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
-        record |= {"eventSource": "aws:sqs", "eventSourceARN": self.queue_arn, "awsRegion": self.runtime.template.target.region}
+        record |= {
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.queue_arn,
+            "awsRegion": self.runtime.template.target.region,
+        }
         return record
 
     def _handle(self, records: list[Record]) -> None:
@@ -141,7 +147,12 @@ class SqsTrigger:
             self._change_visibility(handles, self._retry_visibility)
             log.warning(
                 "messages failed; they go back to the queue",
-                extra={"trigger": self.name, "failed": len(failed), "of": len(matching), "retry_in_s": self._retry_visibility},
+                extra={
+                    "trigger": self.name,
+                    "failed": len(failed),
+                    "of": len(matching),
+                    "retry_in_s": self._retry_visibility,
+                },
             )
 
     @staticmethod
@@ -164,7 +175,12 @@ class SqsTrigger:
 
     def _change_visibility(self, handles: list[str], seconds: int) -> None:
         for chunk in _chunks(handles):
-            entries = [{"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": seconds} for n, handle in enumerate(chunk)]
+            entries = [
+                {"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": seconds} for n, handle in enumerate(chunk)
+            ]
             result = self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
             if result.get("Failed"):
-                log.error("could not return failed messages to the queue", extra={"trigger": self.name, "failed": result["Failed"]})
+                log.error(
+                    "could not return failed messages to the queue",
+                    extra={"trigger": self.name, "failed": result["Failed"]},
+                )

@@ -5,6 +5,7 @@ log under ``<state>/logs``, so ``down`` stops exactly what ``up`` started, from 
 a test session can run its own stack on free ports next to a developer's.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -127,9 +128,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def stack_environment(
-    state: StatePaths, template: Template, dynamodb_url: str, moto_url: str
-) -> dict[str, str]:
+def stack_environment(state: StatePaths, template: Template, dynamodb_url: str, moto_url: str) -> dict[str, str]:
     """Everything a client or a handler needs to use the local stack, as environment variables."""
     region = template.target.region
     return {
@@ -233,7 +232,9 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def _wait_until(condition: Callable[[], bool], process: subprocess.Popen, state: StatePaths, name: str, what: str) -> None:
+def _wait_until(
+    condition: Callable[[], bool], process: subprocess.Popen, state: StatePaths, name: str, what: str
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not condition():
         if process.poll() is not None:
@@ -294,10 +295,12 @@ def stop_process(state: StatePaths, name: str, timeout: float) -> str:
 
 
 def _signal_group(pid: int, signum: int) -> None:
+    """Signals the process group ``pid`` leads, or just the process (a runner in a terminal)."""
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:
-        pass  # already gone
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, signum)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -347,6 +350,20 @@ def _dynamodb_argv(port: int) -> list[str]:
     ]
 
 
+def _moto_argv(port: int, outbox: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dbmail_local.moto_server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--outbox",
+        str(outbox),
+    ]
+
+
 def up(
     state: StatePaths,
     *,
@@ -382,29 +399,23 @@ def up(
     try:
         processes = {
             "dynamodb": _spawn(state, "dynamodb", _dynamodb_argv(ports["dynamodb"])),
-            "moto": _spawn(
-                state,
-                "moto",
-                [sys.executable, "-m", "dbmail_local.moto_server", "--host", HOST, "--port", str(ports["moto"]),
-                 "--outbox", str(state.outbox)],
-            ),
+            "moto": _spawn(state, "moto", _moto_argv(ports["moto"], state.outbox)),
         }
         for name, process in processes.items():
             _wait_until(partial(_port_answers, ports[name]), process, state, name, f"listening on port {ports[name]}")
         created = create_resources(loaded, client_factory(env))
         log.info(
             "resources ready",
-            extra={"tables": len(created.tables), "queues": len(created.queues), "ses_identities": created.ses_identities},
+            extra={"tables": created.tables, "queues": created.queues, "ses_identities": created.ses_identities},
         )
         write_env_file(state.env_file, env)
-        state.config_file.write_text(
-            json.dumps(
-                {"template": str(Path(template).resolve()), "parameters": str(Path(parameters).resolve()),
-                 "dynamodb_url": dynamodb_url, "moto_url": moto_url},
-                indent=2,
-            )
-            + "\n"
-        )
+        config = {
+            "template": str(Path(template).resolve()),
+            "parameters": str(Path(parameters).resolve()),
+            "dynamodb_url": dynamodb_url,
+            "moto_url": moto_url,
+        }
+        state.config_file.write_text(json.dumps(config, indent=2) + "\n")
         start_runner(state, extra_env=runner_env)
     except BaseException:
         down(state)
@@ -434,18 +445,30 @@ def start_runner(
         return pid
     config = json.loads(state.config_file.read_text())
     argv = [
-        sys.executable, "-m", "dbmail_local", "runner",
-        "--state-dir", str(state.root),
-        "--name", name,
-        "--template", str(template or config["template"]),
-        "--parameters", str(parameters or config["parameters"]),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "dbmail_local",
+        "runner",
+        "--state-dir",
+        str(state.root),
+        "--name",
+        name,
+        "--template",
+        str(template or config["template"]),
+        "--parameters",
+        str(parameters or config["parameters"]),
+    ]
     state.ready_file(name).unlink(missing_ok=True)
     process = _spawn(state, name, argv, env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
     ready = state.ready_file(name)
     try:
-        _wait_until(lambda: ready.is_file() and ready.read_text().strip() == str(process.pid),
-                    process, state, name, "running its triggers")  # fmt: skip
+        _wait_until(
+            lambda: ready.is_file() and ready.read_text().strip() == str(process.pid),
+            process,
+            state,
+            name,
+            "running its triggers",
+        )
     except BaseException:
         stop_process(state, name, RUNNER_STOP_TIMEOUT)
         raise
@@ -462,7 +485,7 @@ def down(state: StatePaths, *, timeout: float = EMULATOR_STOP_TIMEOUT) -> None:
     if not state.pids.is_dir():
         return
     names = _process_names(state)
-    for name in names[len(EMULATORS):]:
+    for name in names[len(EMULATORS) :]:
         stop_process(state, name, max(timeout, RUNNER_STOP_TIMEOUT))
     for name in EMULATORS:
         stop_process(state, name, timeout)

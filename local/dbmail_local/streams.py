@@ -78,6 +78,7 @@ class _Shard:
     parent_id: str | None
     from_start_position: bool  # present when the trigger started: StartingPosition applies
     iterator: str | None = None
+    fresh_iterator: bool = False  # from GetShardIterator, not a page's NextShardIterator
 
 
 @dataclass
@@ -140,7 +141,9 @@ class StreamTrigger:
         self.checkpoints.load(self.stream_arn)
         self._shards = {}
         self._next_refresh = 0.0
-        log.info("polling stream", extra=self._fields(stream=self.stream_arn, resumes_shards=len(self.checkpoints.sequences)))
+        log.info(
+            "polling stream", extra=self._fields(stream=self.stream_arn, resumes_shards=len(self.checkpoints.sequences))
+        )
         stopping = self.runtime.stopping
         while not stopping.is_set():
             try:
@@ -206,7 +209,7 @@ class StreamTrigger:
     def _read(self, shard: _Shard) -> bool:
         """Reads and handles one page of the shard; True if it had records."""
         if shard.iterator is None:
-            shard.iterator = self._iterator(shard)
+            shard.iterator, shard.fresh_iterator = self._iterator(shard), True
         try:
             page = self._streams.get_records(ShardIterator=shard.iterator, Limit=self.batch_size)
         except ClientError as error:
@@ -215,16 +218,21 @@ class StreamTrigger:
                 shard.iterator = None  # a new one from the checkpoint
                 return True
             if code == "TrimmedDataAccessException":
-                log.warning("records after the checkpoint were trimmed; reading from the oldest",
-                            extra=self._fields(shard=shard.shard_id))  # fmt: skip
-                self.checkpoints.forget(shard.shard_id)
+                # DynamoDB Local also says so for an iterator taken while the shard was empty,
+                # once other tables have written: a new iterator from the checkpoint is enough.
+                if shard.fresh_iterator:  # the checkpoint itself is older than the stream
+                    log.warning(
+                        "records after the checkpoint were trimmed; reading from the oldest",
+                        extra=self._fields(shard=shard.shard_id),
+                    )
+                    self.checkpoints.forget(shard.shard_id)
                 shard.iterator, shard.from_start_position = None, False
                 return True
             raise
         records = page.get("Records", [])
         if records and not self._handle(shard.shard_id, [self._lambda_record(raw) for raw in records]):
             return False  # stopping: the rest is delivered again from the checkpoint
-        shard.iterator = page.get("NextShardIterator")
+        shard.iterator, shard.fresh_iterator = page.get("NextShardIterator"), False
         if shard.iterator is None:
             log.info("shard finished", extra=self._fields(shard=shard.shard_id))
             self.checkpoints.finish(shard.shard_id)
@@ -262,7 +270,9 @@ class StreamTrigger:
                 continue
             if failed[0] > 0:
                 self.checkpoints.advance(shard_id, _sequence(batch.records[failed[0] - 1]))
-            rest = batch.records[failed[0]:]
+            rest = batch.records[failed[0] :]
+            if stopping.is_set():
+                return False  # delivered again after a restart
             if invocation.error is not None and self.bisect and len(rest) > 1:
                 half = len(rest) // 2
                 pending.extendleft([_Batch(rest[half:], batch.attempts), _Batch(rest[:half], batch.attempts)])

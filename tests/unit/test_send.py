@@ -9,7 +9,7 @@ from dbmail.compose import OutgoingEmail
 from dbmail.errors import DeliveryError
 from dbmail.models import utcnow
 from dbmail.queue import QueuedEmail
-from dbmail.send import EmailSender, RetryableDeliveryError, SendOutcome
+from dbmail.send import CLAIM_LEASE, EmailSender, RetryableDeliveryError, SendOutcome
 from dbmail.store import Store
 from tests.conftest import recipient
 from tests.unit.test_expand import submit
@@ -58,15 +58,19 @@ def test_a_duplicate_message_sends_nothing_more(moto_stack, expanded):
     assert len(transport.sent) == 1
 
 
-def test_an_email_claimed_by_another_live_message_is_not_sent_twice(moto_stack, expanded):
+def test_an_email_claimed_by_another_live_receive_is_not_sent_twice(moto_stack, expanded):
+    # given an email another receive holds right now
     store = Store(moto_stack.settings)
     email = store.get_email(expanded.request_id, expanded.email_key)
-    assert store.claim_email(email, "other", utcnow(), utcnow() + timedelta(minutes=3))
+    assert store.claim_email(email, "receipt-1", utcnow(), utcnow() + CLAIM_LEASE)
     transport = RecordingTransport()
-    assert sender(moto_stack, transport).deliver(expanded, claim_id="m2", receive_count=1) == SendOutcome.DUPLICATE
+    # when a second receive (a duplicate delivery) tries it, it is dropped
+    assert sender(moto_stack, transport).deliver(expanded, claim_id="receipt-2", receive_count=1) == SendOutcome.DUPLICATE
     assert transport.sent == []
-    # but the same message, redelivered after its invocation died, may take it again
-    assert sender(moto_stack, transport).deliver(expanded, claim_id="other", receive_count=2) == SendOutcome.SENT
+    # but once the holder's lease has lapsed (it died), a redelivery sends it
+    late = sender(moto_stack, transport)
+    late.clock = lambda: utcnow() + CLAIM_LEASE + timedelta(seconds=1)
+    assert late.deliver(expanded, claim_id="receipt-3", receive_count=2) == SendOutcome.SENT
 
 
 def test_the_message_carries_headers_and_unsubscribe(moto_stack, expanded):

@@ -20,7 +20,9 @@ from dbmail.unsubscribe import unsubscribe_url
 
 logger = Logger(child=True)
 
-CLAIM_LEASE = timedelta(minutes=3)  # the send queue's visibility timeout
+# Longer than a send invocation (30 s), shorter than the queue's visibility timeout (180 s):
+# a live claim blocks a concurrent duplicate delivery; a redelivery after a crash finds it lapsed.
+CLAIM_LEASE = timedelta(seconds=60)
 
 
 class SendOutcome:

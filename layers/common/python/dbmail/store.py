@@ -191,11 +191,12 @@ class Store:
         return Counter(email.status for email in self.iter_emails(request_id, ["status"]))
 
     def claim_email(self, email: TextOfEmailBase, claim_id: str, now: datetime, lease_until: datetime) -> bool:
-        """Only one send may hold an email. The same SQS message (redelivered after a crash)
-        or any message after the lease lapsed may take it again."""
+        """Only one send may hold an email; once its lease lapses (the holder died) another may.
+        ``claim_id`` is unique per receive (the SQS receipt handle), so even two concurrent
+        deliveries of one message cannot both hold it."""
         Email = self.models.TextOfEmail
         condition = Email.status.is_in(EmailStatus.QUEUED, EmailStatus.FAILED) | (
-            (Email.status == EmailStatus.PROCESSING) & ((Email.claim_id == claim_id) | (Email.claimed_until < now))
+            (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
         )
         actions = [
             Email.status.set(EmailStatus.PROCESSING),
