@@ -55,6 +55,94 @@ def _render(args) -> int:
     return 0
 
 
+def _lists(args) -> int:
+    from dataclasses import asdict
+
+    from dbmail import inbound_client
+    from dbmail.inbound_store import InboundStore
+    from dbmail.settings import get_settings
+
+    if args.action == "install-defaults":
+        rules = inbound_client.install_default_email_lists()
+    elif args.action == "add":
+        rules = [inbound_client.add_email_list(
+            args.regex, args.handler, seq=args.seq, subject_prefix=args.subject_prefix, admin_hold=args.admin_hold,
+            cc_all=args.cc_all, from_email=args.from_email, description=args.description, list_id=args.id)]
+    elif args.action == "delete":
+        InboundStore(get_settings()).delete_rule(args.id)
+        rules = []
+    else:
+        rules = InboundStore(get_settings()).rules()
+    for rule in rules:
+        print(json.dumps(asdict(rule)))
+    return 0
+
+
+def _redirects(args) -> int:
+    from dbmail import inbound_client
+    from dbmail.inbound_store import InboundStore
+    from dbmail.settings import get_settings
+
+    if args.action == "set":
+        inbound_client.set_plain_redirect(args.original, args.destination)
+    elif args.action == "delete":
+        InboundStore(get_settings()).delete_redirect(args.original)
+    else:
+        for redirect in InboundStore(get_settings()).redirects():
+            print(f"{redirect.original}\t{redirect.destination}")
+    return 0
+
+
+def _directory(args) -> int:
+    from dbmail.inbound_client import publish_directory
+
+    data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    print(json.dumps(publish_directory(users=data.get("users", ()), classes=data.get("classes", ()))))
+    return 0
+
+
+def _show_inbound(item) -> str:
+    return json.dumps({"message_id": item.message_id, "status": item.status, "received_at": item.received_at.isoformat(),
+                       "recipients": list(item.recipients), "subject": item.subject, "detail": item.detail,
+                       "attempts": int(item.attempts or 0)}, ensure_ascii=False)
+
+
+def _held(args) -> int:
+    from dbmail import wiring
+    from dbmail.models import InboundStatus
+
+    router = wiring.inbound_router()
+    if args.action == "list":
+        for item in router.store.with_status(InboundStatus.HELD):
+            print(_show_inbound(item))
+    elif args.action == "release":
+        print(router.release(args.message_id))
+    else:
+        print(router.reject(args.message_id))
+    return 0
+
+
+def _inbound(args) -> int:
+    from dbmail import wiring
+    from dbmail.errors import NotFound
+    from dbmail.models import InboundStatus
+
+    router = wiring.inbound_router()
+    if args.action == "show":
+        item = router.store.get(args.message_id)
+        if item is None:
+            raise NotFound(f"no inbound message {args.message_id!r}")
+        print(_show_inbound(item))
+    elif args.action == "failed":
+        for item in router.store.with_status(InboundStatus.FAILED):
+            print(_show_inbound(item))
+    else:
+        ids = [args.message_id] if args.message_id else [i.message_id for i in router.store.with_status(InboundStatus.FAILED)]
+        for message_id in ids:
+            print(message_id, router.reprocess(message_id))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dbmail", description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", default=".local/stack.env",
@@ -70,6 +158,37 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("request_id")
     render.add_argument("email_key")
     render.set_defaults(run=_render)
+
+    lists = commands.add_parser("lists", help="EmailList rules for inbound mail")
+    lists.add_argument("action", choices=["list", "add", "delete", "install-defaults"])
+    lists.add_argument("--id", help="list_id (add: replaces that rule; delete: required)")
+    lists.add_argument("--regex")
+    lists.add_argument("--handler", choices=["SectionList", "ClassList", "PlainList", "UserEmail"])
+    lists.add_argument("--seq", type=int, help="default: the last seq + 5")
+    lists.add_argument("--subject-prefix")
+    lists.add_argument("--admin-hold", action="store_true")
+    lists.add_argument("--cc-all", action="store_true")
+    lists.add_argument("--from-email")
+    lists.add_argument("--description")
+    lists.set_defaults(run=_lists)
+    redirects = commands.add_parser("redirects", help="PlainRedirects: a local part to a list of addresses")
+    redirects.add_argument("action", choices=["list", "set", "delete"])
+    redirects.add_argument("original", nargs="?")
+    redirects.add_argument("destination", nargs="?", help="comma-separated addresses")
+    redirects.set_defaults(run=_redirects)
+    directory = commands.add_parser("directory", help="publish users and classes for routing")
+    directory.add_argument("action", choices=["load"])
+    directory.add_argument("file", help='JSON: {"users": [...], "classes": [...]} (see docs/schema.md)')
+    directory.set_defaults(run=_directory)
+    held = commands.add_parser("held", help="inbound mail held for moderation")
+    held.add_argument("action", choices=["list", "release", "reject"])
+    held.add_argument("message_id", nargs="?")
+    held.set_defaults(run=_held)
+    inbound = commands.add_parser("inbound", help="received messages: show one, list failed ones, reprocess")
+    inbound.add_argument("action", choices=["show", "failed", "reprocess"])
+    inbound.add_argument("message_id", nargs="?", help="reprocess without an id: every failed message")
+    inbound.set_defaults(run=_inbound)
+
     args = parser.parse_args(argv)
     if "DBMAIL_REQUEST_TABLE" not in os.environ and Path(args.env_file).is_file():
         load_env_file(Path(args.env_file))

@@ -48,3 +48,7 @@ class DeliveryError(DbmailError):
 
 class ExpansionIncomplete(DbmailError):
     """Expansion stopped early (time budget); it resumes from its saved cursor on retry."""
+
+
+class NotFound(DbmailError):
+    """The named request, message or rule does not exist (or is not in the state asked for)."""

@@ -14,9 +14,11 @@ from pynamodb.attributes import (
     Attribute,
     BooleanAttribute,
     JSONAttribute,
+    ListAttribute,
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.constants import STRING
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
@@ -170,11 +172,107 @@ class TextOfEmailBase(Model):
     claimed_until = ISODateTimeAttribute(null=True)
 
 
+class InboundStatus:
+    """What became of one inbound message."""
+
+    RECEIVED = "received"
+    FORWARDED = "forwarded"
+    HELD = "held"
+    RELEASED = "released"
+    REJECTED = "rejected"
+    DROPPED = "dropped"  # virus, spam (when dropping), or a forwarding loop
+    UNDELIVERABLE = "undeliverable"  # no rule sent it
+    TOO_LARGE = "too_large"
+    FAILED = "failed"  # an error; the raw message is in S3 and `dbmail inbound reprocess` retries it
+
+
+class EmailListBase(Model):
+    """The original's EmailList: a regex on the local part and the handler that decides."""
+
+    list_id = UnicodeAttribute(hash_key=True)
+    regex = UnicodeAttribute()
+    seq = NumberAttribute()
+    handler = UnicodeAttribute()
+    subject_prefix = UnicodeAttribute(null=True)
+    admin_hold = BooleanAttribute(default=False)
+    cc_all = BooleanAttribute(default=False)
+    from_email = UnicodeAttribute(null=True)
+    description = UnicodeAttribute(null=True)
+
+
+class PlainRedirectBase(Model):
+    """The original's PlainRedirect: a local part forwarded to a comma-separated list."""
+
+    original = UnicodeAttribute(hash_key=True)  # lower case
+    destination = UnicodeAttribute()
+
+
+class DirectoryPerson(MapAttribute):
+    name = UnicodeAttribute(null=True)
+    email = UnicodeAttribute()
+
+
+class DirectorySection(MapAttribute):
+    index = NumberAttribute()
+    emailcode = UnicodeAttribute()
+    students = ListAttribute(of=DirectoryPerson, default=list)
+
+
+class DirectoryEntryBase(Model):
+    """What the website publishes for routing: ``user#<username>``, ``email#<address>`` (which
+    user has it) and ``class#<id>`` entries."""
+
+    entry_key = UnicodeAttribute(hash_key=True)
+    username = UnicodeAttribute(null=True)
+    email = UnicodeAttribute(null=True)
+    first_name = UnicodeAttribute(null=True)
+    last_name = UnicodeAttribute(null=True)
+    is_teacher = BooleanAttribute(null=True)
+    class_id = NumberAttribute(null=True)
+    emailcode = UnicodeAttribute(null=True)
+    program_name = UnicodeAttribute(null=True)
+    directors_email = UnicodeAttribute(null=True)
+    teachers = ListAttribute(of=DirectoryPerson, null=True)
+    sections = ListAttribute(of=DirectorySection, null=True)
+
+
+class InboundByStatusIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "ByStatus"
+        projection = AllProjection()
+
+    status = UnicodeAttribute(hash_key=True)
+    received_at = ISODateTimeAttribute(range_key=True)
+
+
+class InboundMessageBase(Model):
+    """One message SES received for a chapter domain; the raw MIME stays in S3 at ``s3_key``."""
+
+    message_id = UnicodeAttribute(hash_key=True)
+    received_at = ISODateTimeAttribute()
+    status = UnicodeAttribute(default=InboundStatus.RECEIVED)
+    s3_key = UnicodeAttribute()
+    recipients = ListAttribute(of=UnicodeAttribute, default=list)
+    sender_domain = UnicodeAttribute(null=True)
+    subject = UnicodeAttribute(null=True)
+    list_id = UnicodeAttribute(null=True)
+    forwarded_parts = UnicodeSetAttribute(null=True)
+    verdicts = MapAttribute(null=True)
+    detail = UnicodeAttribute(null=True)
+    attempts = NumberAttribute(default=0)
+
+    by_status = InboundByStatusIndex()
+
+
 @dataclass(frozen=True)
 class BoundModels:
     MessageRequest: type[MessageRequestBase]
     EmailRequest: type[EmailRequestBase]
     TextOfEmail: type[TextOfEmailBase]
+    EmailList: type[EmailListBase] | None = None
+    PlainRedirect: type[PlainRedirectBase] | None = None
+    DirectoryEntry: type[DirectoryEntryBase] | None = None
+    InboundMessage: type[InboundMessageBase] | None = None
 
 
 def _bind(base: type[Model], table_name: str, settings: Settings) -> type[Model]:
@@ -194,8 +292,17 @@ def _bind(base: type[Model], table_name: str, settings: Settings) -> type[Model]
 @lru_cache(maxsize=4)
 def bind_models(settings: Settings) -> BoundModels:
     """Concrete model classes for the tables named in ``settings`` (cached per settings)."""
+    inbound = {}
+    if settings.inbound_table:
+        inbound = dict(
+            EmailList=_bind(EmailListBase, settings.emaillist_table, settings),
+            PlainRedirect=_bind(PlainRedirectBase, settings.redirect_table, settings),
+            DirectoryEntry=_bind(DirectoryEntryBase, settings.directory_table, settings),
+            InboundMessage=_bind(InboundMessageBase, settings.inbound_table, settings),
+        )
     return BoundModels(
         MessageRequest=_bind(MessageRequestBase, settings.request_table, settings),
         EmailRequest=_bind(EmailRequestBase, settings.recipient_table, settings),
         TextOfEmail=_bind(TextOfEmailBase, settings.email_table, settings),
+        **inbound,
     )

@@ -32,6 +32,27 @@ class Settings:
     dynamodb_endpoint: str | None = None
     max_age: timedelta = timedelta(days=7)
     max_tries: int = 3
+    # Inbound (set on the inbound function only; checked where used, by inbound_settings()).
+    inbound_bucket: str = ""
+    inbound_prefix: str = "inbound/"
+    inbound_table: str = ""
+    emaillist_table: str = ""
+    redirect_table: str = ""
+    directory_table: str = ""
+    chapter_domains: tuple[str, ...] = ()
+    support_address: str = ""
+    moderator_address: str = ""
+    spam_action: str = "hold"
+
+    def require_inbound(self) -> Settings:
+        """The inbound settings are complete; raise a ConfigurationError naming what is missing."""
+        missing = [name for name in ("inbound_bucket", "inbound_table", "emaillist_table", "redirect_table",
+                                     "directory_table", "chapter_domains") if not getattr(self, name)]
+        if missing:
+            raise ConfigurationError("inbound settings missing: " + ", ".join(missing))
+        if self.spam_action not in ("drop", "hold"):
+            raise ConfigurationError(f"DBMAIL_SPAM_ACTION must be drop or hold, not {self.spam_action!r}")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +101,16 @@ class Settings:
             sendgrid_url=env.get("DBMAIL_SENDGRID_URL", "https://api.sendgrid.com").rstrip("/"),
             unsubscribe_secret=env.get("DBMAIL_UNSUBSCRIBE_SECRET", ""),
             dynamodb_endpoint=env.get("AWS_ENDPOINT_URL_DYNAMODB") or env.get("AWS_ENDPOINT_URL") or None,
+            inbound_bucket=env.get("DBMAIL_INBOUND_BUCKET", ""),
+            inbound_prefix=env.get("DBMAIL_INBOUND_PREFIX", "inbound/"),
+            inbound_table=env.get("DBMAIL_INBOUND_TABLE", ""),
+            emaillist_table=env.get("DBMAIL_EMAILLIST_TABLE", ""),
+            redirect_table=env.get("DBMAIL_REDIRECT_TABLE", ""),
+            directory_table=env.get("DBMAIL_DIRECTORY_TABLE", ""),
+            chapter_domains=tuple(d.strip().lower() for d in env.get("DBMAIL_CHAPTER_DOMAINS", "").split(",") if d.strip()),
+            support_address=env.get("DBMAIL_SUPPORT_ADDRESS", "").strip(),
+            moderator_address=env.get("DBMAIL_MODERATOR_ADDRESS", "").strip(),
+            spam_action=env.get("DBMAIL_SPAM_ACTION", "hold").strip().lower(),
         )
 
 

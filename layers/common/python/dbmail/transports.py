@@ -18,7 +18,7 @@ SES_PERMANENT = frozenset(
     {"MessageRejected", "BadRequestException", "MailFromDomainNotVerifiedException", "NotFoundException",
      "AccountSuspendedException", "InvalidParameterValue"}
 )
-MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # SES v2 raw message limit for outgoing mail
+MAX_MESSAGE_BYTES = 40 * 1024 * 1024  # SES v2's limit for a raw message
 
 
 class Transport(Protocol):
@@ -32,15 +32,20 @@ class SesTransport:
         self._configuration_set = configuration_set
 
     def send(self, email: OutgoingEmail) -> str:
-        raw = to_mime(email)
+        return self.send_raw(to_mime(email), email.sender.addr_spec, [a.addr_spec for a in email.to],
+                             feedback_address=email.envelope_sender)
+
+    def send_raw(self, raw: bytes, from_address: str, destinations: list[str] | None,
+                 feedback_address: str | None = None) -> str:
+        """Send MIME bytes as they are (also used to forward inbound mail). Without
+        ``destinations`` SES sends to the addresses in the To, Cc and Bcc headers."""
         if len(raw) > MAX_MESSAGE_BYTES:
             raise DeliveryError(f"message is {len(raw)} bytes, over SES's {MAX_MESSAGE_BYTES}", permanent=True)
-        kwargs = {
-            "FromEmailAddress": email.sender.addr_spec,
-            "Destination": {"ToAddresses": [a.addr_spec for a in email.to]},
-            "Content": {"Raw": {"Data": raw}},
-            "FeedbackForwardingEmailAddress": email.envelope_sender,
-        }
+        kwargs = {"FromEmailAddress": from_address, "Content": {"Raw": {"Data": raw}}}
+        if destinations:
+            kwargs["Destination"] = {"ToAddresses": destinations}
+        if feedback_address:
+            kwargs["FeedbackForwardingEmailAddress"] = feedback_address
         if self._configuration_set:
             kwargs["ConfigurationSetName"] = self._configuration_set
         try:

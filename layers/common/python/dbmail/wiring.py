@@ -9,11 +9,13 @@ import boto3
 from dbmail.errors import ConfigurationError
 from dbmail.expand import Expander
 from dbmail.expire import Expirer
+from dbmail.inbound import InboundRouter
+from dbmail.inbound_store import InboundStore
 from dbmail.queue import SendQueue
 from dbmail.send import EmailSender
 from dbmail.settings import get_settings
 from dbmail.store import Store
-from dbmail.transports import make_transport
+from dbmail.transports import SesTransport, make_transport
 from dbmail.unsubscribe import MIN_SECRET_LENGTH
 
 
@@ -30,6 +32,18 @@ def email_sender() -> EmailSender:
     if len(settings.unsubscribe_secret) < MIN_SECRET_LENGTH:
         raise ConfigurationError(f"DBMAIL_UNSUBSCRIBE_SECRET must be at least {MIN_SECRET_LENGTH} characters")
     return EmailSender(store=Store(settings), transport=make_transport(settings), settings=settings)
+
+
+@lru_cache(maxsize=1)
+def inbound_router() -> InboundRouter:
+    settings = get_settings().require_inbound()
+    session = boto3.session.Session()
+    return InboundRouter(
+        store=InboundStore(settings),
+        s3=session.client("s3", region_name=settings.region),
+        transport=SesTransport(session.client("sesv2", region_name=settings.region)),
+        settings=settings,
+    )
 
 
 @lru_cache(maxsize=1)

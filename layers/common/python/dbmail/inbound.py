@@ -1,0 +1,191 @@
+"""Handling one message SES received for a chapter domain: verdicts, loop guard, routing,
+moderation, forwarding and notices. The raw message stays in S3 whatever happens; the
+InboundMessage record says what became of it, and a failed one can be processed again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aws_lambda_powertools import Logger
+
+import uuid
+
+from dbmail.addresses import mask, parse_address
+from dbmail.errors import NotFound
+from dbmail.compose import compose
+from dbmail.forward import LOOP_HEADER, Forward, header_text, original_sender, parse, rewrite, split_forwards
+from dbmail.inbound_store import InboundStore
+from dbmail.models import InboundStatus, utcnow
+from dbmail.routing import Route, route
+from dbmail.settings import Settings
+from dbmail.transports import MAX_MESSAGE_BYTES, SesTransport
+
+logger = Logger(child=True)
+
+DONE = frozenset({InboundStatus.FORWARDED, InboundStatus.HELD, InboundStatus.RELEASED, InboundStatus.REJECTED,
+                  InboundStatus.DROPPED, InboundStatus.UNDELIVERABLE, InboundStatus.TOO_LARGE})
+
+
+@dataclass
+class InboundRouter:
+    store: InboundStore
+    s3: object
+    transport: SesTransport  # forwards are raw MIME, which only SES takes
+    settings: Settings
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    def handle(self, message_id: str, recipients: list[str], spam_verdict: str = "PASS",
+               virus_verdict: str = "PASS", release: bool = False) -> str:
+        """Process one received message; returns the InboundStatus it ends in."""
+        settings = self.settings
+        key = f"{settings.inbound_prefix}{message_id}"
+        item = self.store.begin(message_id, key, recipients, self.clock(),
+                                {"spam": spam_verdict, "virus": virus_verdict})
+        if item.status in DONE and not release:
+            return item.status
+        try:
+            return self._handle(item, recipients, spam_verdict, virus_verdict, release)
+        except Exception as exc:
+            self.store.finish(item, InboundStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            logger.exception("inbound message failed; raw message kept in S3", extra={"message_id": message_id})
+            raise
+
+    def _handle(self, item, recipients: list[str], spam: str, virus: str, release: bool) -> str:
+        settings = self.settings
+        raw = self.s3.get_object(Bucket=settings.inbound_bucket, Key=item.s3_key)["Body"].read()
+        message = parse(raw)
+        name, sender = original_sender(message)
+        subject = header_text(message, "Subject")[:200]
+        summary = dict(sender_domain=sender.rpartition("@")[2].lower() or None, subject=subject)
+        log = {"message_id": item.message_id, "sender": mask(sender), "size": len(raw)}
+
+        if virus.upper() == "FAIL":
+            return self._finish(item, InboundStatus.DROPPED, "virus verdict FAIL", log, **summary)
+        if self._is_loop(message, sender):
+            return self._finish(item, InboundStatus.DROPPED, "forwarding loop: our own forward came back", log, **summary)
+        if spam.upper() == "FAIL" and not release:
+            if settings.spam_action == "drop":
+                return self._finish(item, InboundStatus.DROPPED, "spam verdict FAIL", log, **summary)
+            self._notify_moderator(item, subject, sender, "SES judged it spam")
+            return self._finish(item, InboundStatus.HELD, "spam verdict FAIL: held for moderation", log, **summary)
+
+        rules = self.store.rules()
+        routes: list[tuple[str, Route]] = []
+        for address in recipients:
+            local, _, domain = address.rpartition("@")
+            if domain.lower() not in settings.chapter_domains:
+                continue
+            result = route(local, rules, self.store, has_list_id=message.get("List-Id") is not None)
+            if result.route is not None:
+                routes.append((address, result.route))
+        if not routes:
+            noticed = self._notice_sender(message, sender, recipients, "Undeliverable mail",
+                                          "No list, redirect or user at the address you wrote to accepts mail:")
+            return self._finish(item, InboundStatus.UNDELIVERABLE,
+                                f"no rule sent it; notice {'sent' if noticed else 'not sent'}", log, **summary)
+        if len(raw) > MAX_MESSAGE_BYTES:
+            noticed = self._notice_sender(message, sender, recipients, "Message too large",
+                                          f"Your message ({len(raw) / 2**20:.1f} MB) is over the "
+                                          f"{MAX_MESSAGE_BYTES // 2**20} MB limit and was not forwarded to:")
+            return self._finish(item, InboundStatus.TOO_LARGE,
+                                f"{len(raw)} bytes; notice {'sent' if noticed else 'not sent'}", log, **summary)
+        held = [r for _, r in routes if r.rule.admin_hold]
+        if held and not release:
+            self._notify_moderator(item, subject, sender, f"list rule {held[0].rule.list_id} holds mail for moderation")
+            return self._finish(item, InboundStatus.HELD, f"admin_hold on {held[0].rule.list_id}", log, **summary)
+
+        sent = 0
+        done = set(item.forwarded_parts or ())
+        for address, decided in routes:
+            local, _, domain = address.rpartition("@")
+            rewritten = rewrite(raw, decided, site_name=self._site_name(domain), chapter_domain=domain.lower())
+            for forward in split_forwards(rewritten, decided, key=f"{decided.rule.list_id}:{local.lower()}"):
+                if forward.part not in done:
+                    self._send(forward, rewritten)
+                    self.store.add_forwarded_part(item, forward.part)
+                sent += len(forward.destinations)
+        status = InboundStatus.RELEASED if release else InboundStatus.FORWARDED
+        rules_used = ", ".join(sorted({r.rule.list_id for _, r in routes}))
+        return self._finish(item, status, f"forwarded to {sent} recipients by {rules_used}", log,
+                            list_id=routes[0][1].rule.list_id, **summary)
+
+    def _site_name(self, domain: str) -> str:
+        """For "Name via Site": the default sender's display name, else the chapter domain."""
+        return parse_address(self.settings.default_sender).display_name or domain
+
+    def _send(self, forward: Forward, message) -> None:
+        _, from_address = original_sender(message)
+        destinations = None if forward.addressed_by_headers else list(forward.destinations)
+        self.transport.send_raw(forward.raw, from_address, destinations)
+
+    def _is_loop(self, message, sender: str) -> bool:
+        """Our own forwards (our header) and our own noreply sender are never forwarded again."""
+        ours = {h.strip().lower() for h in message.get_all(LOOP_HEADER) or ()}
+        local, _, domain = sender.lower().rpartition("@")
+        return bool(ours & set(self.settings.chapter_domains)) or (
+            local == "noreply" and domain in self.settings.chapter_domains)
+
+    def _notice_sender(self, message, sender: str, recipients: list[str], subject: str, text: str) -> bool:
+        """Only to a known user, never to the support address, never in reply to automatic mail:
+        no backscatter to strangers and no loops."""
+        settings = self.settings
+        if not sender or sender.lower() == settings.support_address.lower():
+            return False
+        if header_text(message, "Auto-Submitted").lower() not in ("", "no") or message.get("List-Id"):
+            return False
+        if self.store.user_by_email(sender) is None:
+            return False
+        domain = recipients[0].rpartition("@")[2].lower() if recipients else settings.chapter_domains[0]
+        body = (f"{text}\n\n" + "\n".join(f"  {r}" for r in recipients)
+                + f"\n\nSubject: {header_text(message, 'Subject')}\n"
+                + (f"\nQuestions? Write to {settings.support_address}.\n" if settings.support_address else ""))
+        self._send_notice(f"Mail Delivery System <noreply@{domain}>", sender, subject, body, domain)
+        return True
+
+    def _notify_moderator(self, item, subject: str, sender: str, why: str) -> None:
+        settings = self.settings
+        if not settings.moderator_address:
+            return
+        domain = settings.chapter_domains[0]
+        body = (f"A message was held for moderation ({why}).\n\n"
+                f"  From:    {sender or 'unknown'}\n  To:      {', '.join(item.recipients)}\n"
+                f"  Subject: {subject}\n  Id:      {item.message_id}\n\n"
+                f"Release it:  dbmail held release {item.message_id}\n"
+                f"Reject it:   dbmail held reject {item.message_id}\n")
+        self._send_notice(f"Mail Moderation <noreply@{domain}>", settings.moderator_address,
+                          f"Held for moderation: {subject}", body, domain)
+
+    def _send_notice(self, send_from: str, to: str, subject: str, body: str, domain: str) -> None:
+        notice = compose(send_from=send_from, send_to=[to], subject=subject, body=body,
+                         message_id=f"<notice.{uuid.uuid4().hex}@{domain}>", date=self.clock(),
+                         envelope_sender=self.settings.bounces_address,
+                         special_headers={"Auto-Submitted": "auto-replied", LOOP_HEADER: domain})
+        self.transport.send(notice)
+
+    def _finish(self, item, status: str, detail: str, log: dict, **fields) -> str:
+        self.store.finish(item, status, detail, **fields)
+        logger.info("inbound message handled", extra={**log, "status": status, "detail": detail})
+        return status
+
+    def reject(self, message_id: str) -> str:
+        item = self.store.get(message_id)
+        if item is None or item.status != InboundStatus.HELD:
+            raise NotFound(f"no held message {message_id!r}")
+        self.store.finish(item, InboundStatus.REJECTED, "rejected by a moderator")
+        return InboundStatus.REJECTED
+
+    def release(self, message_id: str) -> str:
+        item = self.store.get(message_id)
+        if item is None or item.status != InboundStatus.HELD:
+            raise NotFound(f"no held message {message_id!r}")
+        return self.handle(message_id, list(item.recipients), release=True)
+
+    def reprocess(self, message_id: str) -> str:
+        """Process a failed (or any unfinished) message again from its raw copy in S3."""
+        item = self.store.get(message_id)
+        if item is None:
+            raise NotFound(f"no inbound message {message_id!r}")
+        verdicts = item.verdicts.as_dict() if item.verdicts else {}
+        return self.handle(message_id, list(item.recipients), verdicts.get("spam", "PASS"), verdicts.get("virus", "PASS"))
