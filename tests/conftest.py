@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,3 +80,34 @@ def drain(sqs, queue_url: str) -> list[dict]:
         if not batch:
             return messages
         messages.extend(batch)
+
+
+DIRECTORY = {
+    "users": [
+        {"username": "tcher", "email": "teacher@example.net", "first_name": "Tea", "last_name": "Cher", "is_teacher": True},
+        {"username": "kid", "email": "kid@example.net", "first_name": "Ki", "last_name": "D"},
+        {"username": "parent", "email": "parent@example.net", "first_name": "Pa", "last_name": "Rent"},
+    ],
+    "classes": [{
+        "class_id": 1234, "emailcode": "E1234", "program_name": "Splash 2026", "directors_email": "directors@example.org",
+        "teachers": [{"name": "Tea Cher", "email": "teacher@example.net"}],
+        "sections": [{"index": 1, "emailcode": "E1234s1", "students": [{"name": "Stu One", "email": "s1@example.net"}]},
+                     {"index": 2, "emailcode": "E1234s2", "students": [{"name": "Stu Two", "email": "s2@example.net"}]}],
+    }],
+}
+
+
+def inbound_message(sender='"Pa Rent" <parent@example.net>', to="E1234-class@example.org", subject="Field trip", body="Hello all",
+            **headers) -> bytes:
+    msg = EmailMessage()
+    if sender:
+        msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@mail.example.net>"
+    msg["DKIM-Signature"] = "v=1; a=rsa-sha256; d=example.net; b=abc"
+    msg["Return-Path"] = "<parent@example.net>"
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg.as_bytes(policy=policy.SMTP)

@@ -2,10 +2,13 @@
 
 import copy
 
+import boto3
+
 from dbmail.client import submit_request
+from dbmail.inbound_client import install_default_email_lists, publish_directory
 from dbmail.expand import CHUNK_RECIPIENTS
 from dbmail.store import Store
-from tests.conftest import drain, load_event, recipient
+from tests.conftest import DIRECTORY, drain, inbound_message, load_event, recipient
 from tests.handlers.conftest import EXAMPLE_REQUEST, load_handler, seed_example_request
 
 
@@ -81,3 +84,17 @@ def test_expire_handler_runs_the_sweep(moto_stack, context):
     seed_example_request(Store(moto_stack.settings), processed_by=None)
     summary = load_handler("expire")(load_event("expire_schedule.json"), context)
     assert summary == {}
+
+
+def test_inbound_handler_routes_the_received_message(moto_stack, context):
+    # given the raw message SES stored for the sample receipt event, and the default rules
+    install_default_email_lists()
+    publish_directory(**DIRECTORY)
+    event = load_event("inbound_ses.json")
+    mail = event["Records"][0]["ses"]["mail"]
+    boto3.client("s3", region_name="us-east-1").put_object(Bucket=moto_stack.settings.inbound_bucket,
+                             Key=f"{moto_stack.settings.inbound_prefix}{mail['messageId']}", Body=inbound_message())
+    # when SES invokes the function
+    response = load_handler("inbound")(event, context)
+    # then the class list got it
+    assert response == {"disposition": "CONTINUE", "outcome": "forwarded"}

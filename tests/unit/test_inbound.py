@@ -14,23 +14,9 @@ import pytest
 from dbmail import wiring
 from dbmail.inbound_client import add_email_list, install_default_email_lists, publish_directory, set_plain_redirect
 from dbmail.models import InboundStatus
+from tests.conftest import DIRECTORY, inbound_message as message
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "cpython"
-
-DIRECTORY = {
-    "users": [
-        {"username": "tcher", "email": "teacher@example.net", "first_name": "Tea", "last_name": "Cher", "is_teacher": True},
-        {"username": "kid", "email": "kid@example.net", "first_name": "Ki", "last_name": "D"},
-        {"username": "parent", "email": "parent@example.net", "first_name": "Pa", "last_name": "Rent"},
-    ],
-    "classes": [{
-        "class_id": 1234, "emailcode": "E1234", "program_name": "Splash 2026", "directors_email": "directors@example.org",
-        "teachers": [{"name": "Tea Cher", "email": "teacher@example.net"}],
-        "sections": [{"index": 1, "emailcode": "E1234s1", "students": [{"name": "Stu One", "email": "s1@example.net"}]},
-                     {"index": 2, "emailcode": "E1234s2", "students": [{"name": "Stu Two", "email": "s2@example.net"}]}],
-    }],
-}
-
 
 @pytest.fixture
 def inbound(moto_stack):
@@ -38,22 +24,6 @@ def inbound(moto_stack):
     publish_directory(**DIRECTORY)
     set_plain_redirect("directors", "dir1@example.net, Dir Two <dir2@example.net>")
     return moto_stack
-
-
-def message(sender='"Pa Rent" <parent@example.net>', to="E1234-class@example.org", subject="Field trip", body="Hello all",
-            **headers) -> bytes:
-    msg = EmailMessage()
-    if sender:
-        msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@mail.example.net>"
-    msg["DKIM-Signature"] = "v=1; a=rsa-sha256; d=example.net; b=abc"
-    msg["Return-Path"] = "<parent@example.net>"
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content(body)
-    return msg.as_bytes(policy=policy.SMTP)
 
 
 def receive(stack, raw: bytes, recipients=("E1234-class@example.org",), spam="PASS", virus="PASS"):
