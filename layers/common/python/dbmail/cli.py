@@ -55,6 +55,12 @@ def _render(args) -> int:
     return 0
 
 
+def _require(args, *names: str) -> None:
+    missing = [name for name in names if not getattr(args, name)]
+    if missing:
+        raise DbmailError(f"{args.command} {args.action} needs: " + ", ".join(missing))
+
+
 def _lists(args) -> int:
     from dataclasses import asdict
 
@@ -65,10 +71,12 @@ def _lists(args) -> int:
     if args.action == "install-defaults":
         rules = inbound_client.install_default_email_lists()
     elif args.action == "add":
+        _require(args, "regex", "handler")
         rules = [inbound_client.add_email_list(
             args.regex, args.handler, seq=args.seq, subject_prefix=args.subject_prefix, admin_hold=args.admin_hold,
             cc_all=args.cc_all, from_email=args.from_email, description=args.description, list_id=args.id)]
     elif args.action == "delete":
+        _require(args, "id")
         InboundStore(get_settings()).delete_rule(args.id)
         rules = []
     else:
@@ -84,8 +92,10 @@ def _redirects(args) -> int:
     from dbmail.settings import get_settings
 
     if args.action == "set":
+        _require(args, "original", "destination")
         inbound_client.set_plain_redirect(args.original, args.destination)
     elif args.action == "delete":
+        _require(args, "original")
         InboundStore(get_settings()).delete_redirect(args.original)
     else:
         for redirect in InboundStore(get_settings()).redirects():
@@ -116,8 +126,10 @@ def _held(args) -> int:
         for item in router.store.with_status(InboundStatus.HELD):
             print(_show_inbound(item))
     elif args.action == "release":
+        _require(args, "message_id")
         print(router.release(args.message_id))
     else:
+        _require(args, "message_id")
         print(router.reject(args.message_id))
     return 0
 
@@ -129,6 +141,7 @@ def _inbound(args) -> int:
 
     router = wiring.inbound_router()
     if args.action == "show":
+        _require(args, "message_id")
         item = router.store.get(args.message_id)
         if item is None:
             raise NotFound(f"no inbound message {args.message_id!r}")
