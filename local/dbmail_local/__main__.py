@@ -24,6 +24,7 @@ from .cfn import TemplateError
 from .stack import (
     DEFAULT_DYNAMODB_PORT,
     DEFAULT_MOTO_PORT,
+    DEFAULT_SMTP_PORT,
     EMULATOR_STOP_TIMEOUT,
     RUNNER,
     StackError,
@@ -55,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     start = commands.add_parser("up", parents=[state_dir, template], help="start the stack")
     start.add_argument("--dynamodb-port", type=int, default=DEFAULT_DYNAMODB_PORT, help="0: any free port")
     start.add_argument("--moto-port", type=int, default=DEFAULT_MOTO_PORT, help="0: any free port")
+    start.add_argument("--smtp-port", type=int, default=DEFAULT_SMTP_PORT, help="the SES inbound SMTP front; 0: any")
     stop = commands.add_parser("down", parents=[state_dir], help="stop the stack")
     stop.add_argument("--timeout", type=float, default=EMULATOR_STOP_TIMEOUT, help="seconds before SIGKILL")
     commands.add_parser("status", parents=[state_dir], help="show what runs")
     foreground = commands.add_parser("runner", parents=[state_dir, template], help="run the functions here")
     foreground.add_argument("--name", default=RUNNER, help="names its ready file (for extra runners)")
+    foreground.add_argument("--smtp-port", type=int, help="where SES receipt rules listen (default: stack.env's)")
     commands.add_parser("stop-runner", parents=[state_dir], help="stop the background runner")
     commands.add_parser("start-runner", parents=[state_dir], help="start the background runner")
     demo = commands.add_parser("demo", parents=[state_dir], help="send the demo requests through the stack")
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runner":
         from .runner import main as run_in_foreground
 
-        return run_in_foreground(state, args.template, args.parameters, args.name)
+        return run_in_foreground(state, args.template, args.parameters, args.name, args.smtp_port)
     logs.configure(json_lines=False)
     try:
         if args.command == "up":
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 state,
                 dynamodb_port=args.dynamodb_port,
                 moto_port=args.moto_port,
+                smtp_port=args.smtp_port,
                 template=args.template,
                 parameters=args.parameters,
             )

@@ -98,6 +98,50 @@ def wait_until_settled(request_ids: list[str], outbox: Path, before: set[Path], 
     return [request_status(rid) for rid in request_ids]
 
 
+DEMO_CLASS = {
+    "class_id": 1234, "emailcode": "E1234", "program_name": "Splash 2026", "directors_email": "directors@example.org",
+    "teachers": [{"name": "Tea Cher", "email": "teacher@example.net"}],
+    "sections": [
+        {"index": 1, "emailcode": "E1234s1", "students": [{"name": "Zoë Ng", "email": "zoe@students.example.net"},
+                                                        {"name": "José García", "email": "jose@students.example.net"}]},
+        {"index": 2, "emailcode": "E1234s2", "students": [{"name": "Aïsha Okafor", "email": "aisha@students.example.net"}]},
+    ],
+}
+
+
+def run_inbound_demo(outbox: Path, timeout: float = 60) -> bool:
+    """One message over SMTP to a class list, forwarded to directors, teacher and students."""
+    import os
+    import smtplib
+    from email.message import EmailMessage
+    from email.parser import BytesHeaderParser
+
+    from dbmail.inbound_client import install_default_email_lists, publish_directory
+
+    install_default_email_lists()
+    publish_directory(users=[{"username": "parent", "email": "parent@example.net", "first_name": "Pa", "last_name": "Rent"}],
+                      classes=[DEMO_CLASS])
+    before = set(outbox.glob("*.eml"))
+    message = EmailMessage()
+    message["From"] = '"Pa Rent" <parent@example.net>'
+    message["To"] = "E1234-class@example.org"
+    message["Subject"] = "Field trip on Saturday"
+    message.set_content("Hello class, the field trip leaves at 9.\n")
+    with smtplib.SMTP(os.environ["DBMAIL_LOCAL_SMTP_HOST"], int(os.environ["DBMAIL_LOCAL_SMTP_PORT"])) as smtp:
+        smtp.send_message(message)
+    expected = 1 + len(DEMO_CLASS["teachers"]) + sum(len(s["students"]) for s in DEMO_CLASS["sections"])
+    deadline = time.monotonic() + timeout
+    while len(new := sorted(set(outbox.glob("*.eml")) - before)) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    subjects = set()
+    for path in new:
+        with path.open("rb") as handle:
+            subjects.add(BytesHeaderParser().parse(handle)["Subject"])
+    print(f"inbound     1 message to E1234-class@example.org over SMTP -> {len(new)} forwards "
+          f"(expected {expected}), subject {sorted(subjects)}")
+    return len(new) == expected
+
+
 def run_demo(outbox: Path, timeout: float = 300) -> int:
     """Submit, wait, summarise; 0 only when every expected email was delivered and none lost."""
     before = set(outbox.glob("*.eml")) if outbox.is_dir() else set()
@@ -134,4 +178,6 @@ def run_demo(outbox: Path, timeout: float = 300) -> int:
     print(f"throughput  {delivered / wall:.0f} emails/s")
     print(f"read mail   {outbox}/  e.g. {new_files[0].name if new_files else '-'}")
     print(f"result      {'OK: every email delivered, none lost' if ok else 'NOT OK'}")
-    return 0 if ok else 1
+    print()
+    inbound_ok = run_inbound_demo(outbox)
+    return 0 if ok and inbound_ok else 1

@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,12 +42,12 @@ class LambdaContext:
     handler saves its progress and returns early, as it would before a Lambda timeout.
     """
 
-    def __init__(self, function: "LocalFunction", stopping: threading.Event) -> None:
+    def __init__(self, function: "LocalFunction", stopping: threading.Event, request_id: str | None = None) -> None:
         self.function_name = function.name
         self.function_version = "$LATEST"
         self.invoked_function_arn = function.arn
         self.memory_limit_in_mb = str(function.memory_mb)  # a string, as in the real runtime
-        self.aws_request_id = str(uuid.uuid4())
+        self.aws_request_id = request_id or str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function.name}"
         self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
         self.identity = None
@@ -93,6 +94,25 @@ class Invocation:
         if not reported.issubset(identifiers):
             return everything
         return [position for position, identifier in enumerate(identifiers) if identifier in reported]
+
+    def response_context(self) -> dict[str, Any]:
+        """The ``responseContext`` of Lambda's destination and on-failure records."""
+        context: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
+        if self.error is not None:
+            context["functionError"] = "Unhandled"
+        return context
+
+    def response_payload(self) -> Any:
+        """What Lambda reports as the response: the handler's, or the Python runtime's error object."""
+        if self.error is None:
+            return self.response
+        frames = [frame for frame in traceback.extract_tb(self.error.__traceback__) if frame.filename != __file__]
+        return {
+            "errorMessage": str(self.error),
+            "errorType": type(self.error).__name__,
+            "requestId": self.request_id,
+            "stackTrace": traceback.format_list(frames),
+        }
 
 
 class LocalFunction:
@@ -141,11 +161,14 @@ class LocalFunction:
         self._handler = _handler_function(module, self.handler_name, self.logical_id)
         log.info("handler loaded", extra={"function": self.logical_id, "path": str(self.module_path)})
 
-    def invoke(self, event: Any) -> Invocation:
-        """Calls the handler; errors are logged with their traceback and returned, never raised."""
+    def invoke(self, event: Any, request_id: str | None = None) -> Invocation:
+        """Calls the handler; errors are logged with their traceback and returned, never raised.
+
+        ``request_id`` is given by asynchronous invocations, whose retries keep their request id.
+        """
         if self._handler is None:
             raise RuntimeError(f"{self.logical_id} is not loaded")
-        context = LambdaContext(self, self._stopping)
+        context = LambdaContext(self, self._stopping, request_id)
         fields = {"function": self.logical_id, "request_id": context.aws_request_id}
         started = time.monotonic()
         try:

@@ -2,15 +2,15 @@
 template with the triggers its Events give it (DynamoDB streams, SQS queues, schedules).
 
 Trigger kinds are looked up by event Type in TRIGGER_KINDS, and each runs in its own threads
-(see triggers.py for what a trigger is). Another way in is one more trigger class: an SMTP
-front on loopback (aiosmtpd) that hands SES receipt-shaped events to an inbound function would
-run its server in ``run()`` until the runner stops, and be found next to the Events here from
-the template's AWS::SES::ReceiptRule Lambda actions.
+(see triggers.py for what a trigger is). SES's part comes from the template's
+AWS::SES::ReceiptRule resources: if there are any, the runner listens for SMTP on loopback
+(ses_receiving.py) before it reports ready, and each function a rule's LambdaAction names gets
+an asynchronous event queue (async_invoke.py), worked off like a trigger.
 
 A function whose handler does not import is logged and left out; the others run. On SIGTERM
-or SIGINT the runner tells in-flight invocations that no time is left
+or SIGINT the runner stops listening for SMTP, tells in-flight invocations that no time is left
 (``get_remaining_time_in_millis() == 0``), lets them finish, and exits with its stream
-checkpoints saved.
+checkpoints and queued asynchronous events saved.
 """
 
 import logging
@@ -23,11 +23,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from . import logs
+from .async_invoke import AsyncInvoker
 from .cfn import LocalTarget, Template, TemplateError, as_bool
 from .lambda_runtime import HandlerLoadError, LocalFunction
 from .schedule import ScheduleTrigger
+from .ses_receiving import LambdaAction, SmtpFront, receipt_rules
 from .sqs import SqsTrigger
-from .stack import StatePaths, client_factory, read_env_file, running_pid
+from .stack import DEFAULT_SMTP_PORT, HOST, StatePaths, client_factory, read_env_file, running_pid
 from .streams import StreamTrigger
 from .triggers import RunnerSettings, Runtime, Trigger, TriggerKind
 
@@ -43,14 +45,15 @@ RESTART_DELAY = 1.0  # seconds before a crashed poller starts again
 
 
 class Runner:
-    def __init__(self, runtime: Runtime, name: str) -> None:
+    def __init__(self, runtime: Runtime, name: str, smtp_address: tuple[str, int]) -> None:
         self.runtime = runtime
         self.name = name
+        self.smtp_address = smtp_address
 
-    def triggers(self) -> list[Trigger]:
-        """Loads every function and builds the triggers of its Events; failures are logged."""
+    def functions(self) -> list[LocalFunction]:
+        """Every function whose handler loads; the others are logged and left out."""
         template = self.runtime.template
-        triggers: list[Trigger] = []
+        functions = []
         for logical_id in template.resources("AWS::Serverless::Function"):
             try:
                 function = LocalFunction(template, logical_id, self.runtime.stopping)
@@ -62,11 +65,47 @@ class Runner:
                     exc_info=error.__cause__ or error,
                 )
                 continue
-            for event_name, event in template.properties(logical_id).get("Events", {}).items():
+            functions.append(function)
+        return functions
+
+    def triggers(self, functions: list[LocalFunction]) -> list[Trigger]:
+        """The triggers of the functions' Events; events that cannot be set up are logged."""
+        triggers: list[Trigger] = []
+        for function in functions:
+            events = self.runtime.template.properties(function.logical_id).get("Events", {})
+            for event_name, event in events.items():
                 trigger = self._trigger(function, event_name, event)
                 if trigger is not None:
                     triggers.append(trigger)
         return triggers
+
+    def smtp_front(self, functions: list[LocalFunction]) -> tuple[SmtpFront | None, list[AsyncInvoker]]:
+        """The SMTP front for the template's receipt rules (None without any) and its event queues."""
+        try:
+            rules = receipt_rules(self.runtime.template)
+        except TemplateError as error:
+            log.error("SES receipt rules left out: they could not be read", extra={"error": str(error)})
+            return None, []
+        if not rules:
+            return None, []
+        by_arn = {function.arn: function for function in functions}
+        invokers: dict[str, AsyncInvoker] = {}
+        for rule in rules:
+            for action in rule.actions:
+                if not isinstance(action, LambdaAction) or action.function_arn in invokers:
+                    continue
+                fields = {"rule": rule.name, "function_arn": action.function_arn}
+                if action.function_arn not in by_arn:
+                    log.error("receipt rule's Lambda action left out: the runner has no such function", extra=fields)
+                    continue
+                if action.invocation_type != "Event":
+                    log.warning("receipt rule's RequestResponse invocation runs as Event locally", extra=fields)
+                try:
+                    invokers[action.function_arn] = AsyncInvoker(by_arn[action.function_arn], self.runtime)
+                except (TemplateError, ClientError) as error:
+                    log.error("receipt rule's Lambda action left out", extra={**fields, "error": str(error)})
+        host, port = self.smtp_address
+        return SmtpFront(rules, invokers, self.runtime, host, port), list(invokers.values())
 
     def _trigger(self, function: LocalFunction, event_name: str, event: dict[str, Any]) -> Trigger | None:
         fields = {"function": function.logical_id, "event": event_name, "type": event["Type"]}
@@ -86,11 +125,19 @@ class Runner:
 
     def run(self) -> int:
         stopping = self.runtime.stopping
+        functions = self.functions()
+        front, invokers = self.smtp_front(functions)
         threads = [
             threading.Thread(target=self._keep_running, args=(trigger,), name=f"{trigger.name}#{n}", daemon=True)
-            for trigger in self.triggers()
+            for trigger in [*self.triggers(functions), *invokers]
             for n in range(trigger.concurrency)
         ]
+        if front is not None:
+            try:
+                front.start()
+            except OSError as error:
+                log.error("cannot listen for SMTP; is another runner on that port?", extra={"error": str(error)})
+                return 1
         for thread in threads:
             thread.start()
         ready = self.runtime.state.ready_file(self.name)
@@ -100,6 +147,8 @@ class Runner:
             while not stopping.wait(0.5):
                 pass
             log.info("stopping: in-flight invocations see no time left and finish")
+            if front is not None:
+                front.stop()
             for thread in threads:
                 thread.join()
         finally:
@@ -117,8 +166,11 @@ class Runner:
                 self.runtime.stopping.wait(RESTART_DELAY)
 
 
-def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str) -> int:
-    """``python -m dbmail_local runner``: runs in the foreground until SIGTERM or Ctrl-C."""
+def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str, smtp_port: int | None = None) -> int:
+    """``python -m dbmail_local runner``: runs in the foreground until SIGTERM or Ctrl-C.
+
+    The SMTP front listens on ``smtp_port``, by default stack.env's DBMAIL_LOCAL_SMTP_PORT.
+    """
     logs.configure(json_lines=True)
     other = running_pid(state, name)
     if other is not None and other != os.getpid():
@@ -144,10 +196,14 @@ def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str
     target = LocalTarget(sqs_url=env["AWS_ENDPOINT_URL_SQS"], stream_arn=stream_arn)
     template = Template.load(template_path, parameter_file, target)
     os.environ.update(template.environment())
+    smtp_address = (
+        env.get("DBMAIL_LOCAL_SMTP_HOST", HOST),
+        smtp_port if smtp_port is not None else int(env.get("DBMAIL_LOCAL_SMTP_PORT", DEFAULT_SMTP_PORT)),
+    )
     pid_file = state.pid_file(name)  # a runner started in a terminal is known to `down` too
     pid_file.write_text(f"{os.getpid()}\n")
     try:
-        return Runner(Runtime(template, client, settings, state, stopping), name).run()
+        return Runner(Runtime(template, client, settings, state, stopping), name, smtp_address).run()
     finally:
         if running_pid(state, name) == os.getpid():
             pid_file.unlink()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 DEFAULT_DYNAMODB_PORT = 8000
 DEFAULT_MOTO_PORT = 5000
+DEFAULT_SMTP_PORT = 2525  # the runner's SMTP front for SES receipt rules
 EMULATORS = ("dynamodb", "moto")
 RUNNER = "runner"
 EMULATOR_STOP_TIMEOUT = 10.0
@@ -76,6 +77,11 @@ class StatePaths:
         return self.root / "checkpoints"
 
     @property
+    def async_events(self) -> Path:
+        """Events queued for asynchronous invocation and not yet done with (see async_invoke.py)."""
+        return self.root / "async"
+
+    @property
     def env_file(self) -> Path:
         return self.root / "stack.env"
 
@@ -95,7 +101,7 @@ class StatePaths:
         return self.logs / f"{name}.log"
 
     def create(self) -> None:
-        for directory in (self.pids, self.logs, self.outbox, self.checkpoints):
+        for directory in (self.pids, self.logs, self.outbox, self.checkpoints, self.async_events):
             directory.mkdir(parents=True, exist_ok=True)
 
 
@@ -128,7 +134,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def stack_environment(state: StatePaths, template: Template, dynamodb_url: str, moto_url: str) -> dict[str, str]:
+def stack_environment(
+    state: StatePaths, template: Template, dynamodb_url: str, moto_url: str, smtp_port: int
+) -> dict[str, str]:
     """Everything a client or a handler needs to use the local stack, as environment variables."""
     region = template.target.region
     return {
@@ -150,6 +158,8 @@ def stack_environment(state: StatePaths, template: Template, dynamodb_url: str, 
         "DBMAIL_LOCAL_OUTBOX": str(state.outbox),
         "DBMAIL_LOCAL_DYNAMODB_URL": dynamodb_url,
         "DBMAIL_LOCAL_MOTO_URL": moto_url,
+        "DBMAIL_LOCAL_SMTP_HOST": HOST,
+        "DBMAIL_LOCAL_SMTP_PORT": str(smtp_port),
         **resource_variables(template),
         **template.environment(),
     }
@@ -264,15 +274,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def choose_port(preferred: int, taken: int | None = None) -> int:
-    """``preferred`` if it is free, else any free port other than ``taken`` (0: any free port)."""
-    if preferred and preferred != taken and _port_free(preferred):
+def choose_port(preferred: int, taken: Collection[int] = ()) -> int:
+    """``preferred`` if it is free, else any free port not in ``taken`` (0: any free port)."""
+    if preferred and preferred not in taken and _port_free(preferred):
         return preferred
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind(("0.0.0.0", 0))
             port = probe.getsockname()[1]
-        if port != taken:
+        if port not in taken:
             return port
 
 
@@ -369,6 +379,7 @@ def up(
     *,
     dynamodb_port: int = DEFAULT_DYNAMODB_PORT,
     moto_port: int = DEFAULT_MOTO_PORT,
+    smtp_port: int = DEFAULT_SMTP_PORT,
     template: Path = DEFAULT_TEMPLATE,
     parameters: Path = DEFAULT_PARAMETERS,
     runner_env: Mapping[str, str] | None = None,
@@ -376,8 +387,9 @@ def up(
     """Starts DynamoDB Local, moto, the template's resources and the runner.
 
     Returns False, changing nothing, when the stack already runs. Ports that are taken are
-    replaced by free ones; stack.env says which were used. ``runner_env`` adds variables to
-    the runner's environment (e.g. DBMAIL_LOCAL_RETRY_DELAY).
+    replaced by free ones; stack.env says which were used (the SMTP port is the runner's, for
+    its SES receipt rules). ``runner_env`` adds variables to the runner's environment (e.g.
+    DBMAIL_LOCAL_RETRY_DELAY).
     """
     state.create()
     if all(running_pid(state, name) for name in EMULATORS):
@@ -389,13 +401,15 @@ def up(
         return True
     down(state)  # whatever is left of a half-running stack has lost its in-memory data anyway
     shutil.rmtree(state.checkpoints)  # new tables have new streams
+    shutil.rmtree(state.async_events)  # queued events name messages the new emulators do not have
     state.create()
 
     ports = {"dynamodb": choose_port(dynamodb_port)}
-    ports["moto"] = choose_port(moto_port, taken=ports["dynamodb"])
+    ports["moto"] = choose_port(moto_port, taken=set(ports.values()))
+    ports["smtp"] = choose_port(smtp_port, taken=set(ports.values()))
     dynamodb_url, moto_url = (f"http://{HOST}:{ports[name]}" for name in EMULATORS)
     loaded = Template.load(template, parameters, target=LocalTarget(sqs_url=moto_url))
-    env = stack_environment(state, loaded, dynamodb_url, moto_url)
+    env = stack_environment(state, loaded, dynamodb_url, moto_url, ports["smtp"])
     try:
         processes = {
             "dynamodb": _spawn(state, "dynamodb", _dynamodb_argv(ports["dynamodb"])),
@@ -414,6 +428,7 @@ def up(
             "parameters": str(Path(parameters).resolve()),
             "dynamodb_url": dynamodb_url,
             "moto_url": moto_url,
+            "runner_url": f"smtp://{HOST}:{ports['smtp']}",
         }
         state.config_file.write_text(json.dumps(config, indent=2) + "\n")
         start_runner(state, extra_env=runner_env)
@@ -431,11 +446,13 @@ def start_runner(
     template: Path | None = None,
     parameters: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
+    smtp_port: int | None = None,
 ) -> int:
     """Starts a runner in the background and waits until its triggers run; returns its pid.
 
     Template and parameters default to what ``up`` was given. Other names run further runners
-    (e.g. for a test template) against the same emulators; ``down`` stops them too.
+    (e.g. for a test template) against the same emulators; ``down`` stops them too. Each needs
+    its own ``smtp_port`` if its template has receipt rules (default: stack.env's).
     """
     if not state.env_file.is_file():
         raise StackError(f"{state.env_file} is missing: the local stack is not up")
@@ -458,6 +475,8 @@ def start_runner(
         "--parameters",
         str(parameters or config["parameters"]),
     ]
+    if smtp_port is not None:
+        argv += ["--smtp-port", str(smtp_port)]
     state.ready_file(name).unlink(missing_ok=True)
     process = _spawn(state, name, argv, env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
     ready = state.ready_file(name)

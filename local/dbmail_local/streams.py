@@ -292,9 +292,6 @@ class StreamTrigger:
 
     def _give_up(self, shard_id: str, records: list[Record], invocation: Invocation, invoke_count: int) -> None:
         """Sends Lambda's on-failure record for ``records`` (retries exhausted); they are skipped."""
-        response_context: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
-        if invocation.error is not None:
-            response_context["functionError"] = "Unhandled"
         failure = {
             "requestContext": {
                 "requestId": invocation.request_id,
@@ -302,7 +299,7 @@ class StreamTrigger:
                 "condition": "RetryAttemptsExhausted",
                 "approximateInvokeCount": invoke_count,
             },
-            "responseContext": response_context,
+            "responseContext": invocation.response_context(),
             "version": "1.0",
             "timestamp": utc_timestamp(),
             "DDBStreamBatchInfo": {

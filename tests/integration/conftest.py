@@ -79,7 +79,7 @@ class LocalStack:
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = stack.StatePaths(tmp_path_factory.mktemp("dbmail-local"))
     try:
-        stack.up(state, dynamodb_port=0, moto_port=0)
+        stack.up(state, dynamodb_port=0, moto_port=0, smtp_port=0)
         env = stack.read_env_file(state.env_file)
         saved = {name: os.environ.get(name) for name in env}
         os.environ.update(env)

@@ -56,9 +56,13 @@ def test_tables_and_queues_are_those_of_the_template(local_stack):
 
 def test_creating_resources_again_changes_nothing(local_stack):
     template = Template.load(target=LocalTarget(sqs_url=local_stack.env["AWS_ENDPOINT_URL_SQS"]))
+    existing_tables = set(local_stack.client("dynamodb").list_tables()["TableNames"])
     created = create_resources(template, local_stack.client)
-    assert created.tables == ["dbmail-MessageRequestTable", "dbmail-EmailRequestTable", "dbmail-TextOfEmailTable"]
-    assert created.queues == ["dbmail-SendQueue", "dbmail-SendDeadLetterQueue", "dbmail-ExpandFailureQueue"]
+    # every table and queue the template declares, by its local name, and nothing new was made
+    assert created.tables == [template.physical_name(t) for t in template.resources("AWS::DynamoDB::Table")]
+    assert created.queues == [template.physical_name(q) for q in template.resources("AWS::SQS::Queue")]
+    assert {"dbmail-MessageRequestTable", "dbmail-InboundMessageTable"} <= set(created.tables)
+    assert set(local_stack.client("dynamodb").list_tables()["TableNames"]) == existing_tables
 
 
 def test_stack_env_holds_every_function_variable_and_bash_can_source_it(local_stack):

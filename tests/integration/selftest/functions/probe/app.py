@@ -5,6 +5,8 @@ What a record asks for is in its item's ``mode`` attribute (streams) or its JSON
 ``ok``; ``fail`` (reported in batchItemFailures); ``raise`` (the handler raises);
 ``raise_once`` (raises the first time only); ``wait`` (the first time, waits until the context
 says no time is left, then reports itself and the rest of the batch as not processed).
+SES receipt events (inbound.yaml) take theirs from the mail's ``X-Probe-Mode`` header:
+``raise`` always raises; ``wait`` the first time waits until no time is left, then raises.
 """
 
 import json
@@ -36,7 +38,8 @@ def _record(kind, event, context, **outcome):
         "environment": ENVIRONMENT_AT_IMPORT,
         **outcome,
     }
-    (OUT / f"{kind}-{context.aws_request_id}.json").write_text(json.dumps(entry))
+    # Asynchronous retries keep their request id: the time tells their records apart.
+    (OUT / f"{kind}-{context.aws_request_id}-{time.time_ns()}.json").write_text(json.dumps(entry))
 
 
 def _failures(identifiers):
@@ -99,3 +102,18 @@ def queue_handler(event, context):
 
 def schedule_handler(event, context):
     _record("schedule", event, context)
+
+
+def receipt_handler(event, context):
+    mail = event["Records"][0]["ses"]["mail"]
+    mode = next((h["value"] for h in mail["headers"] if h["name"].lower() == "x-probe-mode"), "ok")
+    if mode == "wait" and _first_time(f"waiting-{mail['messageId']}"):
+        while context.get_remaining_time_in_millis() > 0:
+            time.sleep(0.02)
+        _record("receipt", event, context, raised=True, interrupted=True)
+        raise RuntimeError(f"probe: {mail['messageId']} was interrupted")
+    if mode == "raise":
+        _record("receipt", event, context, raised=True)
+        raise RuntimeError(f"probe: {mail['messageId']} always fails")
+    _record("receipt", event, context)
+    return {"disposition": "CONTINUE"}
