@@ -76,7 +76,7 @@ def bench_expand(sizes: list[int]) -> None:
     from dbmail_local import stack
 
     state = stack.StatePaths.resolve(Path(tempfile.mkdtemp(prefix="dbmail-bench-")))
-    stack.up(state, dynamodb_port=0, moto_port=0)
+    stack.up(state, dynamodb_port=0, moto_port=0, smtp_port=0)
     try:
         stack.stop_runner(state)  # expand runs here, in-process, so it can be measured
         os.environ.update(stack.read_env_file(state.env_file))
