@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from dbmail.models import BoundModels, DirectoryPerson, DirectorySection, InboundMessageBase, bind_models
+from dbmail.models import BoundModels, DirectoryPerson, DirectorySection, InboundMessageBase, bind_models, get_or_none
 from dbmail.routing import ClassInfo, EmailListRule, Person, Section, User, check_rule, parse_destinations
 from dbmail.settings import Settings
 
@@ -84,15 +84,8 @@ class InboundStore:
                 count += 1
         return count
 
-    def _entry(self, key: str):
-        Entry = self.models.DirectoryEntry
-        try:
-            return Entry.get(key)
-        except Entry.DoesNotExist:
-            return None
-
     def _user(self, key: str) -> User | None:
-        entry = self._entry(key)
+        entry = get_or_none(self.models.DirectoryEntry, key)
         if entry is None:
             return None
         return User(username=entry.username, email=entry.email, first_name=entry.first_name,
@@ -105,7 +98,7 @@ class InboundStore:
         return self._user(f"email#{email.strip().lower()}")
 
     def class_by_id(self, class_id: int) -> ClassInfo | None:
-        entry = self._entry(f"class#{int(class_id)}")
+        entry = get_or_none(self.models.DirectoryEntry, f"class#{int(class_id)}")
         if entry is None:
             return None
         return ClassInfo(
@@ -117,20 +110,16 @@ class InboundStore:
         )
 
     def redirect(self, original: str) -> str | None:
-        Redirect = self.models.PlainRedirect
-        try:
-            return Redirect.get(original.lower()).destination
-        except Redirect.DoesNotExist:
-            return None
+        redirect = get_or_none(self.models.PlainRedirect, original.lower())
+        return redirect.destination if redirect else None
 
     # ---- received messages -------------------------------------------------------------
     def begin(self, message_id: str, s3_key: str, recipients: list[str], now: datetime,
               verdicts: dict[str, str]) -> InboundMessageBase:
         """The message's record, created on first sight; every attempt is counted."""
         Message = self.models.InboundMessage
-        try:
-            item = Message.get(message_id, consistent_read=True)
-        except Message.DoesNotExist:
+        item = get_or_none(Message, message_id)
+        if item is None:
             item = Message(message_id=message_id, received_at=now, s3_key=s3_key, recipients=recipients,
                            detail=None)
             item.save(condition=Message.message_id.does_not_exist())
@@ -141,11 +130,7 @@ class InboundStore:
         return item
 
     def get(self, message_id: str) -> InboundMessageBase | None:
-        Message = self.models.InboundMessage
-        try:
-            return Message.get(message_id, consistent_read=True)
-        except Message.DoesNotExist:
-            return None
+        return get_or_none(self.models.InboundMessage, message_id)
 
     def finish(self, item: InboundMessageBase, status: str, detail: str, **fields) -> None:
         Message = self.models.InboundMessage

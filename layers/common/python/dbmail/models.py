@@ -264,6 +264,14 @@ class InboundMessageBase(Model):
     by_status = InboundByStatusIndex()
 
 
+def get_or_none(model: type[Model], hash_key, range_key=None) -> Model | None:
+    """A strongly consistent read; None when the item does not exist."""
+    try:
+        return model.get(hash_key, range_key, consistent_read=True)
+    except model.DoesNotExist:
+        return None
+
+
 @dataclass(frozen=True)
 class BoundModels:
     MessageRequest: type[MessageRequestBase]

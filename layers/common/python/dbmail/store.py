@@ -17,6 +17,7 @@ from dbmail.models import (
     RequestStatus,
     TextOfEmailBase,
     bind_models,
+    get_or_none,
 )
 from dbmail.settings import Settings
 
@@ -42,11 +43,8 @@ class Store:
 
     # ---- MessageRequest ---------------------------------------------------------------
     def get_request(self, request_id: str) -> MessageRequestBase | None:
-        Request = self.models.MessageRequest
         try:
-            return Request.get(request_id, consistent_read=True)
-        except Request.DoesNotExist:
-            return None
+            return get_or_none(self.models.MessageRequest, request_id)
         except (AttributeDeserializationError, ValueError, TypeError) as exc:
             raise RequestInvalid(f"malformed request item (see docs/schema.md): {exc}") from exc
 
@@ -144,11 +142,7 @@ class Store:
                 batch.delete(recipient)
 
     def get_recipient(self, request_id: str, recipient_key: str) -> EmailRequestBase | None:
-        Recipient = self.models.EmailRequest
-        try:
-            return Recipient.get(request_id, recipient_key, consistent_read=True)
-        except Recipient.DoesNotExist:
-            return None
+        return get_or_none(self.models.EmailRequest, request_id, recipient_key)
 
     # ---- TextOfEmail ------------------------------------------------------------------
     def new_email(self, **attributes) -> TextOfEmailBase:
@@ -173,11 +167,7 @@ class Store:
         return self.models.TextOfEmail(request_id, email_key)
 
     def get_email(self, request_id: str, email_key: str) -> TextOfEmailBase | None:
-        Email = self.models.TextOfEmail
-        try:
-            return Email.get(request_id, email_key, consistent_read=True)
-        except Email.DoesNotExist:
-            return None
+        return get_or_none(self.models.TextOfEmail, request_id, email_key)
 
     def iter_emails(self, request_id: str, attributes: list[str] | None = None) -> Iterator[TextOfEmailBase]:
         return self.models.TextOfEmail.query(request_id, attributes_to_get=attributes, page_size=1000)
