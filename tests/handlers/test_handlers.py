@@ -1,11 +1,13 @@
 """Each handler fed the sample events in events/ (the files `sam local invoke -e` takes)."""
 
 import copy
+from datetime import timedelta
 
 import boto3
 
 from dbmail.client import submit_request
 from dbmail.inbound_client import install_default_email_lists, publish_directory
+from dbmail.models import utcnow
 from dbmail.expand import CHUNK_RECIPIENTS
 from dbmail.store import Store
 from tests.conftest import DIRECTORY, drain, inbound_message, load_event, recipient
@@ -80,10 +82,14 @@ def test_a_poison_message_fails_alone(moto_stack, context):
     assert Store(moto_stack.settings).email_status_counts(EXAMPLE_REQUEST)["sent"] == 1
 
 
-def test_expire_handler_runs_the_sweep(moto_stack, context):
-    seed_example_request(Store(moto_stack.settings), processed_by=None)
+def test_expire_handler_expands_a_scheduled_request_whose_time_has_come(moto_stack, context):
+    # given the example request, scheduled for a moment ago and still waiting
+    seed_example_request(Store(moto_stack.settings), processed_by=utcnow() - timedelta(seconds=1))
+    # when the schedule fires
     summary = load_handler("expire")(load_event("expire_schedule.json"), context)
-    assert summary == {}
+    # then it was expanded and its emails queued
+    assert summary == {"expand_processed": 1}
+    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 3
 
 
 def test_inbound_handler_routes_the_received_message(moto_stack, context):
