@@ -148,7 +148,7 @@ class LocalFunction:
         if spec is None or spec.loader is None or not self.module_path.is_file():
             raise HandlerLoadError(f"{self.logical_id}: no handler module at {self.module_path}")
         module = importlib.util.module_from_spec(spec)
-        with _import_lock, _environment(self.environment):
+        with _import_lock, temporary_environment(self.environment):
             for directory in reversed([self.code_dir, *self.layer_dirs]):
                 if str(directory) not in sys.path:
                     sys.path.insert(0, str(directory))
@@ -215,7 +215,7 @@ def _handler_function(module: ModuleType, name: str, logical_id: str) -> Callabl
 
 
 @contextmanager
-def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+def temporary_environment(variables: Mapping[str, str]) -> Iterator[None]:
     """Temporarily sets variables in os.environ (a function's own values while it imports)."""
     saved = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)

@@ -13,7 +13,6 @@ happened. The state directory (logs included) stays under pytest's temporary dir
         local_stack.wait_for(lambda: list(local_stack.outbox.glob("*.eml")))
 """
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from dbmail_local import stack
+from dbmail_local.lambda_runtime import temporary_environment
 
 T = TypeVar("T")
 
@@ -81,15 +81,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     try:
         stack.up(state, dynamodb_port=0, moto_port=0, smtp_port=0)
         env = stack.read_env_file(state.env_file)
-        saved = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
-        try:
+        with temporary_environment(env):
             yield LocalStack(state, env)
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
     finally:
         stack.down(state)
