@@ -124,3 +124,26 @@ def test_a_message_naming_no_email_is_dropped_with_an_error_logged(moto_stack):
     assert sender(moto_stack, transport).deliver(QueuedEmail("nope", "u1#0"), claim_id="m", receive_count=1) == SendOutcome.UNKNOWN
 
 
+
+
+def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded, capsys):
+    # given an email whose message failed 3 times and sits in the DLQ
+    from dbmail.cli import main
+
+    service = sender(moto_stack, RecordingTransport(DeliveryError("Throttling")))
+    for attempt in (1, 2, 3):
+        with pytest.raises(RetryableDeliveryError):
+            service.deliver(expanded, claim_id=f"r{attempt}", receive_count=attempt)
+    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    moto_stack.sqs.send_message(QueueUrl=moto_stack.dlq_url, MessageBody=expanded.to_body())
+    # when the operator redrives the DLQ
+    assert main(["redrive", "--dlq-url", moto_stack.dlq_url]) == 0
+    assert "1 messages moved" in capsys.readouterr().out
+    (message,) = moto_stack.sqs.receive_message(QueueUrl=moto_stack.settings.send_queue_url,
+                                                AttributeNames=["All"])["Messages"]
+    # then the failed email is sent on its next delivery
+    transport = RecordingTransport()
+    outcome = sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), claim_id="r4",
+                                                    receive_count=int(message["Attributes"]["ApproximateReceiveCount"]))
+    assert outcome == SendOutcome.SENT and len(transport.sent) == 1
+    assert moto_stack.sqs.receive_message(QueueUrl=moto_stack.dlq_url).get("Messages") is None

@@ -55,6 +55,21 @@ def _render(args) -> int:
     return 0
 
 
+def _redrive(args) -> int:
+    import boto3
+
+    from dbmail.queue import redrive
+    from dbmail.settings import get_settings
+
+    settings = get_settings()
+    dead_letter_url = args.dlq_url or os.environ.get("DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL")
+    if not dead_letter_url:
+        raise DbmailError("give --dlq-url (the stack output SendDeadLetterQueueUrl)")
+    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
+    print(f"{redrive(sqs, dead_letter_url, settings.send_queue_url)} messages moved back to the send queue")
+    return 0
+
+
 def _require(args, *names: str) -> None:
     missing = [name for name in names if not getattr(args, name)]
     if missing:
@@ -171,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("request_id")
     render.add_argument("email_key")
     render.set_defaults(run=_render)
+
+    again = commands.add_parser("redrive", help="move failed emails from the send DLQ back to the send queue")
+    again.add_argument("--dlq-url", help="default: the local stack's send DLQ")
+    again.set_defaults(run=_redrive)
 
     lists = commands.add_parser("lists", help="EmailList rules for inbound mail")
     lists.add_argument("action", choices=["list", "add", "delete", "install-defaults"])

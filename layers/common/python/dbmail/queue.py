@@ -58,3 +58,21 @@ class SendQueue:
             if not pending:
                 return len(batch)
         raise DbmailError(f"SQS refused {len(pending)} of {len(batch)} messages after {ATTEMPTS} attempts")
+
+
+def redrive(sqs_client, dead_letter_url: str, queue_url: str) -> int:
+    """Move every message from the dead-letter queue back to the send queue (after fixing the
+    cause): received, re-sent, then deleted, so a crash in between duplicates but never loses."""
+    moved = 0
+    while True:
+        messages = sqs_client.receive_message(QueueUrl=dead_letter_url, MaxNumberOfMessages=SQS_BATCH,
+                                              WaitTimeSeconds=1).get("Messages", [])
+        if not messages:
+            return moved
+        entries = [{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)]
+        failed = sqs_client.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            raise DbmailError(f"SQS refused {len(failed)} redriven messages; they stay in the dead-letter queue")
+        sqs_client.delete_message_batch(QueueUrl=dead_letter_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+        moved += len(messages)
