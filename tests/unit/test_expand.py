@@ -2,6 +2,8 @@
 
 from datetime import timedelta
 
+import boto3
+
 import pytest
 
 from dbmail import wiring
@@ -128,3 +130,17 @@ def test_a_live_lease_held_by_the_schedule_is_not_taken_by_the_stream(moto_stack
     now = utcnow()
     assert store.claim_request(rid, "schedule:x", now, now + timedelta(minutes=5), takeover=False)
     assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.BUSY
+
+
+def test_a_raw_item_without_status_is_expanded_and_one_without_created_at_fails_clearly(moto_stack):
+    store = Store(moto_stack.settings)
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    store.put_recipients([store.models.EmailRequest(request_id="raw-1", recipient_key="u1", email="a@example.net")])
+    base = {"request_id": {"S": "raw-1"}, "subject": {"S": "s"}, "msgtext": {"S": "b"},
+            "sender": {"S": "splash@example.org"}, "recipient_count": {"N": "1"}}
+    dynamodb.put_item(TableName=moto_stack.settings.request_table,
+                      Item={**base, "created_at": {"S": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")}})
+    assert wiring.expander().expand("raw-1", owner="stream:t", takeover=True) == Outcome.PROCESSED
+    dynamodb.put_item(TableName=moto_stack.settings.request_table, Item={**base, "request_id": {"S": "raw-2"}})
+    assert wiring.expander().expand("raw-2", owner="stream:t", takeover=True) == Outcome.FAILED
+    assert "created_at is required" in store.get_request("raw-2").error

@@ -155,6 +155,8 @@ class Expander:
         if request is None:
             logger.warning("request not found", extra={"request_id": request_id})
             return Outcome.MISSING
+        if request.created_at is None:
+            return self._fail(request_id, now, RequestInvalid("malformed request item: created_at is required"))
         if request.status in RequestStatus.FINAL:
             return Outcome.ALREADY_DONE
         if request.created_at < now - self.settings.max_age:

@@ -65,7 +65,8 @@ class Store:
         free = Request.lease_until.does_not_exist() | (Request.lease_until < now)
         if takeover:
             free |= Request.lease_owner.startswith("stream:")
-        condition = Request.status.is_in(RequestStatus.QUEUED, RequestStatus.PROCESSING) & free
+        waiting = Request.status.is_in(RequestStatus.QUEUED, RequestStatus.PROCESSING) | Request.status.does_not_exist()
+        condition = waiting & free
         actions = [
             Request.status.set(RequestStatus.PROCESSING),
             Request.lease_owner.set(owner),
