@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import boto3
-
 import pytest
 
 from dbmail import wiring
