@@ -84,3 +84,24 @@ def test_failed_emails_are_reported_once_to_the_sender_and_bounces(moto_stack):
     body = report.get_content()
     assert '"Zoë Ng2" <user2@example.net>: DeliveryError: MessageRejected' in body and "user1@" not in body
     assert {a.addr_spec for a in report["To"].addresses} == {"splash@example.org", moto_stack.settings.bounces_address}
+
+
+def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
+    # given two requests the stream missed, the first of which fails to expand (e.g. a throttled table)
+    first = submit(n=1, sendto_fn_name="")
+    second = submit(n=1, sendto_fn_name="")
+    expander = wiring.expander()
+    real = expander.expand
+
+    def flaky(request_id, **kwargs):
+        if request_id == first:
+            raise ConnectionError("DynamoDB unreachable")
+        return real(request_id, **kwargs)
+
+    monkeypatch.setattr(expander, "expand", flaky)
+    expirer = wiring.expirer()
+    expirer.clock = lambda: utcnow() + timedelta(minutes=5)
+    # then the other is still expanded, and the failure is counted for the next run
+    assert expirer.run(owner="schedule:1") == {"expand_error": 1, "expand_processed": 1}
+    assert request_status(second)["status"] == "processed"
+    assert request_status(first)["status"] == "queued"

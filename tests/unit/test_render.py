@@ -63,3 +63,8 @@ def test_html_detection_matches_the_original_rule(body, expected):
 def test_missing_variables_render_empty_as_in_django():
     subject, _ = render("Hi {{ user.nickname }}!", "")
     assert subject == "Hi !"
+
+
+def test_an_oversized_rendering_is_a_template_error_not_an_oversized_item():
+    with pytest.raises(TemplateInvalid, match="over 350000 characters"):
+        render("s", "{{ 'x' * 400000 }}")

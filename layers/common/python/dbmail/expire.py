@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from aws_lambda_powertools import Logger
 
-from dbmail.errors import DeliveryError, RequestInvalid
+from dbmail.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
 from dbmail.expand import Expander, resolve_sender
 from dbmail.models import EmailStatus, RequestStatus, utcnow
 from dbmail.report import failure_report
@@ -39,7 +39,14 @@ class Expirer:
         now = self.clock()
 
         def expand(label: str, request_id: str) -> None:
-            outcome = self.expander.expand(request_id, owner=owner, takeover=False, time_left=time_left)
+            """One request's failure must not stop the sweep: it is logged, counted, and retried next run."""
+            try:
+                outcome = self.expander.expand(request_id, owner=owner, takeover=False, time_left=time_left)
+            except ExpansionIncomplete:
+                outcome = "incomplete"
+            except Exception:
+                logger.exception("expansion failed; retried on the next run", extra={"request_id": request_id})
+                outcome = "error"
             summary[f"{label}_{outcome}"] += 1
 
         for request in self.store.requests_with_status(RequestStatus.QUEUED):

@@ -14,7 +14,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from dbmail.errors import TemplateInvalid
 
 HTML_MARKER = re.compile(r"<html[\s>/]", re.IGNORECASE)
-MAX_TEMPLATE_CHARS = 1_000_000
+MAX_TEMPLATE_CHARS = 300_000  # a TextOfEmail item must stay under DynamoDB's 400 KB
+MAX_RENDERED_CHARS = 350_000
 
 
 def is_html(body: str) -> bool:
@@ -45,6 +46,8 @@ class CompiledMessage:
             raise TemplateInvalid(f"template error while rendering: {exc}") from exc
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise TemplateInvalid(f"template error while rendering: {type(exc).__name__}: {exc}") from exc
+        if len(body) + len(subject) > MAX_RENDERED_CHARS:
+            raise TemplateInvalid(f"rendered email is over {MAX_RENDERED_CHARS} characters")
         return " ".join(subject.split()), body
 
 
