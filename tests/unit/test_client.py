@@ -45,3 +45,9 @@ def test_the_sender_falls_back_to_the_creator_then_the_site_default(moto_stack):
     without = submit_request(subject="s", msgtext="b", recipients=[recipient(1)])
     assert resolve_sender(store.get_request(with_creator), moto_stack.settings) == '"Ada Admin" <ada@example.org>'
     assert resolve_sender(store.get_request(without), moto_stack.settings) == moto_stack.settings.default_sender
+
+
+def test_an_oversized_body_is_refused_before_anything_is_written(moto_stack):
+    with pytest.raises(TemplateInvalid, match="larger than 300000 bytes"):
+        submit_request(subject="s", msgtext="é" * 160_000, recipients=[recipient(1)], sender="splash@example.org")
+    assert table_item_counts(moto_stack) == (0, 0)

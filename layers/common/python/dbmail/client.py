@@ -18,7 +18,6 @@ from dbmail.models import Person, RequestStatus, parse_datetime, utcnow
 from dbmail.settings import Settings, get_settings
 from dbmail.store import Store
 
-MAX_TEMPLATE_BYTES = 300_000  # the request item must stay under DynamoDB's 400 KB
 ADDRESS_FIELDS = ("email", "guardian_email", "emergency_email")
 
 
@@ -72,8 +71,6 @@ def submit_request(
     settings = settings or get_settings()
     store = store or Store(settings)
     now = utcnow()
-    if len((msgtext or "").encode()) + len((subject or "").encode()) > MAX_TEMPLATE_BYTES:
-        raise RequestInvalid(f"subject and body together exceed {MAX_TEMPLATE_BYTES} bytes")
     processed_by, sent_by = _as_datetime(processed_by), _as_datetime(sent_by)
     if processed_by is not None and processed_by > now + settings.max_age:
         raise RequestInvalid("processed_by is more than 7 days ahead; such a request would never be sent")

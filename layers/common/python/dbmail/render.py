@@ -14,7 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from dbmail.errors import TemplateInvalid
 
 HTML_MARKER = re.compile(r"<html[\s>/]", re.IGNORECASE)
-MAX_TEMPLATE_CHARS = 300_000  # a TextOfEmail item must stay under DynamoDB's 400 KB
+MAX_TEMPLATE_BYTES = 300_000  # request and TextOfEmail items must stay under DynamoDB's 400 KB
 MAX_RENDERED_CHARS = 350_000
 
 
@@ -57,8 +57,8 @@ def compile_message(subject: str | None, msgtext: str | None) -> CompiledMessage
     html = is_html(msgtext)
     compiled = []
     for label, source, autoescape in (("subject", subject, False), ("body", msgtext, html)):
-        if len(source) > MAX_TEMPLATE_CHARS:
-            raise TemplateInvalid(f"{label} template is longer than {MAX_TEMPLATE_CHARS} characters")
+        if len(source.encode()) > MAX_TEMPLATE_BYTES:
+            raise TemplateInvalid(f"{label} template is larger than {MAX_TEMPLATE_BYTES} bytes")
         try:
             compiled.append(_environment(autoescape).from_string(source))
         except TemplateError as exc:
