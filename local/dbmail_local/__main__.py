@@ -86,6 +86,18 @@ def _print_status(state: StatePaths) -> int:
     return 1
 
 
+def _install_default_rules(state: StatePaths) -> None:
+    """A new site starts with the original's four EmailList rules, so a fresh stack does too."""
+    env = read_env_file(state.env_file)
+    if "DBMAIL_EMAILLIST_TABLE" not in env:
+        return  # a template without inbound mail
+    os.environ.update(env)
+    from dbmail.inbound_client import install_default_email_lists
+
+    rules = install_default_email_lists()
+    log.info("default EmailList rules installed", extra={"rules": [rule.list_id for rule in rules]})
+
+
 def _demo(state: StatePaths, timeout: float) -> int:
     """Runs the demo on the stack; a stack the demo started is stopped again (the outbox stays)."""
     from .demo import run_demo
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(json_lines=False)
     try:
         if args.command == "up":
-            up(
+            started = up(
                 state,
                 dynamodb_port=args.dynamodb_port,
                 moto_port=args.moto_port,
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 template=args.template,
                 parameters=args.parameters,
             )
+            if started:
+                _install_default_rules(state)
             return _print_status(state)
         if args.command == "down":
             down(state, timeout=args.timeout)

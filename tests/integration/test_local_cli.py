@@ -1,5 +1,6 @@
 """`python -m dbmail_local` as a developer uses it: up, up again, status, runner restart, down."""
 
+import json
 import os
 import socket
 import subprocess
@@ -45,7 +46,12 @@ def test_cli_lifecycle_on_a_taken_port_leaves_nothing_running(tmp_path):
             pids = _pids(tmp_path)
             started |= set(pids.values())
             assert set(pids) == {"dynamodb", "moto", "runner"}
-            assert read_env_file(tmp_path / "stack.env")["DBMAIL_LOCAL_MOTO_URL"] != f"http://127.0.0.1:{port}"
+            env = read_env_file(tmp_path / "stack.env")
+            assert env["DBMAIL_LOCAL_MOTO_URL"] != f"http://127.0.0.1:{port}"
+            # a fresh stack is a new site: it has the original's four EmailList rules
+            rules = subprocess.run([sys.executable, "-m", "dbmail.cli", "lists", "list"], capture_output=True,
+                                   text=True, timeout=60, check=True, env={**os.environ, **env}).stdout
+            assert [json.loads(line)["seq"] for line in rules.splitlines()] == [10, 20, 30, 40]
 
             again = _cli("up", "--state-dir", state)
             assert again.returncode == 0 and "already up" in again.stderr
