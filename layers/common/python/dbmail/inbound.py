@@ -24,9 +24,6 @@ from dbmail.transports import MAX_MESSAGE_BYTES, SesTransport
 
 logger = Logger(child=True)
 
-DONE = frozenset({InboundStatus.FORWARDED, InboundStatus.HELD, InboundStatus.RELEASED, InboundStatus.REJECTED,
-                  InboundStatus.DROPPED, InboundStatus.UNDELIVERABLE, InboundStatus.TOO_LARGE})
-
 
 @dataclass
 class InboundRouter:
@@ -43,7 +40,7 @@ class InboundRouter:
         key = f"{settings.inbound_prefix}{message_id}"
         item = self.store.begin(message_id, key, recipients, self.clock(),
                                 {"spam": spam_verdict, "virus": virus_verdict})
-        if item.status in DONE and not release:
+        if item.status in InboundStatus.FINAL and not release:
             return item.status
         try:
             return self._handle(item, recipients, spam_verdict, virus_verdict, release)
@@ -101,9 +98,10 @@ class InboundRouter:
         for address, decided in routes:
             local, _, domain = address.rpartition("@")
             rewritten = rewrite(raw, decided, site_name=self._site_name(domain), chapter_domain=domain.lower())
+            _, forward_from = original_sender(rewritten)  # the rule's from_email or noreply@domain
             for forward in split_forwards(rewritten, decided, key=f"{decided.rule.list_id}:{local.lower()}"):
                 if forward.part not in done:
-                    self._send(forward, rewritten)
+                    self._send(forward, forward_from)
                     self.store.add_forwarded_part(item, forward.part)
                 sent += len(forward.destinations)
         status = InboundStatus.RELEASED if release else InboundStatus.FORWARDED
@@ -115,8 +113,7 @@ class InboundRouter:
         """For "Name via Site": the default sender's display name, else the chapter domain."""
         return parse_address(self.settings.default_sender).display_name or domain
 
-    def _send(self, forward: Forward, message) -> None:
-        _, from_address = original_sender(message)
+    def _send(self, forward: Forward, from_address: str) -> None:
         destinations = None if forward.addressed_by_headers else list(forward.destinations)
         self.transport.send_raw(forward.raw, from_address, destinations)
 

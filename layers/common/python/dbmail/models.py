@@ -184,6 +184,7 @@ class InboundStatus:
     UNDELIVERABLE = "undeliverable"  # no rule sent it
     TOO_LARGE = "too_large"
     FAILED = "failed"  # an error; the raw message is in S3 and `dbmail inbound reprocess` retries it
+    FINAL = frozenset({FORWARDED, HELD, RELEASED, REJECTED, DROPPED, UNDELIVERABLE, TOO_LARGE})
 
 
 class EmailListBase(Model):

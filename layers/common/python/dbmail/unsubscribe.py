@@ -24,7 +24,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _check_secret(secret: str) -> bytes:
+def check_secret(secret: str) -> bytes:
+    """The secret as key bytes; a short one is a configuration error."""
     if len(secret) < MIN_SECRET_LENGTH:
         raise ConfigurationError(f"the unsubscribe secret must be at least {MIN_SECRET_LENGTH} characters")
     return secret.encode()
@@ -33,7 +34,7 @@ def _check_secret(secret: str) -> bytes:
 def make_token(secret: str, user_id: int | None, email: str) -> str:
     """A token naming the user and the address that receives the mail (a guardian may opt out too)."""
     payload = json.dumps({"v": 1, "u": user_id, "e": email.strip().lower()}, separators=(",", ":")).encode()
-    signature = hmac.new(_check_secret(secret), payload, hashlib.sha256).digest()
+    signature = hmac.new(check_secret(secret), payload, hashlib.sha256).digest()
     return f"{_b64(payload)}.{_b64(signature)}"
 
 
@@ -44,7 +45,7 @@ def verify_token(secret: str, token: str) -> dict:
         payload, signature = _unb64(payload_b64), _unb64(signature_b64)
     except ValueError as exc:
         raise TokenInvalid("malformed unsubscribe token") from exc
-    expected = hmac.new(_check_secret(secret), payload, hashlib.sha256).digest()
+    expected = hmac.new(check_secret(secret), payload, hashlib.sha256).digest()
     if not hmac.compare_digest(signature, expected):
         raise TokenInvalid("unsubscribe token signature does not match")
     return json.loads(payload)

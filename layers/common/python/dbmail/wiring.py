@@ -6,7 +6,6 @@ from functools import lru_cache
 
 import boto3
 
-from dbmail.errors import ConfigurationError
 from dbmail.expand import Expander
 from dbmail.expire import Expirer
 from dbmail.inbound import InboundRouter
@@ -16,7 +15,7 @@ from dbmail.send import EmailSender
 from dbmail.settings import get_settings
 from dbmail.store import Store
 from dbmail.transports import SesTransport, make_transport
-from dbmail.unsubscribe import MIN_SECRET_LENGTH
+from dbmail.unsubscribe import check_secret
 
 
 @lru_cache(maxsize=1)
@@ -29,8 +28,7 @@ def expander() -> Expander:
 @lru_cache(maxsize=1)
 def email_sender() -> EmailSender:
     settings = get_settings()
-    if len(settings.unsubscribe_secret) < MIN_SECRET_LENGTH:
-        raise ConfigurationError(f"DBMAIL_UNSUBSCRIBE_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+    check_secret(settings.unsubscribe_secret)  # fail at start-up, not on the first email
     return EmailSender(store=Store(settings), transport=make_transport(settings), settings=settings)
 
 
