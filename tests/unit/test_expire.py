@@ -6,6 +6,7 @@ from email import policy
 
 from dbmail import wiring
 from dbmail.client import request_status
+from dbmail.errors import DeliveryError, FailureKind
 from dbmail.expand import Outcome
 from dbmail.models import utcnow
 from dbmail.store import Store
@@ -69,7 +70,7 @@ def test_failed_emails_are_reported_once_to_the_sender_and_bounces(moto_stack):
 
     rid = submit(n=2, sendto_fn_name="")
     wiring.expander().expand(rid, owner="stream:t", takeover=True)
-    sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: Address blacklisted", permanent=True))) \
+    sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: Address blacklisted", kind=FailureKind.PERMANENT))) \
         .deliver(QueuedEmail(rid, "u0000000002#0"), claim_id="m", receive_count=1)
     ses = ses_backends["123456789012"]["us-east-1"]
     before = len(ses.sent_messages)

@@ -6,7 +6,7 @@ import pytest
 
 from dbmail import wiring
 from dbmail.compose import OutgoingEmail
-from dbmail.errors import DeliveryError
+from dbmail.errors import DeliveryError, FailureKind
 from dbmail.models import utcnow
 from dbmail.queue import QueuedEmail
 from dbmail.send import CLAIM_LEASE, EmailSender, RetryableDeliveryError, SendOutcome
@@ -102,7 +102,7 @@ def test_the_third_failed_try_leaves_the_email_failed(moto_stack, expanded):
 
 
 def test_a_permanent_refusal_is_recorded_without_retrying(moto_stack, expanded):
-    service = sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected", permanent=True)))
+    service = sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected", kind=FailureKind.PERMANENT)))
     assert service.deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.FAILED
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
     assert email.status == "failed" and "MessageRejected" in email.error

@@ -5,6 +5,8 @@ failed with the message and never retried. ``DeliveryError`` distinguishes a pro
 that retrying cannot fix from a transient one that SQS should retry.
 """
 
+from enum import StrEnum
+
 
 class DbmailError(Exception):
     """Base class for every error dbmail raises on purpose."""
@@ -20,6 +22,11 @@ class RequestInvalid(DbmailError):
 
 class TemplateInvalid(RequestInvalid):
     """A subject or body template does not compile or does not render."""
+
+
+class TemplateLimitExceeded(TemplateInvalid):
+    """Rendering broke one of the sandbox's limits (time, loop iterations, output size, memory,
+    recursion). Whatever the recipient, the request as a whole fails."""
 
 
 class UnknownSendToFunction(RequestInvalid):
@@ -38,12 +45,25 @@ class AddressInvalid(RequestInvalid):
     """An email address does not parse as a single plain address."""
 
 
-class DeliveryError(DbmailError):
-    """The provider did not accept a message. ``permanent`` means retrying cannot help."""
+class FailureKind(StrEnum):
+    """How a provider refusal is treated: a throttle is retried later without spending a try,
+    a transient error spends one of the tries, a permanent one fails the email at once."""
 
-    def __init__(self, message: str, *, permanent: bool = False):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+
+
+class DeliveryError(DbmailError):
+    """The provider did not accept a message; ``kind`` says whether and how to retry."""
+
+    def __init__(self, message: str, *, kind: FailureKind = FailureKind.TRANSIENT):
         super().__init__(message)
-        self.permanent = permanent
+        self.kind = FailureKind(kind)
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind is FailureKind.PERMANENT
 
 
 class ExpansionIncomplete(DbmailError):

@@ -10,7 +10,7 @@ from typing import Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dbmail.compose import OutgoingEmail, to_mime
-from dbmail.errors import ConfigurationError, DeliveryError
+from dbmail.errors import ConfigurationError, DeliveryError, FailureKind
 from dbmail.settings import Settings
 
 # SES error codes that retrying will not fix.
@@ -40,7 +40,7 @@ class SesTransport:
         """Send MIME bytes as they are (also used to forward inbound mail). Without
         ``destinations`` SES sends to the addresses in the To, Cc and Bcc headers."""
         if len(raw) > MAX_MESSAGE_BYTES:
-            raise DeliveryError(f"message is {len(raw)} bytes, over SES's {MAX_MESSAGE_BYTES}", permanent=True)
+            raise DeliveryError(f"message is {len(raw)} bytes, over SES's {MAX_MESSAGE_BYTES}", kind=FailureKind.PERMANENT)
         kwargs = {"FromEmailAddress": from_address, "Content": {"Raw": {"Data": raw}}}
         if destinations:
             kwargs["Destination"] = {"ToAddresses": destinations}
@@ -53,7 +53,7 @@ class SesTransport:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "ClientError")
             raise DeliveryError(f"SES {code}: {exc.response.get('Error', {}).get('Message', '')}",
-                                permanent=code in SES_PERMANENT) from exc
+                                kind=FailureKind.PERMANENT if code in SES_PERMANENT else FailureKind.TRANSIENT) from exc
         except BotoCoreError as exc:
             raise DeliveryError(f"SES unreachable: {type(exc).__name__}") from exc
 
@@ -105,7 +105,7 @@ class SendGridTransport:
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:500].decode("utf-8", "replace")
             permanent = exc.code in (400, 413)  # a bad key (401/403) is fixable: let SQS retry
-            raise DeliveryError(f"SendGrid HTTP {exc.code}: {detail}", permanent=permanent) from exc
+            raise DeliveryError(f"SendGrid HTTP {exc.code}: {detail}", kind=FailureKind.PERMANENT if permanent else FailureKind.TRANSIENT) from exc
         except (urllib.error.URLError, TimeoutError) as exc:
             raise DeliveryError(f"SendGrid unreachable: {exc}") from exc
 
