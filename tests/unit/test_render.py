@@ -1,6 +1,9 @@
 import pytest
 
-from dbmail.errors import TemplateInvalid
+import resource
+import time
+
+from dbmail.errors import TemplateInvalid, TemplateLimitExceeded
 from dbmail.render import UserContext, build_context, compile_message, is_html
 
 
@@ -34,7 +37,7 @@ def test_a_syntax_error_names_the_template_and_line():
 def test_the_sandbox_blocks_attribute_escapes():
     # given a template that reaches for Python internals
     with pytest.raises(TemplateInvalid, match="unsafe|not safely|access"):
-        render("x", "{{ user.__class__.__mro__[1].__subclasses__() }}")
+        render("x", "{{ ''.__class__.__mro__[1].__subclasses__() }}")
 
 
 def test_subject_newlines_are_folded_so_no_header_can_be_injected():
@@ -65,6 +68,91 @@ def test_missing_variables_render_empty_as_in_django():
     assert subject == "Hi !"
 
 
+@pytest.mark.parametrize("template", ["{{ nosuch.attr }}", "{{ user.nickname.first }}", "{{ program.missing.deeper.still }}",
+                                      "{{ nosuch['key'].attr }}"])
+def test_a_missing_chain_renders_empty_as_in_django(template):
+    # given a chain whose first link is missing
+    _, body = render("s", f"<{template}>", message_vars={"program": {"name": "Splash"}})
+    # then it renders '' instead of failing the email
+    assert body == "<>"
+
+
+def test_user_name_is_the_full_name_and_user_exposes_fields_only():
+    # given a recipient with a guardian, and a template probing user's methods and mapping API
+    user = {"first_name": "Zoë", "last_name": "Ng", "email": "zoe@example.net", "guardian_email": "mai@example.net"}
+    _, body = render("s", "{{ user.name }}|{{ user }}|{{ user.items }}|{{ user.keys }}|{{ user.values }}|{{ user.get }}"
+                          "|{{ user.field }}|{{ user|pprint }}|{{ user.__dict__ }}", user=user)
+    # then name is the full name, {{ user }} is the name, and nothing else of the recipient shows
+    assert body == "Zoë Ng|Zoë Ng||||||<user>|"
+    assert "mai@example.net" not in body and "zoe@" not in body
+
+
+def test_a_template_cannot_change_shared_values_for_the_next_recipient():
+    # given a request-wide variable and a template that tries to write into it
+    compiled = compile_message("s", "{% if program.update({'last': user.email}) %}{% endif %}{{ program.last }}")
+    program = {"name": "Splash"}
+    context = build_context(UserContext({"email": "first@example.net"}, None), {}, "", {"program": program})
+    # then the sandbox refuses the mutation and the shared value is untouched
+    with pytest.raises(TemplateInvalid, match="unsafe"):
+        compiled.render(context)
+    assert program == {"name": "Splash"}
+
+
+ATTACKS = {
+    "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "nested loops over strings": "{% for a in 'x' * 1000 %}{% for b in 'x' * 1000 %}{% for c in 'x' * 1000 %}"
+                                 "{% endfor %}{% endfor %}{% endfor %}",
+    "huge repeat": "{{ 'x' * 10**9 }}",
+    "huge list": "{{ [0] * 10**9 }}",
+    "huge power": "{{ 9 ** 9999999 }}",
+    "recursive macro": "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    "exponential macro": "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}x{% endmacro %}{{ f(30) }}",
+    "doubling concat": "{% set x = 'a' * 100000 %}{% set x = x ~ x %}{% set x = x ~ x %}{% set x = x ~ x %}{{ x }}",
+    "doubling namespace": "{% set ns = namespace(x='ab') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}",
+    "doubling block set": "{% set x %}{{ 'a' * 300000 }}{% endset %}{% set y %}{{ x }}{{ x }}{% endset %}",
+    "padding method": "{{ 'x'.ljust(10**9) }}",
+    "padding filter": "{{ 'x'|center(10**9) }}",
+    "percent width": "{{ '%999999999s'|format(1) }}",
+    "brace width": "{{ '{:>999999999}'.format(1) }}",
+    "join amplification": "{{ range(100000)|join('x' * 300000) }}",
+    "replace amplification": "{{ ('x' * 300000)|replace('x', 'yy') }}",
+    "recursive loop": "{% for x in [1] recursive %}{{ loop([1, 1]) }}{% endfor %}",
+    "huge range": "{% for i in range(10**9) %}{% endfor %}",
+    "slice explosion": "{{ 'abc'|slice(10**9)|list }}",
+    "wordwrap amplification": "{{ ('x' * 300000)|wordwrap(1, true, 'y' * 1000) }}",
+    "output flood": "{% for i in range(99999) %}{{ 'x' * 100 }}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("template", ATTACKS.values(), ids=ATTACKS.keys())
+def test_a_hostile_template_breaks_a_named_limit_quickly_and_in_little_memory(template):
+    # given a template built to exhaust time, memory or the stack
+    started, peak_before = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # when it renders
+    with pytest.raises(TemplateLimitExceeded, match="limit"):
+        render("s", template)
+    # then it stops within about the per-email time limit, without growing the process by 100 MB
+    assert time.monotonic() - started < 2.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100 * 1024
+
+
+def test_a_slow_template_breaks_the_time_limit():
+    # given a template that stays within the iteration limit but does slow work per iteration
+    from dbmail.render import RenderLimits
+    compiled = compile_message("s", "{% for i in range(100000) %}{{ (i|string)|replace('1', '22')|center(50) }}{% endfor %}",
+                               limits=RenderLimits(seconds=0.05, output_chars=10**7))
+    with pytest.raises(TemplateLimitExceeded, match="time limit"):
+        compiled.render(build_context(UserContext({}, None), {}, "", None))
+
+
+def test_ordinary_loops_filters_and_joins_still_work():
+    _, body = render("s", "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }} {% endfor %}"
+                          "{{ [1, 2, 3]|join(',') }} {{ 'a' ~ 'b' }} {{ '%05.1f'|format(3.14159) }} {{ 'ab'|center(6) }}"
+                          "{% for k, v in program|dictsort %} {{ k }}={{ v }}{% endfor %}",
+                     message_vars={"program": {"name": "Splash", "year": 2026}})
+    assert body == "1/3 2/3 3/3 1,2,3 ab 003.1   ab   name=Splash year=2026"
+
+
 def test_an_oversized_rendering_is_a_template_error_not_an_oversized_item():
     with pytest.raises(TemplateInvalid, match="over 350000 characters"):
-        render("s", "{{ 'x' * 400000 }}")
+        render("s", "{% for i in range(4000) %}{{ 'x' * 100 }}{% endfor %}")
