@@ -87,3 +87,84 @@ def test_a_tampered_unsubscribe_token_is_refused():
         verify_token(SECRET, forged)
     with pytest.raises(TokenInvalid):
         verify_token("t" * 40, token)
+
+
+def raw_headers(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+def test_a_long_unsubscribe_url_is_written_verbatim_on_the_wire():
+    # given an unsubscribe URL far longer than 78 columns, and a non-ASCII subject
+    url = "https://site.org/unsubscribe/" + "t" * 250 + ".sig"
+    assert len(url) >= 200
+    raw = to_mime(compose(send_from='"Splash Dïrectors" <splash@example.org>', send_to=['"Zoë Ng" <zoe@example.net>'],
+                          subject="Wëlcome to Splash ✨", body="<p>Hi</p>", message_id="<m@example.org>", date=WHEN,
+                          envelope_sender="bounces@example.org", unsubscribe_url=url))
+    lines = raw_headers(raw).split(b"\r\n")
+    # then the raw bytes carry the header as written, on one line, not as an encoded word
+    assert f"List-Unsubscribe: <{url}>".encode() in lines
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in lines
+    assert b"=?utf-8?q?=3Chttps" not in raw
+    # and the non-ASCII subject and names are still RFC 2047 encoded words
+    assert next(line for line in lines if line.startswith(b"Subject: ")).startswith(b"Subject: =?utf-8?")
+    assert b"From: Splash =?utf-8?q?D=C3=AFrectors?= <splash@example.org>" in lines
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == "Wëlcome to Splash ✨"
+    assert message["List-Unsubscribe"] == f"<{url}>"
+    # and the whole message is ASCII with no line over 998 octets
+    assert raw.isascii()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+def test_long_headers_fold_only_at_whitespace_and_stay_within_998_octets():
+    # given a long ASCII special header with spaces and one with a 300-character word,
+    # a very long non-ASCII subject and many recipients with non-ASCII names
+    words = " ".join(f"word{i}" for i in range(60))
+    token = "k" * 300
+    raw = to_mime(compose(send_from="splash@example.org",
+                          send_to=[f'"Zoë Ng {i}" <zoe{i}@example.net>' for i in range(40)],
+                          subject="Wëlcome ✨ " * 40, body="x", message_id="<m@example.org>", date=WHEN,
+                          envelope_sender="bounces@example.org",
+                          special_headers={"X-Words": words, "X-Token": f"ref {token}"}))
+    header_block = raw_headers(raw)
+    # then every line is ASCII and at most 998 octets (and the non-ASCII ones at most 78)
+    assert raw.isascii()
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert all(len(line) <= 78 for line in header_block.split(b"\r\n") if b"=?utf-8?" in line)
+    # and the ASCII headers were folded only before existing spaces, never encoded
+    assert b"X-Token: ref\r\n " + token.encode() + b"\r\n" in header_block
+    assert b"X-Words: word0 word1" in header_block and b"=?utf-8?q?word" not in header_block
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["X-Words"] == words
+    assert message["X-Token"] == f"ref {token}"
+    assert message["Subject"] == " ".join(("Wëlcome ✨ " * 40).split())
+    assert len(message["To"].addresses) == 40
+
+
+def test_long_non_ascii_subjects_survive_the_wire_exactly():
+    # given non-ASCII subjects of every length up to several lines (the stdlib's own folding
+    # dropped the space between "✨" and "Wëlcome" when a fold fell there)
+    for count in range(1, 41):
+        subject = " ".join(["Wëlcome ✨"] * count)
+        raw = to_mime(compose(send_from="splash@example.org", send_to=["zoe@example.net"], subject=subject,
+                              body="x", message_id="<m@example.org>", date=WHEN, envelope_sender="bounces@example.org"))
+        subject_lines = [line for line in raw_headers(raw).split(b"\r\n") if b"=?utf-8?" in line]
+        # then it is written as encoded words of at most 75 characters on lines of at most 78
+        assert raw.isascii() and subject_lines[0].startswith(b"Subject: =?utf-8?")
+        assert all(len(line) <= 78 for line in subject_lines)
+        assert all(len(word) <= 75 for line in subject_lines for word in line.split() if word.startswith(b"=?"))
+        # and decodes to exactly the subject, every space kept
+        assert email.message_from_bytes(raw, policy=policy.default)["Subject"] == subject
+
+
+def test_short_headers_are_written_as_the_stdlib_writes_them():
+    # given an ordinary message
+    raw = to_mime(compose(send_from="splash@example.org", send_to=["zoe@example.net"], subject="Hello there",
+                          body="x", message_id="<m@example.org>", date=WHEN, envelope_sender="bounces@example.org",
+                          special_headers={"X-Program-ID": "42"}))
+    # then the header lines are the familiar ones
+    assert raw_headers(raw).split(b"\r\n")[:7] == [
+        b"Return-Path: <bounces@example.org>", b"From: splash@example.org", b"To: zoe@example.net",
+        b"Subject: Hello there", b"Date: Mon, 23 Nov 2026 12:00:00 +0000", b"Message-ID: <m@example.org>",
+        b"X-Program-ID: 42",
+    ]

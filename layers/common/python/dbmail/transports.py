@@ -2,23 +2,59 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Protocol
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dbmail.compose import OutgoingEmail, to_mime
 from dbmail.errors import ConfigurationError, DeliveryError, FailureKind
 from dbmail.settings import Settings
 
-# SES error codes that retrying will not fix.
+# SES error codes that retrying will not fix. SendingPausedException (SendEmail's documented
+# "the account's ability to send email is currently paused") needs an operator or AWS to lift
+# the pause; the minutes of SQS retries would only spend the tries, so it fails at once.
 SES_PERMANENT = frozenset(
     {"MessageRejected", "BadRequestException", "MailFromDomainNotVerifiedException", "NotFoundException",
-     "AccountSuspendedException", "InvalidParameterValue"}
+     "AccountSuspendedException", "InvalidParameterValue", "SendingPausedException"}
+)
+# SES's "slow down" answers (SendEmail documents TooManyRequestsException, HTTP 429, and
+# LimitExceededException; SES v1 and the query protocol say Throttling / LimitExceeded).
+SES_THROTTLED = frozenset(
+    {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException", "LimitExceeded"}
 )
 MAX_MESSAGE_BYTES = 40 * 1024 * 1024  # SES v2's limit for a raw message
+# botocore retries throttles, 5xx and dropped connections itself (adaptive mode also slows the
+# client down) before we classify what is left. 3 attempts in all ("max_attempts" would count
+# retries: 3 means 4 tries); a hung SES costs at most 3 x (3 + 5) s, inside a 30 s invocation.
+SES_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"'@]+@[^\s<>()\[\],;:\"'@]+")
+
+
+def _redact(text: str) -> str:
+    """A provider's error text without the email addresses it may quote (SES names the sender)."""
+    return _ADDRESS.sub("<address>", text)
+
+
+def ses_failure_kind(exc: ClientError) -> FailureKind:
+    error = exc.response.get("Error", {})
+    code = error.get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in SES_THROTTLED or status == 429 or "maximum sending rate exceeded" in error.get("Message", "").lower():
+        return FailureKind.THROTTLED
+    if code in SES_PERMANENT:
+        return FailureKind.PERMANENT
+    return FailureKind.TRANSIENT  # 5xx, InternalFailure, ServiceUnavailable, codes we do not know
+
+
+def ses_client(session, region: str | None):
+    """The sesv2 client every SES transport should use (adaptive retries, bounded timeouts)."""
+    return session.client("sesv2", region_name=region, config=SES_CLIENT_CONFIG)
 
 
 class Transport(Protocol):
@@ -51,11 +87,11 @@ class SesTransport:
         try:
             return self._ses.send_email(**kwargs)["MessageId"]
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "ClientError")
-            raise DeliveryError(f"SES {code}: {exc.response.get('Error', {}).get('Message', '')}",
-                                kind=FailureKind.PERMANENT if code in SES_PERMANENT else FailureKind.TRANSIENT) from exc
-        except BotoCoreError as exc:
-            raise DeliveryError(f"SES unreachable: {type(exc).__name__}") from exc
+            error = exc.response.get("Error", {})
+            raise DeliveryError(f"SES {error.get('Code', 'ClientError')}: {_redact(error.get('Message', ''))}",
+                                kind=ses_failure_kind(exc)) from exc
+        except BotoCoreError as exc:  # connection errors, timeouts, retries exhausted on the wire
+            raise DeliveryError(f"SES unreachable: {type(exc).__name__}", kind=FailureKind.TRANSIENT) from exc
 
 
 def _person(address) -> dict:
@@ -101,13 +137,39 @@ class SendGridTransport:
         )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                response.read()  # to the end, so that a truncated answer is noticed
                 return response.headers.get("X-Message-Id", "")
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode("utf-8", "replace")
-            permanent = exc.code in (400, 413)  # a bad key (401/403) is fixable: let SQS retry
-            raise DeliveryError(f"SendGrid HTTP {exc.code}: {detail}", kind=FailureKind.PERMANENT if permanent else FailureKind.TRANSIENT) from exc
-        except (urllib.error.URLError, TimeoutError) as exc:
-            raise DeliveryError(f"SendGrid unreachable: {exc}") from exc
+            raise DeliveryError(f"SendGrid HTTP {exc.code}: {_error_detail(exc)}",
+                                kind=sendgrid_failure_kind(exc.code)) from exc
+        except urllib.error.URLError as exc:  # DNS, refused or failed connect, TLS, a timed-out send
+            raise DeliveryError(f"SendGrid unreachable: {exc.reason}", kind=FailureKind.TRANSIENT) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            # urllib raises getresponse() and read() errors raw: RemoteDisconnected, a reset,
+            # a read timeout, IncompleteRead (a truncated body), a garbled status line
+            raise DeliveryError(f"SendGrid connection failed: {type(exc).__name__}", kind=FailureKind.TRANSIENT) from exc
+
+
+def sendgrid_failure_kind(status: int) -> FailureKind:
+    if status == 429:
+        return FailureKind.THROTTLED  # Retry-After and X-RateLimit-Reset are not honoured
+    if status in (401, 403) or status >= 500:
+        return FailureKind.TRANSIENT  # a bad key (401/403) is fixable, so mail waits for the fix
+    if status == 408:
+        return FailureKind.TRANSIENT  # the server (or a proxy) gave up waiting for our request
+    if 400 <= status < 500:
+        return FailureKind.PERMANENT  # 400 (invalid request), 413 (too large), the rest of 4xx
+    return FailureKind.TRANSIENT  # a redirect or other surprise
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The first 500 characters of SendGrid's JSON error body, if it can be read."""
+    try:
+        return _redact(exc.read(500).decode("utf-8", "replace"))
+    except (OSError, http.client.HTTPException):
+        return "(error body unreadable)"
+    finally:
+        exc.close()
 
 
 def make_transport(settings: Settings, boto3_session=None) -> Transport:
@@ -116,4 +178,4 @@ def make_transport(settings: Settings, boto3_session=None) -> Transport:
     import boto3
 
     session = boto3_session or boto3.session.Session()
-    return SesTransport(session.client("sesv2", region_name=settings.region))
+    return SesTransport(ses_client(session, settings.region))
