@@ -28,7 +28,7 @@ def clear_caches() -> None:
     """Settings and services are built once per process; each test gets fresh ones."""
     settings.get_settings.cache_clear()
     models.bind_models.cache_clear()
-    for factory in (wiring.expander, wiring.email_sender, wiring.expirer, wiring.inbound_router):
+    for factory in (wiring.send_queue, wiring.expander, wiring.email_sender, wiring.expirer, wiring.inbound_router):
         factory.cache_clear()
 
 

@@ -130,3 +130,46 @@ def test_a_raw_item_without_status_is_expanded_and_one_without_created_at_fails_
     dynamodb.put_item(TableName=moto_stack.settings.request_table, Item={**base, "request_id": {"S": "raw-2"}})
     assert wiring.expander().expand("raw-2", owner="stream:t", takeover=True) == Outcome.FAILED
     assert "created_at is required" in store.get_request("raw-2").error
+
+
+def test_a_template_that_breaks_a_limit_fails_its_request_alone_and_at_once(moto_stack):
+    # given a request whose template is harmless for the sample recipient but explodes for the second one
+    hostile = submit(n=3, sendto_fn_name="", msgtext="{% for i in range(user.loops) %}{% for j in range(user.loops) %}"
+                                                    "{% endfor %}{% endfor %}done",
+                     recipients=[dict(recipient(1), vars={"loops": 2}), dict(recipient(2), vars={"loops": 99999}),
+                                 dict(recipient(3), vars={"loops": 2})])
+    normal = submit(n=2, sendto_fn_name="")
+    # when both are expanded
+    assert wiring.expander().expand(hostile, owner="stream:t", takeover=True) == Outcome.FAILED
+    assert wiring.expander().expand(normal, owner="stream:t", takeover=True) == Outcome.PROCESSED
+    # then the hostile one failed with the limit named, before writing any of its emails
+    status = request_status(hostile)
+    assert status["status"] == "failed" and "iteration limit" in status["error"]
+    assert status["emails_by_status"] == {}
+    assert request_status(normal)["emails_by_status"] == {"queued": 2}
+
+
+@pytest.mark.parametrize("msgtext", [
+    "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "{{ 'x' * 10**9 }}",
+    "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+], ids=["nested loops", "huge string", "recursive macro"])
+def test_submit_refuses_a_template_that_breaks_a_limit_and_writes_nothing(moto_stack, msgtext):
+    from dbmail.errors import TemplateLimitExceeded
+
+    with pytest.raises(TemplateLimitExceeded, match="limit"):
+        submit(n=5, msgtext=msgtext)
+    recipients = moto_stack.template.physical_name("EmailRequestTable")
+    assert boto3.client("dynamodb", region_name="us-east-1").scan(TableName=recipients)["Count"] == 0
+
+
+def test_a_request_item_that_cannot_be_read_is_recorded_failed_not_retried(moto_stack):
+    # given a raw request item whose special_headers is not JSON
+    table = moto_stack.template.physical_name("MessageRequestTable")
+    boto3.client("dynamodb", region_name="us-east-1").put_item(TableName=table, Item={
+        "request_id": {"S": "raw-bad"}, "created_at": {"S": utcnow().isoformat()}, "status": {"S": "queued"},
+        "special_headers": {"S": "{not json"}, "subject": {"S": "s"}, "msgtext": {"S": "b"}})
+    # when it is expanded, the expansion returns (the stream record succeeds) with the request failed
+    assert wiring.expander().expand("raw-bad", owner="stream:t", takeover=True) == Outcome.FAILED
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(TableName=table, Key={"request_id": {"S": "raw-bad"}})["Item"]
+    assert item["status"]["S"] == "failed" and "malformed request item" in item["error"]["S"]

@@ -38,7 +38,7 @@ def test_unsent_mail_older_than_seven_days_is_expired(moto_stack):
     expirer = wiring.expirer()
     expirer.clock = lambda: utcnow() + timedelta(days=7, minutes=1)
     summary = expirer.run(owner="schedule:1")
-    assert summary == {"emails_expired": 1, "requests_swept": 1}
+    assert summary == {"emails_expired": 1, "requests_settled": 1}
     assert request_status(rid)["emails_by_status"] == {"expired": 1, "sent": 1}
     # and a second run has nothing left to do
     assert expirer.run(owner="schedule:2") == {}
@@ -47,7 +47,7 @@ def test_unsent_mail_older_than_seven_days_is_expired(moto_stack):
 def test_a_request_the_stream_missed_is_expanded_by_the_schedule(moto_stack):
     rid = submit(n=1, sendto_fn_name="")
     expirer = wiring.expirer()
-    expirer.clock = lambda: utcnow() + timedelta(minutes=5)
+    expirer.clock = lambda: utcnow() + timedelta(minutes=3)  # past the stream's grace, well within the sweep's
     assert expirer.run(owner="schedule:1") == {"expand_processed": 1}
     assert request_status(rid)["status"] == "processed"
 
@@ -60,31 +60,129 @@ def test_an_unprocessed_request_past_seven_days_is_expired(moto_stack):
     assert request_status(rid)["status"] == "expired"
 
 
-def test_failed_emails_are_reported_once_to_the_sender_and_bounces(moto_stack):
-    # given a request one of whose emails the provider refused for good
+def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
+    # given a request whose two emails the provider refuses for good, one before and one after a sweep
     from moto.ses.models import ses_backends
 
-    from dbmail.errors import DeliveryError
     from dbmail.queue import QueuedEmail
     from tests.unit.test_send import RecordingTransport, sender
 
     rid = submit(n=2, sendto_fn_name="")
     wiring.expander().expand(rid, owner="stream:t", takeover=True)
-    sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: Address blacklisted", kind=FailureKind.PERMANENT))) \
-        .deliver(QueuedEmail(rid, "u0000000002#0"), claim_id="m", receive_count=1)
+    refusing = sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: Address blacklisted",
+                                                                   kind=FailureKind.PERMANENT)))
     ses = ses_backends["123456789012"]["us-east-1"]
     before = len(ses.sent_messages)
-    # when the schedule runs twice
-    assert wiring.expirer().run(owner="schedule:1") == {"failure_reports": 1}
-    assert wiring.expirer().run(owner="schedule:2") == {}
-    # then exactly one "Mail delivery failure" report went to the sender and the bounces address
+    refusing.deliver(QueuedEmail(rid, "u0000000002#0"), claim_id="m", receive_count=1)
+    # when the schedule runs while the other email is still on its way, nothing is reported yet
+    assert wiring.expirer().run(owner="schedule:1") == {}
+    refusing.deliver(QueuedEmail(rid, "u0000000001#0"), claim_id="m", receive_count=1)
+    assert wiring.expirer().run(owner="schedule:2") == {"failure_reports": 1, "requests_settled": 1}
+    assert wiring.expirer().run(owner="schedule:3") == {}
+    # then exactly one "Mail delivery failure" report went, listing both, to the sender and the bounces address
     reports = ses.sent_messages[before:]
     assert len(reports) == 1
     report = email.message_from_string(reports[0].raw_data, policy=policy.default)
     assert report["Subject"].startswith("Mail delivery failure")
     body = report.get_content()
-    assert '"Zoë Ng2" <user2@example.net>: DeliveryError: MessageRejected' in body and "user1@" not in body
+    assert '"Zoë Ng2" <user2@example.net>: DeliveryError: MessageRejected' in body
+    assert '"Zoë Ng1" <user1@example.net>: DeliveryError: MessageRejected' in body
+    assert f"dbmail resend {rid}" in body
     assert {a.addr_spec for a in report["To"].addresses} == {"splash@example.org", moto_stack.settings.bounces_address}
+
+
+def lose_queue_messages(moto_stack):
+    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+
+
+def test_emails_whose_messages_were_lost_are_queued_again_after_the_grace_period(moto_stack):
+    # given an expanded request whose SQS messages were all lost
+    rid = submit(n=3, sendto_fn_name="")
+    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    lose_queue_messages(moto_stack)
+    expirer = wiring.expirer()
+    # when the sweep runs within the grace period, nothing is queued again
+    assert expirer.run(owner="schedule:1") == {}
+    # and after it, each email is queued again exactly once
+    grace = moto_stack.settings.stranded_after
+    expirer.clock = lambda: utcnow() + grace + timedelta(seconds=1)
+    assert expirer.run(owner="schedule:2") == {"emails_requeued": 3}
+    keys = sorted(m["Body"] for m in drain(moto_stack.sqs, moto_stack.settings.send_queue_url))
+    assert len(keys) == 3 and len(set(keys)) == 3
+    # and a second run right after queues nothing more (the sweep is idempotent)
+    assert expirer.run(owner="schedule:3") == {}
+
+
+def test_a_busy_queue_delays_the_sweep_but_never_forever(moto_stack):
+    # given emails still waiting in a long queue (their messages are there)
+    rid = submit(n=2, sendto_fn_name="")
+    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    expirer = wiring.expirer()
+    grace = moto_stack.settings.stranded_after
+    # then a sweep past the grace period leaves them alone while the queue is busy
+    expirer.clock = lambda: utcnow() + grace + timedelta(seconds=1)
+    assert expirer.run(owner="schedule:1") == {}
+    # but queues them again once they have waited many grace periods
+    expirer.clock = lambda: utcnow() + grace * 12 + timedelta(seconds=1)
+    assert expirer.run(owner="schedule:2") == {"emails_requeued": 2}
+
+
+def test_an_email_under_a_lapsed_claim_is_queued_again_and_sent_once(moto_stack):
+    from dbmail.queue import QueuedEmail
+    from dbmail.send import CLAIM_LEASE
+    from tests.unit.test_send import RecordingTransport, sender
+
+    # given an email whose sender died holding its claim, and whose message is gone
+    rid = submit(n=1, sendto_fn_name="")
+    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    lose_queue_messages(moto_stack)
+    store = Store(moto_stack.settings)
+    assert store.claim_email(store.email_ref(rid, "u0000000001#0"), "dead-receive", utcnow(), utcnow() + CLAIM_LEASE)
+    # when the sweep runs past the claim's lease and the grace period
+    expirer = wiring.expirer()
+    later = utcnow() + CLAIM_LEASE + moto_stack.settings.stranded_after + timedelta(seconds=1)
+    expirer.clock = lambda: later
+    assert expirer.run(owner="schedule:1") == {"emails_requeued": 1}
+    # then the new message delivers it, once
+    (message,) = drain(moto_stack.sqs, moto_stack.settings.send_queue_url)
+    transport = RecordingTransport()
+    assert sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), "r2", 1) == "sent"
+    assert sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), "r3", 1) == "duplicate"
+    assert len(transport.sent) == 1
+
+
+def test_resend_delivers_each_failed_email_once_with_the_same_message_id(moto_stack, capsys):
+    from dbmail.cli import main
+    from dbmail.queue import QueuedEmail
+    from tests.unit.test_send import RecordingTransport, sender
+
+    # given a request both of whose emails were refused (an unverified identity, since fixed)
+    rid = submit(n=2, sendto_fn_name="")
+    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    lose_queue_messages(moto_stack)
+    refusing = sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: not verified", kind=FailureKind.PERMANENT)))
+    for key in ("u0000000001#0", "u0000000002#0"):
+        refusing.deliver(QueuedEmail(rid, key), claim_id="m", receive_count=1)
+    assert wiring.expirer().run(owner="schedule:1") == {"failure_reports": 1, "requests_settled": 1}
+    # when the operator resends, twice by mistake
+    assert main(["resend", rid]) == 0
+    assert main(["resend", rid]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"2 emails of request {rid} queued again",
+                                                    f"0 emails of request {rid} queued again"]
+    # then each email is queued once and delivered once, with its original Message-ID
+    messages = drain(moto_stack.sqs, moto_stack.settings.send_queue_url)
+    assert len(messages) == 2
+    transport = RecordingTransport()
+    for message in messages + messages:  # every message delivered twice
+        sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), message["MessageId"] + "x", 1)
+    assert len(transport.sent) == 2
+    from dbmail.expand import message_id_for
+    assert {m.message_id for m in transport.sent} == {
+        message_id_for(rid, key, "Splash <splash@example.org>") for key in ("u0000000001#0", "u0000000002#0")}
+    status = request_status(rid)
+    assert status["emails_by_status"] == {"sent": 2} and status["resent"] == 2
+    # and the request settles again without a second report
+    assert wiring.expirer().run(owner="schedule:2") == {"requests_settled": 1}
 
 
 def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
@@ -101,7 +199,7 @@ def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
 
     monkeypatch.setattr(expander, "expand", flaky)
     expirer = wiring.expirer()
-    expirer.clock = lambda: utcnow() + timedelta(minutes=5)
+    expirer.clock = lambda: utcnow() + timedelta(minutes=3)
     # then the other is still expanded, and the failure is counted for the next run
     assert expirer.run(owner="schedule:1") == {"expand_error": 1, "expand_processed": 1}
     assert request_status(second)["status"] == "processed"

@@ -9,7 +9,7 @@ from dbmail.compose import OutgoingEmail
 from dbmail.errors import DeliveryError, FailureKind
 from dbmail.models import utcnow
 from dbmail.queue import QueuedEmail
-from dbmail.send import CLAIM_LEASE, EmailSender, RetryableDeliveryError, SendOutcome
+from dbmail.send import CLAIM_LEASE, EmailSender, SendOutcome
 from dbmail.store import Store
 from tests.conftest import recipient
 from tests.unit.test_expand import submit
@@ -18,7 +18,7 @@ from tests.unit.test_expand import submit
 class RecordingTransport:
     """A provider stand-in for the retry paths only; real SES is exercised through moto."""
 
-    def __init__(self, failure: DeliveryError | None = None):
+    def __init__(self, failure: Exception | None = None):
         self.failure = failure
         self.sent: list[OutgoingEmail] = []
 
@@ -37,7 +37,8 @@ def expanded(moto_stack):
 
 
 def sender(moto_stack, transport):
-    return EmailSender(store=Store(moto_stack.settings), transport=transport, settings=moto_stack.settings)
+    return EmailSender(store=Store(moto_stack.settings), transport=transport, queue=wiring.send_queue(),
+                       settings=moto_stack.settings)
 
 
 def test_delivery_through_ses_records_sent_and_clears_the_body(moto_stack, expanded):
@@ -84,21 +85,62 @@ def test_the_message_carries_headers_and_unsubscribe(moto_stack, expanded):
     assert message.envelope_sender == moto_stack.settings.bounces_address
 
 
-def test_a_transient_failure_counts_a_try_and_asks_sqs_to_retry(moto_stack, expanded):
-    service = sender(moto_stack, RecordingTransport(DeliveryError("Throttling")))
-    with pytest.raises(RetryableDeliveryError):
-        service.deliver(expanded, claim_id="m1", receive_count=1)
+def queued_messages(moto_stack) -> int:
+    """Messages on the send queue, delayed ones included."""
+    return wiring.send_queue().backlog()
+
+
+def test_a_transient_failure_counts_a_try_and_queues_the_email_again_later(moto_stack, expanded):
+    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    service = sender(moto_stack, RecordingTransport(DeliveryError("SES InternalFailure")))
+    # when the provider fails once
+    assert service.deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.RETRYING
+    # then one try is spent, the claim is released and a new message is queued for it
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
-    assert (email.status, email.tries) == ("queued", 1) and "Throttling" in email.error
+    assert (email.status, email.tries, email.claimed_until) == ("queued", 1, None) and "InternalFailure" in email.error
+    assert queued_messages(moto_stack) == 1
 
 
-def test_the_third_failed_try_leaves_the_email_failed(moto_stack, expanded):
-    service = sender(moto_stack, RecordingTransport(DeliveryError("Throttling")))
-    for attempt in (1, 2, 3):
-        with pytest.raises(RetryableDeliveryError):
-            service.deliver(expanded, claim_id="m1", receive_count=attempt)
+def test_the_third_transient_failure_leaves_the_email_failed_and_out_of_the_queue(moto_stack, expanded):
+    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    service = sender(moto_stack, RecordingTransport(DeliveryError("SES InternalFailure")))
+    outcomes = [service.deliver(expanded, claim_id=f"m{attempt}", receive_count=1) for attempt in (1, 2, 3)]
+    assert outcomes == [SendOutcome.RETRYING, SendOutcome.RETRYING, SendOutcome.FAILED]
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
     assert (email.status, email.tries) == ("failed", 3)
+    assert queued_messages(moto_stack) == 2  # the two retries; nothing after the final failure
+
+
+def test_throttles_never_use_up_the_tries(moto_stack, expanded):
+    # given a provider that throttles the email ten times in a row, then accepts it
+    transport = RecordingTransport(DeliveryError("SES TooManyRequestsException", kind=FailureKind.THROTTLED))
+    service = sender(moto_stack, transport)
+    outcomes = [service.deliver(expanded, claim_id=f"t{n}", receive_count=1) for n in range(10)]
+    transport.failure = None
+    outcomes.append(service.deliver(expanded, claim_id="t10", receive_count=1))
+    # then it is queued again each time without spending a try, and finally sent
+    assert outcomes == [SendOutcome.THROTTLED] * 10 + [SendOutcome.SENT]
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.tries, email.throttles) == ("sent", 0, 10)
+
+
+def test_retry_delays_grow_and_stay_within_the_cap():
+    from dbmail.send import retry_delay
+
+    throttles = [retry_delay(FailureKind.THROTTLED, n, 900) for n in range(12)]
+    assert all(1 <= delay <= 900 for delay in throttles) and throttles[-1] > throttles[0]
+    assert retry_delay(FailureKind.TRANSIENT, 5, cap=20) <= 20
+
+
+def test_an_unforeseen_error_releases_the_claim_and_lets_sqs_retry(moto_stack, expanded):
+    # given a transport that fails in a way nobody classified
+    service = sender(moto_stack, RecordingTransport(KeyError("surprise")))
+    with pytest.raises(KeyError):
+        service.deliver(expanded, claim_id="m1", receive_count=1)
+    # then the email is not left processing: the redelivered message can claim it at once
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.claimed_until, email.tries) == ("queued", None, 1)
+    assert sender(moto_stack, RecordingTransport()).deliver(expanded, claim_id="m2", receive_count=2) == SendOutcome.SENT
 
 
 def test_a_permanent_refusal_is_recorded_without_retrying(moto_stack, expanded):
@@ -127,13 +169,11 @@ def test_a_message_naming_no_email_is_dropped_with_an_error_logged(moto_stack):
 
 
 def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded, capsys):
-    # given an email whose message failed 3 times and sits in the DLQ
+    # given an email whose message kept failing unforeseen and sits in the DLQ
     from dbmail.cli import main
 
-    service = sender(moto_stack, RecordingTransport(DeliveryError("Throttling")))
-    for attempt in (1, 2, 3):
-        with pytest.raises(RetryableDeliveryError):
-            service.deliver(expanded, claim_id=f"r{attempt}", receive_count=attempt)
+    with pytest.raises(KeyError):
+        sender(moto_stack, RecordingTransport(KeyError("surprise"))).deliver(expanded, claim_id="r1", receive_count=3)
     moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
     moto_stack.sqs.send_message(QueueUrl=moto_stack.dlq_url, MessageBody=expanded.to_body())
     # when the operator redrives the DLQ
@@ -141,7 +181,7 @@ def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded,
     assert "1 messages moved" in capsys.readouterr().out
     (message,) = moto_stack.sqs.receive_message(QueueUrl=moto_stack.settings.send_queue_url,
                                                 AttributeNames=["All"])["Messages"]
-    # then the failed email is sent on its next delivery
+    # then the email is sent on its next delivery
     transport = RecordingTransport()
     outcome = sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), claim_id="r4",
                                                     receive_count=int(message["Attributes"]["ApproximateReceiveCount"]))

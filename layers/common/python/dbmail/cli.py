@@ -329,6 +329,18 @@ def _redrive(args) -> int:
     return EXIT_OK
 
 
+def _resend(args) -> int:
+    from dbmail import wiring
+    from dbmail.models import utcnow
+    from dbmail.resend import resend
+
+    _reach_dynamodb()
+    expander = wiring.expander()
+    count = resend(expander.store, expander.queue, args.request_id, utcnow(), statuses=args.status)
+    print(f"{count} emails of request {args.request_id} queued again")
+    return EXIT_OK
+
+
 def _require(args, *names: str) -> None:
     missing = [name for name in names if not getattr(args, name)]
     if missing:
@@ -482,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     again = command("redrive", _redrive, "move failed emails from the send DLQ back to the send queue")
     again.add_argument("--dlq-url", help="the send dead-letter queue's URL (stack output SendDeadLetterQueueUrl); "
                                          "default: the local stack's, DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL")
+    resend = command("resend", _resend, "queue a request's failed emails again once the cause is fixed "
+                                        "(each once, with its Message-ID)")
+    resend.add_argument("request_id", help="the request whose emails to send again")
+    resend.add_argument("--status", action="append", choices=["failed"], default=None,
+                        help="which emails (default: failed); may be given more than once")
 
     # Inbound: routing rules, redirects, the directory and received messages.
     lists = command("lists", _lists, "EmailList rules for inbound mail")

@@ -6,7 +6,9 @@ every recipient first, then the request item, whose INSERT triggers the expansio
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -14,11 +16,18 @@ from typing import Any
 from dbmail.addresses import check_special_headers, mask, parse_address
 from dbmail.errors import AddressInvalid, RequestInvalid
 from dbmail.expand import RECIPIENT_FIELDS, prepare
-from dbmail.models import Person, RequestStatus, parse_datetime, utcnow
+from dbmail.models import EmailStatus, Person, RequestStatus, parse_datetime, utcnow
+from dbmail.render import RenderLimits
 from dbmail.settings import Settings, get_settings
 from dbmail.store import Store
 
 ADDRESS_FIELDS = ("email", "guardian_email", "emergency_email")
+# The dry render at submission: stricter in time than expansion's per-email limit, so that what
+# passes here is very unlikely to break a limit later.
+DRY_RENDER_LIMITS = RenderLimits(seconds=0.5)
+SAMPLE_RECIPIENT = {"user_id": 1, "username": "sample", "email": "sample@example.org", "first_name": "Sample",
+                    "last_name": "Student", "guardian_name": "Sample Guardian", "guardian_email": "guardian@example.org",
+                    "emergency_name": "Sample Contact", "emergency_email": "emergency@example.org"}
 
 
 def _as_datetime(value: datetime | str | None) -> datetime | None:
@@ -91,7 +100,16 @@ def submit_request(
         message_vars=dict(var_dict) if var_dict else None,
         status=RequestStatus.QUEUED,
     )
-    prepare(request, settings)  # templates, send-to function, sender domain, headers
+    prepared = prepare(request, settings, DRY_RENDER_LIMITS)  # templates, send-to function, sender domain, headers
+    recipients = iter(recipients)
+    first = next(recipients, None)
+    if first is not None:
+        _check_recipient(first, 0)
+        recipients = itertools.chain([first], recipients)
+    sample = Recipient(request_id=request.request_id, recipient_key="sample",
+                       **{f: (first or SAMPLE_RECIPIENT).get(f) for f in RECIPIENT_FIELDS},
+                       vars=(first or {}).get("vars"))
+    prepared.render(sample)  # a dry render: a template that breaks a limit is refused here, unwritten
 
     seen: set[str] = set()
 
@@ -116,11 +134,25 @@ def submit_request(
 
 
 def request_status(request_id: str, *, settings: Settings | None = None, store: Store | None = None) -> dict[str, Any]:
-    """The request's state and counts, and its emails by status (queued, sent, failed, expired...)."""
-    store = store or Store(settings or get_settings())
+    """The request's state and counts, its emails by status, whether they reconcile, and, when
+    something is stuck, what and why."""
+    settings = settings or get_settings()
+    store = store or Store(settings)
     request = store.get_request(request_id)
     if request is None:
         raise RequestInvalid(f"no request {request_id!r}")
+    now = utcnow()
+    by_status: Counter = Counter()
+    stale = Counter()
+    for email in store.iter_emails(request_id, ["status", "queued_at", "claimed_until", "created_at"]):
+        by_status[email.status] += 1
+        if email.status == EmailStatus.QUEUED and (email.queued_at or email.created_at) < now - settings.stranded_after:
+            stale["queued"] += 1
+        elif email.status == EmailStatus.PROCESSING and (email.claimed_until is None or email.claimed_until < now):
+            stale["processing"] += 1
+    total = sum(by_status.values())
+    final = sum(by_status[s] for s in EmailStatus.FINAL)
+    expected = int(request.email_count or 0) + int(request.render_failed_count or 0)
     return {
         "request_id": request_id,
         "status": request.status,
@@ -132,8 +164,38 @@ def request_status(request_id: str, *, settings: Settings | None = None, store: 
         "emails": int(request.email_count or 0),
         "skipped_no_address": int(request.skipped_count or 0),
         "render_failed": int(request.render_failed_count or 0),
-        "emails_by_status": dict(sorted(store.email_status_counts(request_id).items())),
+        "resent": int(request.resent_count or 0),
+        "emails_by_status": dict(sorted(by_status.items())),
+        "reconciliation": {
+            "emails": total,
+            "final": final,
+            "outstanding": total - final,
+            # every email is in a known state, and there are as many as the expansion made
+            "balanced": sum(by_status[s] for s in EmailStatus) == total
+                        and (request.status != RequestStatus.PROCESSED or total == expected),
+            "settled": request.settled_at is not None,
+            "failure_report_sent": request.failure_reported_at is not None,
+        },
+        "stuck": _stuck(request, stale, now, settings),
     }
+
+
+def _stuck(request, stale: Counter, now: datetime, settings: Settings) -> list[str]:
+    """Plain sentences for the operator: what is not moving, and what will (or must) happen."""
+    minutes = int(settings.stranded_after.total_seconds() // 60)
+    found = []
+    if request.status == RequestStatus.QUEUED and request.processed_by is None and request.created_at < now - settings.stranded_after:
+        found.append(f"the request has waited over {minutes} min to be expanded: is the expand function "
+                     "running, and is its stream trigger enabled? The expire schedule expands it meanwhile.")
+    if request.status == RequestStatus.PROCESSING and request.lease_until is not None and request.lease_until < now:
+        found.append("the expansion stopped part-way (its lease lapsed); the expire schedule resumes it from its checkpoint.")
+    if stale["queued"]:
+        found.append(f"{stale['queued']} email(s) queued for over {minutes} min: their send messages may be lost or the "
+                     "send function stopped; the expire sweep queues them again.")
+    if stale["processing"]:
+        found.append(f"{stale['processing']} email(s) claimed by a send that did not finish (its claim lapsed); "
+                     "the message comes back after the queue's visibility timeout, or the sweep queues it again.")
+    return found
 
 
 def render_again(request_id: str, email_key: str, *, settings: Settings | None = None,

@@ -8,17 +8,19 @@ expansion lease keeps the stream trigger and the schedule from working on one re
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from aws_lambda_powertools import Logger
 
 from dbmail.addresses import check_sender, check_special_headers, format_address
-from dbmail.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid
+from dbmail.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid, TemplateLimitExceeded
 from dbmail.models import EmailStatus, MessageRequestBase, RequestStatus, utcnow
 from dbmail.queue import QueuedEmail, SendQueue
-from dbmail.render import CompiledMessage, UserContext, build_context, compile_message
+from dbmail.render import DEFAULT_LIMITS, CompiledMessage, RenderLimits, UserContext, build_context, compile_message
 from dbmail.sendto import Destination, get_sendto_function
 from dbmail.settings import Settings
 from dbmail.store import Store
@@ -28,12 +30,20 @@ logger = Logger(child=True)
 CHUNK_RECIPIENTS = 200
 LEASE = timedelta(minutes=16)  # longer than the 15-minute Lambda timeout
 SAFETY_MARGIN_SECONDS = 30.0
+FIRST_PROGRESS_SECONDS = 1.0
+
+
+def request_render_budget(recipients: int) -> float:
+    """Seconds of rendering one request may use in all: generous for any real template (those
+    take well under a millisecond per email), and short enough that a slow one cannot hold the
+    stream for hours one allowed second at a time."""
+    return 60.0 + 0.005 * recipients
 
 RECIPIENT_FIELDS = ("user_id", "username", "email", "first_name", "last_name",
                     "guardian_name", "guardian_email", "emergency_name", "emergency_email")
 
 
-class Outcome:
+class Outcome(StrEnum):
     PROCESSED = "processed"
     FAILED = "failed"
     EXPIRED = "expired"
@@ -90,7 +100,7 @@ class PreparedRequest:
         return self.destinations(recipient), subject, body
 
 
-def prepare(request: MessageRequestBase, settings: Settings) -> PreparedRequest:
+def prepare(request: MessageRequestBase, settings: Settings, limits: RenderLimits = DEFAULT_LIMITS) -> PreparedRequest:
     """Validate the request as a whole; any RequestInvalid here fails it before any email exists."""
     message_vars = request.message_vars or {}
     if not isinstance(message_vars, dict):
@@ -98,7 +108,7 @@ def prepare(request: MessageRequestBase, settings: Settings) -> PreparedRequest:
     check_special_headers(request.special_headers)
     return PreparedRequest(
         request_id=request.request_id,
-        compiled=compile_message(request.subject, request.msgtext),
+        compiled=compile_message(request.subject, request.msgtext, limits),
         destinations=get_sendto_function(request.sendto_fn_name),
         send_from=resolve_sender(request, settings),
         created_at=request.created_at,
@@ -123,6 +133,7 @@ class Counts:
     emails: int = 0
     skipped: int = 0
     render_failed: int = 0
+    render_seconds: float = 0.0
 
     @classmethod
     def resumed_from(cls, request: MessageRequestBase) -> Counts:
@@ -130,11 +141,12 @@ class Counts:
         if not request.expand_cursor:
             return cls()
         return cls(emails=int(request.email_count or 0), skipped=int(request.skipped_count or 0),
-                   render_failed=int(request.render_failed_count or 0))
+                   render_failed=int(request.render_failed_count or 0),
+                   render_seconds=float(request.render_seconds or 0))
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | float]:
         return {"recipients": self.recipients, "emails": self.emails, "skipped": self.skipped,
-                "render_failed": self.render_failed}
+                "render_failed": self.render_failed, "render_seconds": round(self.render_seconds, 3)}
 
 
 @dataclass
@@ -177,13 +189,26 @@ class Expander:
         resuming = request.status == RequestStatus.PROCESSING
         counts = Counts.resumed_from(request)
         cursor = request.expand_cursor
-        for chunk in _chunks(self.store.iter_recipients(request_id, after=cursor), CHUNK_RECIPIENTS):
-            if cursor != request.expand_cursor and time_left() < SAFETY_MARGIN_SECONDS:
-                raise ExpansionIncomplete(f"request {request_id}: out of time; resumes after {cursor!r}")
-            self._expand_chunk(prepared, chunk, counts, careful=resuming)
-            resuming = False
-            cursor = chunk[-1].recipient_key
-            self.store.save_expand_progress(request_id, owner, cursor, counts.as_dict())
+        budget = request_render_budget(int(request.recipient_count or 0))
+
+        started = time.monotonic()
+
+        def out_of_time() -> bool:
+            """Checked before each recipient, so a stopping runner or a Lambda near its timeout
+            stops within one render (the unwritten chunk is done again on resume). Each
+            invocation first gets a chunk or a second, whichever ends sooner: it always progresses."""
+            if cursor == request.expand_cursor and time.monotonic() - started < FIRST_PROGRESS_SECONDS:
+                return False
+            return time_left() < SAFETY_MARGIN_SECONDS
+
+        try:
+            for chunk in _chunks(self.store.iter_recipients(request_id, after=cursor), CHUNK_RECIPIENTS):
+                self._expand_chunk(prepared, chunk, counts, careful=resuming, budget=budget, out_of_time=out_of_time)
+                resuming = False
+                cursor = chunk[-1].recipient_key
+                self.store.save_expand_progress(request_id, owner, cursor, counts.as_dict())
+        except TemplateLimitExceeded as exc:
+            return self._fail(request_id, self.clock(), exc)
         counts.recipients = request.recipient_count if request.recipient_count is not None else self.store.count_recipients(request_id)
         self.store.finish_request(request_id, RequestStatus.PROCESSED, self.clock(), counts=counts.as_dict())
         logger.info("request processed", extra={"request_id": request_id, **counts.as_dict()})
@@ -205,21 +230,35 @@ class Expander:
                 "write every recipient before the request item"
             )
 
-    def _expand_chunk(self, prepared: PreparedRequest, recipients: list, counts: Counts, careful: bool) -> None:
+    def _expand_chunk(self, prepared: PreparedRequest, recipients: list, counts: Counts, careful: bool,
+                      budget: float, out_of_time: Callable[[], bool]) -> None:
+        """Render, write and queue one chunk. A broken render limit, or the request's rendering
+        time passing ``budget``, raises TemplateLimitExceeded before anything of the chunk is written."""
         emails = []
+        now = self.clock()
         for recipient in recipients:
+            if out_of_time():
+                raise ExpansionIncomplete(f"request {prepared.request_id}: out of time; resumes with this chunk")
+            started = time.monotonic()
             try:
                 destinations, subject, body = prepared.render(recipient)
+            except TemplateLimitExceeded:
+                raise
             except TemplateInvalid as exc:
                 counts.render_failed += 1
-                emails.append(self._email(prepared, recipient, 0, recipient.email or "", "", "",
+                emails.append(self._email(prepared, recipient, 0, recipient.email or "", "", "", now,
                                           status=EmailStatus.FAILED, error=str(exc)))
                 continue
+            finally:
+                counts.render_seconds += time.monotonic() - started
+                if counts.render_seconds > budget:
+                    raise TemplateLimitExceeded(
+                        f"rendering took over {budget:.0f} s for the request (the request's time limit)")
             if not destinations:
                 counts.skipped += 1
                 continue
             for index, destination in enumerate(destinations):
-                emails.append(self._email(prepared, recipient, index, destination.send_to, subject, body))
+                emails.append(self._email(prepared, recipient, index, destination.send_to, subject, body, now))
         if careful:
             existing = self.store.email_statuses(prepared.request_id, (e.email_key for e in emails))
             to_write = [e for e in emails if e.email_key not in existing]
@@ -232,7 +271,7 @@ class Expander:
         counts.emails += sum(1 for e in emails if e.status == EmailStatus.QUEUED)
 
     def _email(self, prepared: PreparedRequest, recipient, index: int, send_to: str, subject: str, body: str,
-               status: str = EmailStatus.QUEUED, error: str | None = None):
+               now: datetime, status: str = EmailStatus.QUEUED, error: str | None = None):
         return self.store.new_email(
             request_id=prepared.request_id,
             email_key=email_key(recipient.recipient_key, index),
@@ -246,6 +285,7 @@ class Expander:
             sent_by=prepared.sent_by,
             status=status,
             error=error,
+            queued_at=now,
         )
 
 

@@ -1,5 +1,12 @@
-"""The scheduled sweep that replaces the original's cron: expands requests whose time has
-come (and any the stream missed or left half done), and expires mail that must not go out late."""
+"""The scheduled sweep that replaces the original's cron. Each run:
+
+- expands requests whose time has come, and any the stream missed or left half done;
+- for every recent request not yet settled, expires mail that must not go out late and queues
+  again every email left stranded (``queued`` past the grace period with its message lost, or
+  ``processing`` under a lapsed claim), so that no email depends on one SQS message arriving;
+- settles a request once every email is final, and then mails its sender the one
+  "Mail delivery failure" report, if anything failed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from aws_lambda_powertools import Logger
 from dbmail.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
 from dbmail.expand import Expander, resolve_sender
 from dbmail.models import EmailStatus, RequestStatus, utcnow
+from dbmail.queue import QueuedEmail
 from dbmail.report import failure_report
 from dbmail.transports import Transport
 
@@ -20,8 +28,15 @@ logger = Logger(child=True)
 
 # A queued request with no schedule that is older than this was missed by the stream trigger.
 STREAM_GRACE = timedelta(minutes=2)
-# How far back to look for processed requests whose unsent mail may need expiring.
-SWEEP_WINDOW = timedelta(days=30)
+# How far back to look for requests that may still have unsettled mail (emails older than the
+# 7-day window are expired by this sweep, so settled, well within it).
+SWEEP_WINDOW = timedelta(days=9)
+# While the send queue is busy a queued email may just be waiting its turn; past this many grace
+# periods it is queued again anyway (a duplicate message is harmless: the claim is exclusive).
+BUSY_QUEUE_GRACE_FACTOR = 12
+MAX_REQUEUES_PER_RUN = 10_000
+SAFETY_MARGIN_SECONDS = 30.0
+EMAIL_SWEEP_ATTRIBUTES = ["request_id", "email_key", "status", "claimed_until", "queued_at", "created_at"]
 
 
 @dataclass
@@ -33,6 +48,10 @@ class Expirer:
     @property
     def store(self):
         return self.expander.store
+
+    @property
+    def settings(self):
+        return self.expander.settings
 
     def run(self, owner: str, time_left: Callable[[], float] = lambda: float("inf")) -> dict[str, int]:
         summary: Counter = Counter()
@@ -57,51 +76,87 @@ class Expirer:
         for request in self.store.requests_with_status(RequestStatus.PROCESSING):
             if request.lease_until is None or request.lease_until < now:
                 expand("resume", request.request_id)
-        for request in self.store.requests_with_status(RequestStatus.PROCESSED, created_after=now - SWEEP_WINDOW):
-            if int(request.failed_count or 0) > int(request.failure_reported_count or 0):
-                summary["failure_reports"] += self._report_failures(request, now)
-            if request.swept_at is not None:
-                continue
-            reason = self._expiry_reason(request, now)
-            if reason:
-                summary["emails_expired"] += self._expire_emails(request.request_id, reason, now)
-                self.store.mark_swept(request.request_id, now)
-                summary["requests_swept"] += 1
+        backlog = self.expander.queue.backlog()
+        for status in (RequestStatus.PROCESSED, RequestStatus.FAILED):
+            for request in self.store.requests_with_status(status, created_after=now - SWEEP_WINDOW):
+                if request.settled_at is not None:
+                    continue
+                if time_left() < SAFETY_MARGIN_SECONDS:
+                    summary["sweep_incomplete"] += 1
+                    break
+                try:
+                    self._sweep(request, self.clock(), backlog, summary)
+                except Exception:
+                    logger.exception("sweep of a request failed; retried on the next run",
+                                     extra={"request_id": request.request_id})
+                    summary["sweep_error"] += 1
         logger.info("expire run", extra=dict(summary))
         return dict(summary)
 
-    def _report_failures(self, request, now: datetime) -> int:
-        """Mail the sender one report of the request's failed emails; 1 if it went, else 0."""
-        settings = self.expander.settings
+    def _sweep(self, request, now: datetime, backlog: int, summary: Counter) -> None:
+        """One request: expire, queue again what was stranded, settle when every email is final."""
+        reason = self._expiry_reason(request, now)
+        outstanding = 0
+        stranded: list[QueuedEmail] = []
+        for email in self.store.iter_emails(request.request_id, EMAIL_SWEEP_ATTRIBUTES, EmailStatus.OUTSTANDING):
+            if reason and self.store.expire_email(email, reason, now):
+                summary["emails_expired"] += 1
+                continue
+            outstanding += 1
+            if (not reason and summary["emails_requeued"] + len(stranded) < MAX_REQUEUES_PER_RUN
+                    and self._stranded(email, now, backlog) and self.store.requeue_email(email, now)):
+                stranded.append(QueuedEmail(email.request_id, email.email_key))
+        if stranded:
+            self.expander.queue.enqueue(stranded)
+            summary["emails_requeued"] += len(stranded)
+            logger.warning("stranded emails queued again", extra={"request_id": request.request_id, "emails": len(stranded)})
+        if outstanding == 0 and self._report_failures(request, now, summary):
+            self.store.mark_settled(request.request_id, now)
+            summary["requests_settled"] += 1
+
+    def _stranded(self, email, now: datetime, backlog: int) -> bool:
+        grace = self.settings.stranded_after
+        if email.status == EmailStatus.PROCESSING:
+            return email.claimed_until is None or email.claimed_until < now - grace
+        queued_at = email.queued_at or email.created_at
+        if backlog:
+            grace *= BUSY_QUEUE_GRACE_FACTOR
+        return queued_at < now - grace
+
+    def _report_failures(self, request, now: datetime, summary: Counter) -> bool:
+        """The request's one "Mail delivery failure" report, once every email is final; False
+        if it is still to be sent (the next run tries again)."""
         failures = [(e.send_to, e.error or "unknown") for e in self.store.failed_emails(request.request_id)]
+        request_error = request.error if request.status == RequestStatus.FAILED else None
+        if not (failures or request_error) or request.failure_reported_at is not None:
+            return True
+        if not self.store.mark_failures_reported(request.request_id, now):
+            return True  # another run has it
+        settings = self.settings
         try:
             sender = resolve_sender(request, settings)
         except RequestInvalid:
             sender = settings.default_sender
         report = failure_report(
             request_id=request.request_id, request_subject=request.subject or "", failures=failures,
-            report_from=settings.default_sender, report_to=[sender, settings.bounces_address],
-            site_url=settings.site_url, date=now, envelope_sender=settings.bounces_address,
+            request_error=request_error, report_from=settings.default_sender,
+            report_to=[sender, settings.bounces_address], site_url=settings.site_url, date=now,
+            envelope_sender=settings.bounces_address,
         )
         try:
             self.transport.send(report)
         except DeliveryError as exc:
-            logger.warning("failure report not sent", extra={"request_id": request.request_id, "error": str(exc)})
-            return 0
-        self.store.mark_failures_reported(request.request_id, int(request.failed_count))
+            self.store.unmark_failures_reported(request.request_id)
+            logger.warning("failure report not sent; tried again next run",
+                           extra={"request_id": request.request_id, "error": str(exc)})
+            return False
+        summary["failure_reports"] += 1
         logger.info("failure report sent", extra={"request_id": request.request_id, "failures": len(failures)})
-        return 1
+        return True
 
     def _expiry_reason(self, request, now: datetime) -> str | None:
         if request.sent_by is not None and request.sent_by < now:
             return "sent_by deadline passed"
-        if request.created_at < now - self.expander.settings.max_age:
-            return "older than 7 days"
+        if request.created_at < now - self.settings.max_age:
+            return f"older than {self.settings.max_age.days} days"
         return None
-
-    def _expire_emails(self, request_id: str, reason: str, now: datetime) -> int:
-        expired = 0
-        for email in self.store.iter_emails(request_id, ["request_id", "email_key", "status", "claimed_until"]):
-            if email.status in (EmailStatus.QUEUED, EmailStatus.PROCESSING):
-                expired += self.store.expire_email(email, reason, now)
-        return expired

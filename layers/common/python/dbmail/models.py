@@ -7,6 +7,7 @@ Table names come from settings, so the model classes here are unbound bases and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -27,7 +28,7 @@ from pynamodb.models import Model
 from dbmail.settings import Settings
 
 
-class RequestStatus:
+class RequestStatus(StrEnum):
     """States of a MessageRequest. ``queued`` covers both 'new' and 'scheduled for later'."""
 
     QUEUED = "queued"
@@ -35,18 +36,24 @@ class RequestStatus:
     PROCESSED = "processed"
     FAILED = "failed"
     EXPIRED = "expired"
-    FINAL = frozenset({PROCESSED, FAILED, EXPIRED})
 
 
-class EmailStatus:
-    """States of a TextOfEmail. ``processing`` means a send holds the claim right now."""
+RequestStatus.FINAL = frozenset({RequestStatus.PROCESSED, RequestStatus.FAILED, RequestStatus.EXPIRED})
+
+
+class EmailStatus(StrEnum):
+    """States of a TextOfEmail. ``processing`` means a send holds the claim right now.
+    ``failed`` is final too, until an operator resends it (``dbmail resend``)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     SENT = "sent"
     FAILED = "failed"
     EXPIRED = "expired"
-    FINAL = frozenset({SENT, EXPIRED})
+
+
+EmailStatus.FINAL = frozenset({EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.EXPIRED})
+EmailStatus.OUTSTANDING = frozenset({EmailStatus.QUEUED, EmailStatus.PROCESSING})
 
 
 def utcnow() -> datetime:
@@ -121,13 +128,14 @@ class MessageRequestBase(Model):
     email_count = NumberAttribute(null=True)
     skipped_count = NumberAttribute(null=True)
     render_failed_count = NumberAttribute(null=True)
-    failed_count = NumberAttribute(null=True)
-    failure_reported_count = NumberAttribute(null=True)
+    render_seconds = NumberAttribute(null=True)
+    resent_count = NumberAttribute(null=True)
     expand_cursor = UnicodeAttribute(null=True)
     lease_owner = UnicodeAttribute(null=True)
     lease_until = ISODateTimeAttribute(null=True)
     processed_at = ISODateTimeAttribute(null=True)
-    swept_at = ISODateTimeAttribute(null=True)
+    settled_at = ISODateTimeAttribute(null=True)  # every email final, as the sweep last saw
+    failure_reported_at = ISODateTimeAttribute(null=True)
 
     by_status = ByStatusIndex()
 
@@ -163,7 +171,10 @@ class TextOfEmailBase(Model):
     created_at = ISODateTimeAttribute()
     sent = ISODateTimeAttribute(null=True)
     sent_by = ISODateTimeAttribute(null=True)
-    tries = NumberAttribute(default=0)
+    tries = NumberAttribute(default=0)  # transient failures; three make the email failed
+    throttles = NumberAttribute(null=True)  # provider throttles: retried later, never counted as tries
+    resends = NumberAttribute(null=True)
+    queued_at = ISODateTimeAttribute(null=True)  # when it was last put on the send queue
     status = UnicodeAttribute(default=EmailStatus.QUEUED)
     error = UnicodeAttribute(null=True)
     message_id = UnicodeAttribute(null=True)

@@ -46,6 +46,20 @@ class SendQueue:
             count += self._send_batch(batch)
         return count
 
+    def enqueue_later(self, email: QueuedEmail, delay_seconds: int) -> None:
+        """Queue one email again after a delay (a retry): a new message, so the failed try does
+        not count toward the queue's maxReceiveCount."""
+        self._sqs.send_message(QueueUrl=self._url, MessageBody=email.to_body(),
+                               DelaySeconds=max(0, min(int(delay_seconds), 900)))
+
+    def backlog(self) -> int:
+        """Messages waiting, delayed or in flight: while there are any, a queued email may simply
+        not have had its turn yet."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        attributes = self._sqs.get_queue_attributes(QueueUrl=self._url, AttributeNames=names)["Attributes"]
+        return sum(int(attributes.get(name, 0)) for name in names)
+
     def _send_batch(self, batch: Sequence[QueuedEmail]) -> int:
         pending = {str(i): email for i, email in enumerate(batch)}
         for _ in range(ATTEMPTS):

@@ -1,5 +1,6 @@
-"""The original's "Mail delivery failure" report: one message per request with failures,
-listing each failed address and the error type, to the request's sender and the bounces address."""
+"""The original's "Mail delivery failure" report: one message per request, sent once every
+email of it is final, listing each failed address and the error, to the request's sender and
+the bounces address."""
 
 from __future__ import annotations
 
@@ -21,22 +22,27 @@ def failure_report(
     site_url: str,
     date: datetime,
     envelope_sender: str,
+    request_error: str | None = None,
 ) -> OutgoingEmail:
-    """``failures`` are (send_to, error) pairs; the error is shortened to its first line."""
+    """``failures`` are (send_to, error) pairs; the error is shortened to its first line.
+    ``request_error``: the request itself could not be (fully) expanded."""
     lines = [f"  {send_to}: {error.splitlines()[0][:160] if error else 'unknown error'}" for send_to, error in failures]
-    body = (
-        f"{len(lines)} email(s) of the message \"{request_subject}\" could not be delivered:\n\n"
-        + "\n".join(lines)
-        + f"\n\nRequest {request_id} ({site_url}/email/{request_id}).\n"
-        "Addresses that failed three times are kept in the send dead-letter queue; "
-        "an operator can redrive them once the cause is fixed.\n"
-    )
+    parts = []
+    if request_error:
+        parts.append(f"The message \"{request_subject}\" could not be sent as written:\n\n  {request_error[:500]}\n\n"
+                     "Fix the message and send it again from the website.\n")
+    if lines:
+        parts.append(f"{len(lines)} email(s) of the message \"{request_subject}\" could not be delivered:\n\n"
+                     + "\n".join(lines) + "\n\n"
+                     "Once the cause is fixed (an address corrected, a sender identity verified), an operator "
+                     f"can send these again, once each, with: dbmail resend {request_id}\n")
+    body = "\n".join(parts) + f"\nRequest {request_id} ({site_url}/email/{request_id}).\n"
     return compose(
         send_from=report_from,
         send_to=report_to,
         subject=f"{SUBJECT}: {request_subject}"[:200],
         body=body,
-        message_id=f"<dbmail.report.{request_id}.{len(lines)}@{report_from.rpartition('@')[2].rstrip('>')}>",
+        message_id=f"<dbmail.report.{request_id}@{report_from.rpartition('@')[2].rstrip('>')}>",
         date=date,
         envelope_sender=envelope_sender,
     )

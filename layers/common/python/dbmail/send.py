@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from aws_lambda_powertools import Logger
 
 from dbmail.compose import compose
-from dbmail.errors import DeliveryError, RequestInvalid
+from dbmail.errors import DeliveryError, FailureKind, RequestInvalid
 from dbmail.expand import message_id_for
 from dbmail.models import EmailStatus, utcnow
-from dbmail.queue import QueuedEmail
+from dbmail.queue import QueuedEmail, SendQueue
 from dbmail.settings import Settings
 from dbmail.store import Store
 from dbmail.transports import Transport
@@ -23,29 +25,40 @@ logger = Logger(child=True)
 # Longer than a send invocation (30 s), shorter than the queue's visibility timeout (180 s):
 # a live claim blocks a concurrent duplicate delivery; a redelivery after a crash finds it lapsed.
 CLAIM_LEASE = timedelta(seconds=60)
+SQS_MAX_DELAY_SECONDS = 900
 
 
-class SendOutcome:
+class SendOutcome(StrEnum):
     SENT = "sent"
     DUPLICATE = "duplicate"
     EXPIRED = "expired"
     FAILED = "failed"
+    RETRYING = "retrying"  # a transient error: queued again after a delay; one try spent
+    THROTTLED = "throttled"  # the provider's rate: queued again after a delay; no try spent
     UNKNOWN = "unknown"
 
 
-class RetryableDeliveryError(Exception):
-    """Raised to make the batch processor report this record as failed, so SQS retries it."""
+def retry_delay(kind: FailureKind, attempt: int, cap: int) -> int:
+    """Seconds before the next try: exponential with jitter, throttles starting small (the
+    provider's per-second rate), transient errors larger; within SQS's 900 s."""
+    base = 2 if kind is FailureKind.THROTTLED else 30
+    delay = min(cap, SQS_MAX_DELAY_SECONDS, base * 2 ** min(attempt, 10))
+    return max(1, round(delay * random.uniform(0.5, 1.0)))
 
 
 @dataclass
 class EmailSender:
     store: Store
     transport: Transport
+    queue: SendQueue
     settings: Settings
     clock: Callable[[], datetime] = field(default=utcnow)
     _headers_by_request: dict = field(default_factory=dict)
 
-    def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int) -> str:
+    def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int) -> SendOutcome:
+        """Claim, send and record one email. Every provider failure is recorded and the email
+        queued again (or failed, when permanent or out of tries), so the SQS message itself
+        succeeds; only an unforeseen error is raised, after releasing the claim."""
         log = {"request_id": queued.request_id, "email_key": queued.email_key, "receive_count": receive_count}
         now = self.clock()
         email = self.store.email_ref(queued.request_id, queued.email_key)
@@ -56,7 +69,6 @@ class EmailSender:
             self.store.expire_email(email, reason, now, claim_id=claim_id)
             logger.info("email expired before sending", extra={**log, "reason": reason})
             return SendOutcome.EXPIRED
-        final_try = receive_count >= self.settings.max_tries
         try:
             outgoing = compose(
                 send_from=email.send_from,
@@ -70,20 +82,33 @@ class EmailSender:
                 unsubscribe_url=self._unsubscribe(email),
             )
             provider_id = self.transport.send(outgoing)
-        except (RequestInvalid, DeliveryError) as exc:
-            permanent = isinstance(exc, RequestInvalid) or exc.permanent
-            final = permanent or final_try
-            self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=final)
-            if final:
-                self.store.count_failed_email(email.request_id)
-            logger.warning("delivery failed", extra={**log, "error_type": type(exc).__name__,
-                                                     "error": str(exc), "permanent": permanent})
-            if permanent:
-                return SendOutcome.FAILED
-            raise RetryableDeliveryError(str(exc)) from exc
+        except RequestInvalid as exc:
+            return self._failed(email, FailureKind.PERMANENT, exc, log)
+        except DeliveryError as exc:
+            return self._failed(email, exc.kind, exc, log)
+        except Exception as exc:
+            self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=False, counts_as_try=True,
+                                      now=self.clock())
+            logger.exception("unexpected error while sending; the message is retried", extra=log)
+            raise
         self.store.mark_sent(email, self.clock(), provider_id, outgoing.message_id)
         logger.info("email sent", extra=log)
         return SendOutcome.SENT
+
+    def _failed(self, email, kind: FailureKind, exc: Exception, log: dict) -> SendOutcome:
+        throttled = kind is FailureKind.THROTTLED
+        tries = int(email.tries or 0) + (0 if throttled else 1)
+        final = kind is FailureKind.PERMANENT or (not throttled and tries >= self.settings.max_tries)
+        self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=final, counts_as_try=not throttled,
+                                  now=self.clock())
+        logger.warning("delivery failed", extra={**log, "error_type": type(exc).__name__, "error": str(exc),
+                                                 "kind": str(kind), "tries": tries, "final": final})
+        if final:
+            return SendOutcome.FAILED
+        attempt = int(email.throttles or 0) if throttled else tries
+        self.queue.enqueue_later(QueuedEmail(email.request_id, email.email_key),
+                                 retry_delay(kind, attempt, self.settings.retry_max_delay_seconds))
+        return SendOutcome.THROTTLED if throttled else SendOutcome.RETRYING
 
     def _not_claimed(self, queued: QueuedEmail, log: dict) -> str:
         """The claim failed: the email is missing, already final, or held by another live message."""

@@ -32,6 +32,9 @@ class Settings:
     dynamodb_endpoint: str | None = None
     max_age: timedelta = timedelta(days=7)
     max_tries: int = 3
+    retry_max_delay_seconds: int = 900
+    # An email queued (or claimed) this long ago and still not final is stranded: the sweep queues it again.
+    stranded_after: timedelta = timedelta(minutes=10)
     # Inbound (set on the inbound function only; checked where used, by inbound_settings()).
     inbound_bucket: str = ""
     inbound_prefix: str = "inbound/"
@@ -101,6 +104,8 @@ class Settings:
             sendgrid_url=env.get("DBMAIL_SENDGRID_URL", "https://api.sendgrid.com").rstrip("/"),
             unsubscribe_secret=env.get("DBMAIL_UNSUBSCRIBE_SECRET", ""),
             dynamodb_endpoint=env.get("AWS_ENDPOINT_URL_DYNAMODB") or env.get("AWS_ENDPOINT_URL") or None,
+            retry_max_delay_seconds=_positive_int(env, "DBMAIL_RETRY_MAX_DELAY_SECONDS", 900),
+            stranded_after=timedelta(seconds=_positive_int(env, "DBMAIL_STRANDED_AFTER_SECONDS", 600)),
             inbound_bucket=env.get("DBMAIL_INBOUND_BUCKET", ""),
             inbound_prefix=env.get("DBMAIL_INBOUND_PREFIX", "inbound/"),
             inbound_table=env.get("DBMAIL_INBOUND_TABLE", ""),
@@ -112,6 +117,15 @@ class Settings:
             moderator_address=env.get("DBMAIL_MODERATOR_ADDRESS", "").strip(),
             spam_action=env.get("DBMAIL_SPAM_ACTION", "hold").strip().lower(),
         )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"{name} must be a whole number of seconds, at least 1, not {value!r}")
+    return int(value)
 
 
 @lru_cache(maxsize=1)

@@ -83,6 +83,7 @@ class Store:
                 Request.email_count.set(counts["emails"]),
                 Request.skipped_count.set(counts["skipped"]),
                 Request.render_failed_count.set(counts["render_failed"]),
+                Request.render_seconds.set(counts["render_seconds"]),
             ],
             condition=Request.lease_owner == owner,
         )
@@ -90,6 +91,8 @@ class Store:
     def finish_request(
         self, request_id: str, status: str, now: datetime, counts: dict[str, int] | None = None, error: str | None = None
     ) -> None:
+        """Record the expansion's end. Written without reading the item back, so that a request
+        whose item is malformed can still be recorded as failed."""
         Request = self.models.MessageRequest
         actions = [
             Request.status.set(status),
@@ -99,28 +102,39 @@ class Store:
         ]
         if counts is not None:
             actions += [
-                Request.failed_count.add(counts["render_failed"]),
                 Request.email_count.set(counts["emails"]),
                 Request.skipped_count.set(counts["skipped"]),
                 Request.render_failed_count.set(counts["render_failed"]),
                 Request.recipient_count.set(counts["recipients"]),
+                Request.render_seconds.set(counts["render_seconds"]),
             ]
         if error is not None:
             actions.append(Request.error.set(error[:MAX_ERROR_CHARS]))
-        Request(request_id).update(actions=actions)
+        Request._get_connection().update_item(request_id, actions=actions)
 
-    def count_failed_email(self, request_id: str) -> None:
-        """One more email of this request failed for good (drives the failure report)."""
+    def mark_settled(self, request_id: str, now: datetime) -> None:
+        """Every email of the request is final (as the sweep saw it); the sweep stops looking."""
         Request = self.models.MessageRequest
-        Request(request_id).update(actions=[Request.failed_count.add(1)])
+        Request._get_connection().update_item(request_id, actions=[Request.settled_at.set(now)])
 
-    def mark_failures_reported(self, request_id: str, reported: int) -> None:
+    def mark_failures_reported(self, request_id: str, now: datetime) -> bool:
+        """Claim the request's one failure report; False if it was already claimed."""
         Request = self.models.MessageRequest
-        Request(request_id).update(actions=[Request.failure_reported_count.set(reported)])
+        return _update_if(Request(request_id), [Request.failure_reported_at.set(now)],
+                          Request.failure_reported_at.does_not_exist())
 
-    def mark_swept(self, request_id: str, now: datetime) -> None:
+    def unmark_failures_reported(self, request_id: str) -> None:
         Request = self.models.MessageRequest
-        Request(request_id).update(actions=[Request.swept_at.set(now)])
+        Request._get_connection().update_item(request_id, actions=[Request.failure_reported_at.remove()])
+
+    def reopen(self, request_id: str) -> None:
+        """The sweep watches the request again (before any of its emails is queued again)."""
+        Request = self.models.MessageRequest
+        Request._get_connection().update_item(request_id, actions=[Request.settled_at.remove()])
+
+    def count_resent(self, request_id: str, resent: int) -> None:
+        Request = self.models.MessageRequest
+        Request._get_connection().update_item(request_id, actions=[Request.resent_count.add(resent)])
 
     # ---- EmailRequest (recipients) ----------------------------------------------------
     def count_recipients(self, request_id: str) -> int:
@@ -170,13 +184,14 @@ class Store:
     def get_email(self, request_id: str, email_key: str) -> TextOfEmailBase | None:
         return get_or_none(self.models.TextOfEmail, request_id, email_key)
 
-    def iter_emails(self, request_id: str, attributes: list[str] | None = None) -> Iterator[TextOfEmailBase]:
-        return self.models.TextOfEmail.query(request_id, attributes_to_get=attributes, page_size=1000)
+    def iter_emails(self, request_id: str, attributes: list[str] | None = None,
+                    statuses: Iterable[str] | None = None) -> Iterator[TextOfEmailBase]:
+        Email = self.models.TextOfEmail
+        condition = Email.status.is_in(*statuses) if statuses else None
+        return Email.query(request_id, filter_condition=condition, attributes_to_get=attributes, page_size=1000)
 
     def failed_emails(self, request_id: str) -> Iterator[TextOfEmailBase]:
-        Email = self.models.TextOfEmail
-        return Email.query(request_id, filter_condition=Email.status == EmailStatus.FAILED,
-                           attributes_to_get=["email_key", "send_to", "error", "tries"])
+        return self.iter_emails(request_id, ["email_key", "send_to", "error", "tries"], [EmailStatus.FAILED])
 
     def email_status_counts(self, request_id: str) -> Counter:
         return Counter(email.status for email in self.iter_emails(request_id, ["status"]))
@@ -186,7 +201,7 @@ class Store:
         ``claim_id`` is unique per receive (the SQS receipt handle), so even two concurrent
         deliveries of one message cannot both hold it."""
         Email = self.models.TextOfEmail
-        condition = Email.status.is_in(EmailStatus.QUEUED, EmailStatus.FAILED) | (
+        condition = (Email.status == EmailStatus.QUEUED) | (
             (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
         )
         actions = [
@@ -211,17 +226,31 @@ class Store:
             ]
         )
 
-    def record_failure(self, email: TextOfEmailBase, error: str, final: bool) -> None:
-        """Count the try; a final failure stays ``failed``, otherwise the email is queued again."""
+    def record_failure(self, email: TextOfEmailBase, error: str, *, final: bool, counts_as_try: bool,
+                       now: datetime) -> None:
+        """Release the claim after a failed try: ``failed`` for good, or queued again (the caller
+        re-queues it). A throttle is not a try."""
         Email = self.models.TextOfEmail
-        email.update(
-            actions=[
-                Email.tries.add(1),
-                Email.error.set(error[:MAX_ERROR_CHARS]),
-                Email.status.set(EmailStatus.FAILED if final else EmailStatus.QUEUED),
-                Email.claimed_until.remove(),
-            ]
-        )
+        email.update(actions=[
+            Email.error.set(error[:MAX_ERROR_CHARS]),
+            Email.status.set(EmailStatus.FAILED if final else EmailStatus.QUEUED),
+            Email.claimed_until.remove(),
+            Email.queued_at.set(now),
+            Email.tries.add(1) if counts_as_try else Email.throttles.add(1),
+        ])
+
+    def requeue_email(self, email: TextOfEmailBase, now: datetime, *, resend: bool = False) -> bool:
+        """Mark a stranded email (or, with ``resend``, a failed one) queued again, before its
+        message is sent; False if it was sent, taken or changed meanwhile."""
+        Email = self.models.TextOfEmail
+        if resend:
+            condition = Email.status == EmailStatus.FAILED
+            actions = [Email.tries.set(0), Email.resends.add(1)]
+        else:
+            condition = (Email.status == EmailStatus.QUEUED) | (
+                (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now))
+            actions = [Email.claimed_until.remove()]
+        return _update_if(email, [*actions, Email.status.set(EmailStatus.QUEUED), Email.queued_at.set(now)], condition)
 
     def expire_email(self, email: TextOfEmailBase, reason: str, now: datetime, claim_id: str | None = None) -> bool:
         """Mark an unsent email expired (never sent); False if it was sent or taken meanwhile.
@@ -232,5 +261,5 @@ class Store:
         )
         if claim_id is not None:
             condition |= (Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id)
-        return _update_if(email, [Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason)], condition)
-
+        return _update_if(email, [Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason),
+                                  Email.claimed_until.remove()], condition)

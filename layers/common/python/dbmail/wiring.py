@@ -19,17 +19,22 @@ from dbmail.unsubscribe import check_secret
 
 
 @lru_cache(maxsize=1)
+def send_queue() -> SendQueue:
+    settings = get_settings()
+    return SendQueue(boto3.session.Session().client("sqs", region_name=settings.region), settings.send_queue_url)
+
+
+@lru_cache(maxsize=1)
 def expander() -> Expander:
     settings = get_settings()
-    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
-    return Expander(store=Store(settings), queue=SendQueue(sqs, settings.send_queue_url), settings=settings)
+    return Expander(store=Store(settings), queue=send_queue(), settings=settings)
 
 
 @lru_cache(maxsize=1)
 def email_sender() -> EmailSender:
     settings = get_settings()
     check_secret(settings.unsubscribe_secret)  # fail at start-up, not on the first email
-    return EmailSender(store=Store(settings), transport=make_transport(settings), settings=settings)
+    return EmailSender(store=Store(settings), transport=make_transport(settings), queue=send_queue(), settings=settings)
 
 
 @lru_cache(maxsize=1)
