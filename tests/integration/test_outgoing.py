@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import time
 import uuid
 from datetime import datetime, timezone
 from email import policy
@@ -173,3 +174,59 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_and_does_not_block_the_q
 
     dead = local_stack.wait_for(poison_in_dlq, timeout=60, interval=0.5)
     assert int(dead[0]["Attributes"]["ApproximateReceiveCount"]) >= 3
+
+
+def runner_peak_rss_mb(local_stack) -> float:
+    from dbmail_local import stack
+
+    pid = stack.running_pid(local_stack.state, stack.RUNNER)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM for the runner")
+
+
+HOSTILE_TEMPLATES = {
+    "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "huge string": "{{ 'x' * 10**9 }}",
+    "recursive macro": "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    "exponential macro": "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}x{% endmacro %}{{ f(60) }}",
+    "padding": "{{ 'x'.ljust(10**9) }}{{ 'y'|center(10**9) }}",
+    "doubling": "{% set ns = namespace(x='ab') %}{% for i in range(60) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}",
+    "brace width": "{{ '{:>999999999}'.format(1) }}",
+}
+
+
+def test_hostile_templates_fail_alone_within_seconds_and_the_next_request_is_on_time(local_stack, store):
+    # given hostile requests written straight into DynamoDB (no dry render), then an ordinary one
+    hostile = {name: write_raw_request(local_stack, "s", body, [recipient(4000 + n), recipient(4100 + n)])
+               for n, (name, body) in enumerate(HOSTILE_TEMPLATES.items())}
+    started = time.monotonic()
+    normal = write_raw_request(local_stack, "after the attacks", "Dear {{ user.first_name }}", [recipient(4500)])
+    # then the ordinary one is delivered promptly
+    assert wait_delivered(local_stack, normal, timeout=60)["emails_by_status"] == {"sent": 1}
+    elapsed = time.monotonic() - started
+    # and each hostile one failed on its own, naming the limit it broke, with no email
+    for name, request_id in hostile.items():
+        status = wait_delivered(local_stack, request_id, timeout=30)
+        assert status["status"] == "failed" and "limit" in status["error"], (name, status)
+        assert status["emails_by_status"] == {}, name
+    assert elapsed < 30, f"the ordinary request waited {elapsed:.1f} s behind the hostile ones"
+    assert runner_peak_rss_mb(local_stack) < 512
+    print(f"\nhostile templates: ordinary request delivered {elapsed:.1f} s after {len(hostile)} attacks; "
+          f"runner peak RSS {runner_peak_rss_mb(local_stack):.0f} MB")
+
+
+def test_every_raw_list_unsubscribe_header_is_a_plain_url_on_the_wire(local_stack, store):
+    # given a delivered request whose recipients are website users
+    request_id = submit_request(subject="Hi", msgtext="Dear {{ user.first_name }}", recipients=[recipient(4600), recipient(4601)],
+                                sender="splash@example.org")
+    assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 2}
+    # then the raw bytes of each .eml carry the URL itself, not an encoded word
+    by_id = outbox_by_message_id(local_stack.outbox)
+    for item in store.iter_emails(request_id):
+        (path,) = by_id[message_id_for(request_id, item.email_key, item.send_from)]
+        raw = path.read_bytes()
+        (line,) = [line for line in raw.split(b"\r\n") if line.lower().startswith(b"list-unsubscribe:")]
+        assert line.startswith(b"List-Unsubscribe: <https://") and line.endswith(b">") and b"=?" not in line
+        assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
