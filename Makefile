@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # sam build for python3.12 needs python3.12 first on PATH: the virtualenv provides it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup up down demo test unit integration handlers lint build bench clean
+.PHONY: setup up down demo test unit integration handlers lint build bench chaos clean
 
 setup:
 	@./scripts/setup.sh
@@ -28,7 +28,13 @@ handlers:
 	$(BIN)/pytest -q tests/handlers
 
 integration:
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q tests/integration --ignore=tests/integration/test_chaos.py
+	$(BIN)/pytest -q -s tests/integration/test_chaos.py
+
+# The fault campaign at full size (see tests/integration/test_chaos.py); DBMAIL_CHAOS_SEED replays a run.
+chaos: setup
+	DBMAIL_CHAOS_RECIPIENTS=$${DBMAIL_CHAOS_RECIPIENTS:-20000} DBMAIL_CHAOS_KILLS=$${DBMAIL_CHAOS_KILLS:-4} \
+		$(BIN)/pytest -q -s tests/integration/test_chaos.py
 
 lint:
 	$(BIN)/sam validate --lint --template template.yaml
