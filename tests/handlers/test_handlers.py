@@ -39,6 +39,36 @@ def test_a_bad_template_fails_its_request_without_blocking_the_batch(moto_stack,
     assert request.status == "failed" and "subject template syntax error" in request.error
 
 
+def test_requests_that_cannot_be_expanded_are_failed_requests_not_failed_records(moto_stack, context):
+    # given a batch of a request whose item is malformed, one whose template recurses, and a good one
+    table = moto_stack.settings.request_table
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    dynamodb.put_item(TableName=table, Item={"request_id": {"S": "bad-json"}, "status": {"S": "queued"},
+                                             "created_at": {"S": utcnow().isoformat()}, "special_headers": {"S": "{oops"}})
+    recursing = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
+    dynamodb.put_item(TableName=table, Item={"request_id": {"S": "recursing"}, "status": {"S": "queued"},
+                                             "created_at": {"S": utcnow().isoformat()}, "subject": {"S": "s"},
+                                             "msgtext": {"S": recursing}, "recipient_count": {"N": "1"}})
+    Store(moto_stack.settings).put_recipients([Store(moto_stack.settings).models.EmailRequest(
+        request_id="recursing", recipient_key="u0000000001", **recipient(1))])
+    good = submit_request(subject="s", msgtext="b", recipients=[recipient(2)], sender="splash@example.org")
+    event = load_event("expand_insert.json")
+    template = event["Records"][0]
+    event["Records"] = []
+    for n, request_id in enumerate(("bad-json", "recursing", good)):
+        record = copy.deepcopy(template)
+        record["dynamodb"]["Keys"] = {"request_id": {"S": request_id}}
+        record["dynamodb"]["SequenceNumber"] = f"1111000000000000000000{n:02d}"
+        event["Records"].append(record)
+    # when the stream delivers them, no record fails (nothing retries, nothing reaches the alarm's queue)
+    assert load_handler("expand")(event, context) == {"batchItemFailures": []}
+    # and each request carries its outcome
+    store = Store(moto_stack.settings)
+    assert "malformed request item" in dynamodb.get_item(TableName=table, Key={"request_id": {"S": "bad-json"}})["Item"]["error"]["S"]
+    assert store.get_request("recursing").status == "failed" and "recursion limit" in store.get_request("recursing").error
+    assert store.get_request(good).status == "processed"
+
+
 def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batch_proceeds(moto_stack, context):
     # given a request larger than one chunk, and a small one after it in the same batch
     store = Store(moto_stack.settings)
