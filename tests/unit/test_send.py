@@ -13,6 +13,7 @@ from dbmail.send import CLAIM_LEASE, EmailSender, SendOutcome
 from dbmail.store import Store
 from tests.conftest import recipient
 from tests.unit.test_expand import submit
+from tests.unit.test_transports import hostile  # noqa: F401 - a fixture
 
 
 class RecordingTransport:
@@ -187,3 +188,20 @@ def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded,
                                                     receive_count=int(message["Attributes"]["ApproximateReceiveCount"]))
     assert outcome == SendOutcome.SENT and len(transport.sent) == 1
     assert moto_stack.sqs.receive_message(QueueUrl=moto_stack.dlq_url).get("Messages") is None
+
+
+def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_stack, expanded, hostile):
+    from dbmail.transports import SendGridTransport
+    from tests.fakes.sendgrid import FakeSendGrid
+
+    # given SendGrid hanging up in the middle of its answer
+    dropping = SendGridTransport("SG.key", hostile("truncate"), timeout=5)
+    # when the email is sent, it is not left processing: one try spent, queued again
+    assert sender(moto_stack, dropping).deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.RETRYING
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.tries, email.claimed_until) == ("queued", 1, None) and "IncompleteRead" in email.error
+    # and the retry, once SendGrid answers again, sends it
+    with FakeSendGrid() as fake:
+        working = SendGridTransport(fake.api_key, fake.url)
+        assert sender(moto_stack, working).deliver(expanded, claim_id="m2", receive_count=1) == SendOutcome.SENT
+        assert len(fake.accepted) == 1
