@@ -41,7 +41,7 @@ def test_inbound_management_commands(moto_stack, capsys, tmp_path):
     # then they can be listed
     assert main(["lists", "list"]) == 0
     assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [10, 20, 30, 40]
-    assert main(["lists", "add", "--regex", "^announce$", "--handler", "PlainList"]) == 0
+    assert main(["lists", "add", "--regex", "^(announce)$", "--handler", "PlainList"]) == 0
     assert json.loads(capsys.readouterr().out)["seq"] == 45
     # and bad input is refused with the reason
     assert main(["redirects", "set", "oops", "ada@example.net,,nobody"]) == 2

@@ -6,12 +6,30 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
+from aws_lambda_powertools import Logger
+from pynamodb.pagination import ResultIterator
+
 from dbmail.models import BoundModels, DirectoryPerson, DirectorySection, InboundMessageBase, bind_models, get_or_none
-from dbmail.routing import ClassInfo, EmailListRule, Person, Section, User, check_rule, parse_destinations
+from dbmail.routing import (
+    SUBADDRESS_SEPARATOR,
+    ClassInfo,
+    EmailListRule,
+    Person,
+    Section,
+    User,
+    check_class,
+    check_redirect,
+    check_rule,
+    check_user,
+)
 from dbmail.settings import Settings
 
+logger = Logger(child=True)
+
 MAX_DETAIL_CHARS = 1000
-RULE_FIELDS = ("list_id", "regex", "seq", "handler", "subject_prefix", "admin_hold", "cc_all", "from_email", "description")
+RULE_FIELDS = ("list_id", "regex", "seq", "handler", "subject_prefix", "admin_hold", "cc_all", "from_email", "description",
+               "accept_automatic")
+RULE_FLAGS = ("admin_hold", "cc_all", "accept_automatic")
 
 
 def _person(p: DirectoryPerson) -> Person:
@@ -24,29 +42,59 @@ class InboundStore:
 
     # ---- EmailList ----------------------------------------------------------------------
     def rules(self) -> list[EmailListRule]:
-        """Every rule, in seq order (a handful of items: a scan is the right tool)."""
-        rules = [
-            EmailListRule(**{f: getattr(item, f) for f in RULE_FIELDS}) for item in self.models.EmailList.scan()
-        ]
-        return sorted(rules, key=lambda r: (int(r.seq), r.list_id))
+        """Every rule the router can run, in (seq, list_id) order (a handful of items: a scan is the
+        right tool). An item that does not read as a rule, or fails ``check_rule`` (someone wrote it
+        raw), is left out with a warning naming it; ``invalid_rules`` lists those."""
+        rules = []
+        for list_id, rule, error in self._scan_rules():
+            if rule is None:
+                logger.warning("EmailList rule skipped: it cannot be run", extra={"list_id": list_id, "error": error})
+            else:
+                rules.append(rule)
+        return sorted(rules, key=lambda r: (r.seq, r.list_id))
+
+    def invalid_rules(self) -> list[tuple[str, str]]:
+        """(list_id, what is wrong) for every stored item the router skips."""
+        return [(list_id, error) for list_id, rule, error in self._scan_rules() if rule is None]
+
+    def _scan_rules(self) -> Iterator[tuple[str, EmailListRule | None, str | None]]:
+        """(list_id, checked rule or None, error or None) per item. Items are read raw and
+        deserialised one by one, so that one malformed item (a seq written as a string, say)
+        cannot stop the scan."""
+        Model = self.models.EmailList
+        raw_items = ResultIterator(Model._get_connection().scan, (), {})  # noqa: SLF001 - raw items, no map_fn
+        for raw in raw_items:
+            list_id = str(next(iter(raw.get("list_id", {}).values()), "?"))
+            try:
+                item = Model.from_raw_data(raw)
+                fields = {f: getattr(item, f, None) for f in RULE_FIELDS}
+                for flag in RULE_FLAGS:
+                    if fields[flag] is None:
+                        fields[flag] = False
+                yield list_id, check_rule(EmailListRule(**fields)), None
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with the item, the others still route
+                yield list_id, None, f"{type(exc).__name__}: {exc}"
 
     def put_rule(self, rule: EmailListRule) -> EmailListRule:
-        check_rule(rule)
+        """Checked first: a rule the router cannot run is refused with RuleInvalid naming it."""
+        rule = check_rule(rule)
         self.models.EmailList(**{f: getattr(rule, f) for f in RULE_FIELDS}).save()
         return rule
 
     def next_seq(self) -> int:
         """A missing seq becomes the last seq + 5, as in the original."""
         rules = self.rules()
-        return int(rules[-1].seq) + 5 if rules else 10
+        return rules[-1].seq + 5 if rules else 10
 
     def delete_rule(self, list_id: str) -> None:
         self.models.EmailList(list_id).delete()
 
     # ---- PlainRedirect -----------------------------------------------------------------
-    def put_redirect(self, original: str, destination: str) -> None:
-        parse_destinations(destination)
-        self.models.PlainRedirect(original=original.strip().lower(), destination=destination.strip()).save()
+    def put_redirect(self, original: str, destination: str, *,
+                     subaddress_separator: str | None = SUBADDRESS_SEPARATOR) -> None:
+        """Checked first (``check_redirect``): a valid local part, 1 to 50 valid addresses."""
+        original, destination = check_redirect(original, destination, subaddress_separator=subaddress_separator)
+        self.models.PlainRedirect(original=original, destination=destination).save()
 
     def redirects(self) -> Iterator:
         return self.models.PlainRedirect.scan()
@@ -58,6 +106,7 @@ class InboundStore:
     def put_users(self, users: Iterable[User]) -> int:
         """A user is written twice: by username (UserEmail) and by address (is the sender known?)."""
         Entry = self.models.DirectoryEntry
+        users = [check_user(user, f"users[{i}]") for i, user in enumerate(users)]  # all checked before any write
         count = 0
         with Entry.batch_write() as batch:
             for user in users:
@@ -70,6 +119,7 @@ class InboundStore:
 
     def put_classes(self, classes: Iterable[ClassInfo]) -> int:
         Entry = self.models.DirectoryEntry
+        classes = [check_class(cls, f"classes[{i}]") for i, cls in enumerate(classes)]  # all checked before any write
         count = 0
         with Entry.batch_write() as batch:
             for cls in classes:

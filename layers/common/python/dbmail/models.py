@@ -210,6 +210,7 @@ class EmailListBase(Model):
     cc_all = BooleanAttribute(default=False)
     from_email = UnicodeAttribute(null=True)
     description = UnicodeAttribute(null=True)
+    accept_automatic = BooleanAttribute(default=False)  # class/section lists take automatic mail too
 
 
 class PlainRedirectBase(Model):
