@@ -15,11 +15,12 @@ metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-def send_record(record: SQSRecord) -> None:
+def send_record(record: SQSRecord, lambda_context: LambdaContext) -> None:
     outcome = wiring.email_sender().deliver(
         QueuedEmail.from_body(record.body),
         claim_id=record.receipt_handle,
         receive_count=int(record.attributes.approximate_receive_count),
+        time_left=lambda: lambda_context.get_remaining_time_in_millis() / 1000,
     )
     metrics.add_metric(name=f"Emails_{outcome}", unit=MetricUnit.Count, value=1)
 

@@ -205,3 +205,15 @@ def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_sta
         working = SendGridTransport(fake.api_key, fake.url)
         assert sender(moto_stack, working).deliver(expanded, claim_id="m2", receive_count=1) == SendOutcome.SENT
         assert len(fake.accepted) == 1
+
+
+def test_an_invocation_nearly_out_of_time_hands_the_email_back_untried(moto_stack, expanded):
+    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    transport = RecordingTransport()
+    # when the invocation has only a few seconds left
+    outcome = sender(moto_stack, transport).deliver(expanded, claim_id="m1", receive_count=1, time_left=lambda: 3.0)
+    # then nothing is sent or claimed, no try is spent, and the email is queued again
+    assert outcome == SendOutcome.DEFERRED and transport.sent == []
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.tries, email.claim_id) == ("queued", 0, None)
+    assert queued_messages(moto_stack) == 1

@@ -26,6 +26,10 @@ logger = Logger(child=True)
 # a live claim blocks a concurrent duplicate delivery; a redelivery after a crash finds it lapsed.
 CLAIM_LEASE = timedelta(seconds=60)
 SQS_MAX_DELAY_SECONDS = 900
+# A send needs this much of the invocation left: botocore's adaptive mode may wait for the
+# provider's rate, and three attempts of at most 5 s each (transports.SES_CLIENT_CONFIG) must
+# fit. With less left, the email is handed back to the queue untouched, no try spent.
+SEND_TIME_RESERVE_SECONDS = 20.0
 
 
 class SendOutcome(StrEnum):
@@ -34,6 +38,7 @@ class SendOutcome(StrEnum):
     EXPIRED = "expired"
     FAILED = "failed"
     RETRYING = "retrying"  # a transient error: queued again after a delay; one try spent
+    DEFERRED = "deferred"  # the invocation was nearly out of time: queued again, not tried
     THROTTLED = "throttled"  # the provider's rate: queued again after a delay; no try spent
     UNKNOWN = "unknown"
 
@@ -55,11 +60,16 @@ class EmailSender:
     clock: Callable[[], datetime] = field(default=utcnow)
     _headers_by_request: dict = field(default_factory=dict)
 
-    def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int) -> SendOutcome:
+    def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int,
+                time_left: Callable[[], float] = lambda: float("inf")) -> SendOutcome:
         """Claim, send and record one email. Every provider failure is recorded and the email
         queued again (or failed, when permanent or out of tries), so the SQS message itself
         succeeds; only an unforeseen error is raised, after releasing the claim."""
         log = {"request_id": queued.request_id, "email_key": queued.email_key, "receive_count": receive_count}
+        if time_left() < SEND_TIME_RESERVE_SECONDS:
+            self.queue.enqueue_later(queued, 1)
+            logger.info("invocation nearly out of time; email handed back to the queue", extra=log)
+            return SendOutcome.DEFERRED
         now = self.clock()
         email = self.store.email_ref(queued.request_id, queued.email_key)
         if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
