@@ -401,10 +401,13 @@ def _directory(args) -> int:
     return EXIT_OK
 
 
-def _show_inbound(item) -> str:
-    return json.dumps({"message_id": item.message_id, "status": item.status, "received_at": item.received_at.isoformat(),
-                       "recipients": list(item.recipients), "subject": item.subject, "detail": item.detail,
-                       "attempts": int(item.attempts or 0)}, ensure_ascii=False)
+def _show_inbound(item, stuck: bool = False) -> str:
+    shown = {"message_id": item.message_id, "status": item.status, "received_at": item.received_at.isoformat(),
+             "recipients": list(item.recipients), "subject": item.subject, "detail": item.detail,
+             "attempts": int(item.attempts or 0)}
+    if stuck:
+        shown["stuck"] = "never finished (the invocation timed out or was killed); reprocess it"
+    return json.dumps(shown, ensure_ascii=False)
 
 
 def _held(args) -> int:
@@ -439,13 +442,34 @@ def _inbound(args) -> int:
             raise NotFound(f"no inbound message {args.message_id!r}")
         print(_show_inbound(item))
     elif args.action == "failed":
-        for item in router.store.with_status(InboundStatus.FAILED):
-            print(_show_inbound(item))
+        from dbmail.models import utcnow
+
+        for item in router.unfinished(utcnow()):
+            print(_show_inbound(item, stuck=item.status == InboundStatus.RECEIVED))
+    elif args.message_id:
+        print(args.message_id, router.reprocess(args.message_id))
     else:
-        ids = [args.message_id] if args.message_id else [i.message_id for i in router.store.with_status(InboundStatus.FAILED)]
-        for message_id in ids:
-            print(message_id, router.reprocess(message_id))
+        return _reprocess_all(router)
     return EXIT_OK
+
+
+def _reprocess_all(router) -> int:
+    """Every failed or stuck message, one line each with its outcome; one that fails again is
+    reported and the rest go on. Exits 1 if any failed again."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pynamodb.exceptions import PynamoDBException
+
+    from dbmail.models import utcnow
+
+    failed_again = 0
+    for item in router.unfinished(utcnow()):
+        try:
+            outcome = router.reprocess(item.message_id)
+        except (DbmailError, BotoCoreError, ClientError, PynamoDBException, OSError, ValueError, LookupError) as exc:
+            failed_again += 1
+            outcome = f"failed again: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        print(item.message_id, outcome, flush=True)
+    return EXIT_INTERNAL if failed_again else EXIT_OK
 
 
 # --- the parser ----------------------------------------------------------------------------------
@@ -627,8 +651,20 @@ def _one_line(message: str) -> str:
     return re.sub(r"\s*\n\s*", " ", message.strip()) or "error"
 
 
+def _quiet_service_logs(debug: bool) -> None:
+    """The services log for CloudWatch (with tracebacks); a person at a shell gets the one-line
+    outcomes instead, unless --debug asks for the logs (on stderr)."""
+    import logging
+
+    if debug:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    elif not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a usage error exits 2 (argparse's usage line and message)
+    _quiet_service_logs(args.debug)
     try:
         if "DBMAIL_REQUEST_TABLE" not in os.environ and Path(args.env_file).is_file():
             try:

@@ -4,25 +4,33 @@ InboundMessage record says what became of it, and a failed one can be processed 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aws_lambda_powertools import Logger
 
-import uuid
-
 from dbmail.addresses import mask, parse_address
-from dbmail.errors import NotFound
 from dbmail.compose import compose
-from dbmail.forward import LOOP_HEADER, Forward, header_text, original_sender, parse, rewrite, split_forwards
+from dbmail.errors import NotFound
+from dbmail.forward import (LOOP_HEADER, Forward, been_there, header_text, is_automatic, original_sender, parse,
+                            rewrite, split_forwards)
 from dbmail.inbound_store import InboundStore
 from dbmail.models import InboundStatus, utcnow
-from dbmail.routing import Route, route
+from dbmail.routing import Route, merge_routes, route
 from dbmail.settings import Settings
 from dbmail.transports import MAX_MESSAGE_BYTES, SesTransport
 
 logger = Logger(child=True)
+
+# Mailman's loop rule: a message already forwarded by a list (or redirect) is never forwarded by
+# it again (its X-BeenThere names it), and none goes through more than this many of ours.
+MAX_HOPS = 5
+FORWARD_CONCURRENCY = 8  # SES calls in flight for one message's fan-out
+# A message still `received` this long after it arrived was cut off (timeout, crash): stuck.
+STUCK_AFTER = timedelta(minutes=10)
 
 
 @dataclass
@@ -60,23 +68,38 @@ class InboundRouter:
 
         if virus.upper() == "FAIL":
             return self._finish(item, InboundStatus.DROPPED, "virus verdict FAIL", log, **summary)
-        if self._is_loop(message, sender):
-            return self._finish(item, InboundStatus.DROPPED, "forwarding loop: our own forward came back", log, **summary)
+        visited = set(been_there(message))
+        if len(visited) >= MAX_HOPS:
+            return self._finish(item, InboundStatus.DROPPED, f"forwarding loop: through {len(visited)} lists already",
+                                log, **summary)
         if spam.upper() == "FAIL" and not release:
             if settings.spam_action == "drop":
                 return self._finish(item, InboundStatus.DROPPED, "spam verdict FAIL", log, **summary)
             self._notify_moderator(item, subject, sender, "SES judged it spam")
             return self._finish(item, InboundStatus.HELD, "spam verdict FAIL: held for moderation", log, **summary)
 
+        automatic = is_automatic(message)
         rules = self.store.rules()
-        routes: list[tuple[str, Route]] = []
+        routes: list[Route] = []
+        refused: list[str] = []
         for address in recipients:
             local, _, domain = address.rpartition("@")
             if domain.lower() not in settings.chapter_domains:
                 continue
-            result = route(local, rules, self.store, has_list_id=message.get("List-Id") is not None)
-            if result.route is not None:
-                routes.append((address, result.route))
+            result = route(local, rules, self.store, has_list_id=message.get("List-Id") is not None,
+                           domain=domain, subaddress_separator=settings.subaddress_separator)
+            decided = result.route
+            if decided is None or any(r.list_address == decided.list_address for r in routes):
+                continue
+            if decided.list_address in visited:
+                refused.append(f"{decided.list_address}: already forwarded it (loop)")
+            elif automatic and decided.broadcasts and not decided.rule.accept_automatic:
+                refused.append(f"{decided.list_address}: automatic mail is not broadcast")
+            else:
+                routes.append(decided)
+        if not routes and refused:
+            status = InboundStatus.DROPPED
+            return self._finish(item, status, "; ".join(refused), log, **summary)
         if not routes:
             noticed = self._notice_sender(message, sender, recipients, "Undeliverable mail",
                                           "No list, redirect or user at the address you wrote to accepts mail:")
@@ -88,26 +111,46 @@ class InboundRouter:
                                           f"{MAX_MESSAGE_BYTES // 2**20} MB limit and was not forwarded to:")
             return self._finish(item, InboundStatus.TOO_LARGE,
                                 f"{len(raw)} bytes; notice {'sent' if noticed else 'not sent'}", log, **summary)
-        held = [r for _, r in routes if r.rule.admin_hold]
+        held = [r for r in routes if r.rule.admin_hold]
         if held and not release:
             self._notify_moderator(item, subject, sender, f"list rule {held[0].rule.list_id} holds mail for moderation")
             return self._finish(item, InboundStatus.HELD, f"admin_hold on {held[0].rule.list_id}", log, **summary)
 
-        sent = 0
+        routes = merge_routes(routes)  # one copy per person, whichever of the addresses reached them
         done = set(item.forwarded_parts or ())
-        for address, decided in routes:
-            local, _, domain = address.rpartition("@")
-            rewritten = rewrite(raw, decided, site_name=self._site_name(domain), chapter_domain=domain.lower())
+        pending: list[tuple[Forward, str]] = []
+        sent = 0
+        for decided in routes:
+            domain = decided.list_address.rpartition("@")[2]
+            rewritten = rewrite(raw, decided, site_name=self._site_name(domain), chapter_domain=domain,
+                                list_address=decided.list_address)
             _, forward_from = original_sender(rewritten)  # the rule's from_email or noreply@domain
-            for forward in split_forwards(rewritten, decided, key=f"{decided.rule.list_id}:{local.lower()}"):
+            for forward in split_forwards(rewritten, decided, key=f"{decided.rule.list_id}:{decided.list_address}"):
                 if forward.part not in done:
-                    self._send(forward, forward_from)
-                    self.store.add_forwarded_part(item, forward.part)
+                    pending.append((forward, forward_from))
                 sent += len(forward.destinations)
+        self._send_all(item, pending)
         status = InboundStatus.RELEASED if release else InboundStatus.FORWARDED
-        rules_used = ", ".join(sorted({r.rule.list_id for _, r in routes}))
-        return self._finish(item, status, f"forwarded to {sent} recipients by {rules_used}", log,
-                            list_id=routes[0][1].rule.list_id, **summary)
+        rules_used = ", ".join(sorted({r.rule.list_id for r in routes}))
+        detail = f"forwarded to {sent} recipients by {rules_used}" + "".join(f"; {note}" for note in refused)
+        return self._finish(item, status, detail, log, list_id=routes[0].rule.list_id, **summary)
+
+    def _send_all(self, item, pending: list[tuple[Forward, str]]) -> None:
+        """The fan-out, a few SES calls at a time. Each forward that went is recorded (one write at
+        a time), so a retry or a reprocess after a failure or a timeout sends only the rest; the
+        first failure is raised once every call has ended."""
+        if not pending:
+            return
+        with ThreadPoolExecutor(max_workers=min(FORWARD_CONCURRENCY, len(pending))) as pool:
+            futures = {pool.submit(self._send, forward, from_address): forward for forward, from_address in pending}
+            failure = None
+            for future in as_completed(futures):
+                if future.exception() is None:
+                    self.store.add_forwarded_part(item, futures[future].part)
+                elif failure is None:
+                    failure = future.exception()
+        if failure is not None:
+            raise failure
 
     def _site_name(self, domain: str) -> str:
         """For "Name via Site": the default sender's display name, else the chapter domain."""
@@ -117,20 +160,13 @@ class InboundRouter:
         destinations = None if forward.addressed_by_headers else list(forward.destinations)
         self.transport.send_raw(forward.raw, from_address, destinations)
 
-    def _is_loop(self, message, sender: str) -> bool:
-        """Our own forwards (our header) and our own noreply sender are never forwarded again."""
-        ours = {h.strip().lower() for h in message.get_all(LOOP_HEADER) or ()}
-        local, _, domain = sender.lower().rpartition("@")
-        return bool(ours & set(self.settings.chapter_domains)) or (
-            local == "noreply" and domain in self.settings.chapter_domains)
-
     def _notice_sender(self, message, sender: str, recipients: list[str], subject: str, text: str) -> bool:
         """Only to a known user, never to the support address, never in reply to automatic mail:
         no backscatter to strangers and no loops."""
         settings = self.settings
         if not sender or sender.lower() == settings.support_address.lower():
             return False
-        if header_text(message, "Auto-Submitted").lower() not in ("", "no") or message.get("List-Id"):
+        if is_automatic(message) or message.get("List-Id"):
             return False
         if self.store.user_by_email(sender) is None:
             return False
@@ -178,6 +214,12 @@ class InboundRouter:
         if item is None or item.status != InboundStatus.HELD:
             raise NotFound(f"no held message {message_id!r}")
         return self.handle(message_id, list(item.recipients), release=True)
+
+    def unfinished(self, now: datetime) -> list:
+        """What needs a person or a reprocess: failed messages, and those stuck in `received`
+        (an invocation that timed out or was killed), oldest first."""
+        stuck = [item for item in self.store.with_status(InboundStatus.RECEIVED) if item.received_at < now - STUCK_AFTER]
+        return sorted([*self.store.with_status(InboundStatus.FAILED), *stuck], key=lambda item: item.received_at)
 
     def reprocess(self, message_id: str) -> str:
         """Process a failed (or any unfinished) message again from its raw copy in S3."""

@@ -46,6 +46,7 @@ class Settings:
     support_address: str = ""
     moderator_address: str = ""
     spam_action: str = "hold"
+    subaddress_separator: str | None = "+"  # directors+trip@ routes as directors@; None: off
 
     def require_inbound(self) -> Settings:
         """The inbound settings are complete; raise a ConfigurationError naming what is missing."""
@@ -116,6 +117,7 @@ class Settings:
             support_address=env.get("DBMAIL_SUPPORT_ADDRESS", "").strip(),
             moderator_address=env.get("DBMAIL_MODERATOR_ADDRESS", "").strip(),
             spam_action=env.get("DBMAIL_SPAM_ACTION", "hold").strip().lower(),
+            subaddress_separator=env.get("DBMAIL_SUBADDRESS_SEPARATOR", "+").strip() or None,
         )
 
 
