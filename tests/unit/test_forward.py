@@ -564,3 +564,21 @@ def test_a_multipart_without_its_boundary_goes_as_text():
     (fw,) = forwards_of(raw, ROUTES["user"])
     back = email.message_from_bytes(fw.raw, policy=policy.default)
     assert back.get_content_type() == "text/plain" and "non-ascii ü body" in back.get_content()
+
+
+@pytest.mark.parametrize("name", ["clients/talon-gmail.eml", "hostile/gbk-folded-subject.eml"])
+def test_per_person_forwards_share_one_serialised_body_and_differ_only_in_to(name):
+    # given a group route to several people
+    people = tuple(Person(f"Pérson {i}", f"p{i}@example.net") for i in range(5))
+    group = Route(EmailListRule("c", r"^(x)$", 1, "ClassList"), people, group=True, subject_tag="E1")
+    raw = dict(CORPUS)[name]
+    forwards = forwards_of(raw, group)
+    # then every forward is the same message but for its To line, naming only its person
+    assert len({id(fw.body) for fw in forwards}) == 1
+    for fw, person in zip(forwards, people):
+        back = email.message_from_bytes(fw.raw, policy=policy.default)
+        assert [a.addr_spec for a in back["To"].addresses] == [person.email]
+        assert back["To"].addresses[0].display_name == person.name
+        check_forward(raw, fw, group)
+    strip_to = [re.sub(rb"\r\nTo: [^\r]*(\r\n[ \t][^\r]*)*", b"", fw.head) for fw in forwards]
+    assert len(set(strip_to)) == 1

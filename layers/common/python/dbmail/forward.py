@@ -904,14 +904,21 @@ def prefixed_subject(subject: str, route: Route) -> str | None:
 
 @dataclass(frozen=True)
 class Forward:
-    """One SES call: the MIME bytes and at most 50 recipients."""
+    """One SES call: the MIME bytes and at most 50 recipients. The bytes are kept as a header
+    block and a body shared by every forward of the message, so a 12 MB message to 150 people
+    is held once, not 150 times."""
 
-    raw: bytes
+    head: bytes
+    body: bytes
     destinations: tuple[str, ...]
     part: str  # a stable name, so a retried delivery skips what already went
     # True only for cc_all copies: To names exactly the destinations and SES takes them from the
     # headers. Otherwise the destinations are explicit (the envelope).
     addressed_by_headers: bool = False
+
+    @property
+    def raw(self) -> bytes:
+        return self.head + self.body
 
 
 def rewrite(raw: bytes, route: Route, *, site_name: str, chapter_domain: str,
@@ -982,24 +989,43 @@ def to_bytes(message: Message) -> bytes:
     return message.as_bytes(policy=OUTGOING)
 
 
+_TO_PLACEHOLDER = "dbmail-to@placeholder.invalid"
+
+
+def _head_and_body(raw: bytes) -> tuple[bytes, bytes]:
+    end = raw.find(b"\r\n\r\n")
+    return (raw, b"") if end < 0 else (raw[:end + 2], raw[end + 2:])
+
+
 def split_forwards(message: Message, route: Route, key: str) -> list[Forward]:
     """cc_all: one message with everyone in To (in copies of at most 50, SES's limit);
-    otherwise one message per recipient, To naming only them (a UserEmail forward keeps its To)."""
+    otherwise one message per recipient, To naming only them (a UserEmail forward keeps its To).
+    The message is serialised once; only the To line differs between the forwards."""
     recipients = route.recipients
-    forwards = []
     if route.rule.cc_all and route.group:
         # SES counts the addresses in To as recipients too: a list over 50 goes as copies of
         # one message (same Message-ID), each naming its 50.
+        forwards = []
         for i in range(0, len(recipients), SES_MAX_RECIPIENTS):
             batch = recipients[i:i + SES_MAX_RECIPIENTS]
             _replace(message, "To", format_addresses([(p.name or "", p.email) for p in batch], len("To: ")))
-            forwards.append(Forward(to_bytes(message), tuple(p.email for p in batch),
+            forwards.append(Forward(*_head_and_body(to_bytes(message)), tuple(p.email for p in batch),
                                     f"{key}:all:{i}", addressed_by_headers=True))
         return forwards
-    for person in recipients:
-        if route.group:
+    if not route.group:
+        _fit_header_recipients(message, 1)
+        head, body = _head_and_body(to_bytes(message))
+        return [Forward(head, body, (p.email,), f"{key}:{p.email.lower()}") for p in recipients]
+    _replace(message, "To", _TO_PLACEHOLDER)
+    head, body = _head_and_body(to_bytes(message))
+    placeholder = f"\r\nTo: {_TO_PLACEHOLDER}\r\n".encode("ascii")
+    start = (b"\r\n" + head).find(placeholder)
+    if start < 0:  # not written as expected: serialise each forward whole
+        forwards = []
+        for person in recipients:
             _replace(message, "To", format_addresses([(person.name or "", person.email)], len("To: ")))
-        else:
-            _fit_header_recipients(message, 1)
-        forwards.append(Forward(to_bytes(message), (person.email,), f"{key}:{person.email.lower()}"))
-    return forwards
+            forwards.append(Forward(*_head_and_body(to_bytes(message)), (person.email,), f"{key}:{person.email.lower()}"))
+        return forwards
+    before, after = head[:start], head[start + len(placeholder) - 2:]
+    return [Forward(before + b"To: " + format_addresses([(p.name or "", p.email)], len("To: ")).encode("ascii")
+                    + b"\r\n" + after, body, (p.email,), f"{key}:{p.email.lower()}") for p in recipients]
