@@ -4,33 +4,46 @@ Run as ``python -m dbmail_local.moto_server --port N --outbox DIR``. The outbox 
 emulator side, so it sees exactly what any client (a handler, a test, the website) handed to SES.
 SES v1 SendRawEmail and v2 SendEmail with Raw content both end in the SES backend's
 ``send_raw_email``; Simple sends end in ``send_email`` and are written as a composed message.
-It also fixes a race in moto's SQS that would hand one message to several receivers at once,
-and gives moto's SQS a cheaper clock (see speed_up_sqs_clock).
+It also fixes moto's SQS races (one message handed to several receivers at once, deleted
+messages coming back, sent messages lost; see serialize_sqs_queues), gives moto's SQS a cheaper
+clock (see speed_up_sqs_clock), and, for tests only, injects faults read from a JSON file given
+with ``--faults FILE`` (SES send errors, SQS duplicate deliveries; see FaultSpec).
 """
 
 import argparse
+import copy
 import itertools
+import json
 import logging
 import os
+import random
 import signal
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 from moto.server import ThreadedMotoServer
 from moto.ses.models import SESBackend
+from moto.ses.responses import EmailResponse
+from moto.sesv2.responses import SESV2Response
 from moto.sqs import models as sqs_models
-from moto.sqs.models import SQSBackend
+from moto.sqs.models import Message, Queue, SQSBackend
 
 from . import logs
 
 log = logging.getLogger("dbmail_local.moto_server")  # also when run as __main__
 
 RECEIVE_RECHECK_SECONDS = 0.2  # how soon a long poll sees a message whose visibility ended
+FAULTS_RELOAD_SECONDS = 0.2  # how often the faults file's stat is checked for a change
 
 
 class Outbox:
@@ -110,16 +123,73 @@ def speed_up_sqs_clock() -> None:
     sqs_models.unix_time_millis = fast_unix_time_millis
 
 
-def serialize_sqs_receives() -> None:
-    """Makes each queue hand a message to one receiver at a time, as SQS does.
+def _unpatched(method: Callable[..., Any]) -> Callable[..., Any]:
+    """moto's own method, also when serialize_sqs_queues already replaced it (so it can run twice)."""
+    return getattr(method, "_dbmail_unpatched", method)
 
-    moto picks and marks messages without a lock, so the runner's concurrent pollers could
-    all receive the same message (and send the same email twice). Picking is serialized per
-    queue; long polling waits outside the lock, so one waiting poller never blocks another.
+
+def _patches(original: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def mark(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        wrapper.__name__ = original.__name__
+        wrapper._dbmail_unpatched = original  # type: ignore[attr-defined]
+        return wrapper
+
+    return mark
+
+
+@contextmanager
+def _queue_locked(backend: SQSBackend, queue_name: str) -> Iterator[Queue]:
+    """Holds the queue's own lock (the re-entrant one moto's add_message takes) and yields the queue."""
+    queue = backend.get_queue(queue_name)
+    with queue._messages_lock:  # noqa: SLF001 - moto's lock, so its own add_message is serialized too
+        yield queue
+
+
+def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
+    """Makes every change to a queue's messages, and every pick of messages to hand out, one at a time.
+
+    moto guards only the append in ``Queue.add_message`` with a lock. ``Queue.delete_message``
+    rebuilds the queue's list without it (``self._messages = new_messages``), so two concurrent
+    deletes each write back a list that still holds the other's message (it comes back once
+    its visibility timeout ends: a deleted message delivered again), and a send that appends
+    to the old list while a delete rebuilds it is lost. ``receive_message`` picks and marks
+    messages without any lock, so concurrent receivers could all get the same message.
+
+    Here the queue's re-entrant ``_messages_lock`` is held around add_message (every send,
+    batch entry and move to a dead-letter queue), delete_message (and batches), the pick of
+    receive_message, change_message_visibility (and batches) and purge_queue. Long polling
+    waits outside the lock, so one waiting poller never blocks another. Lock order is a
+    queue, then its dead-letter queue (a receive moves messages there): a redrive cycle
+    between queues could deadlock, which the template does not have.
+
+    ``faults`` (if given) adds SQS's at-least-once duplicates to what receivers get.
     """
-    receive_message = SQSBackend.receive_message
-    locks: dict[str, threading.Lock] = {}
+    add_message = _unpatched(Queue.add_message)
+    delete_message = _unpatched(Queue.delete_message)
+    receive_message = _unpatched(SQSBackend.receive_message)
 
+    @_patches(add_message)
+    def add_message_locked(self: Queue, message: Message) -> None:
+        with self._messages_lock:  # noqa: SLF001
+            add_message(self, message)  # re-enters the lock for its append and notify
+
+    @_patches(delete_message)
+    def delete_message_locked(self: Queue, receipt_handle: str) -> None:
+        with self._messages_lock:  # noqa: SLF001
+            delete_message(self, receipt_handle)
+
+    def per_queue(name: str) -> None:
+        """Makes a backend method whose first argument is a queue name run holding that queue's lock."""
+        method = _unpatched(getattr(SQSBackend, name))
+
+        @_patches(method)
+        def locked(self: SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+            with _queue_locked(self, queue_name):
+                return method(self, queue_name, *args, **kwargs)
+
+        setattr(SQSBackend, name, locked)
+
+    @_patches(receive_message)
     def receive_message_exclusively(
         self: SQSBackend,
         queue_name: str,
@@ -130,8 +200,10 @@ def serialize_sqs_receives() -> None:
     ) -> Any:
         deadline = time.monotonic() + wait_seconds_timeout
         while True:
-            with locks.setdefault(queue_name, threading.Lock()):
+            with _queue_locked(self, queue_name) as queue:
                 messages = receive_message(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+                if messages and faults is not None:
+                    faults.duplicate_received(queue, messages)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0:
                 return messages
@@ -139,7 +211,269 @@ def serialize_sqs_receives() -> None:
             self.get_queue(queue_name).wait_for_messages(min(remaining, RECEIVE_RECHECK_SECONDS))
             time.sleep(0.01)  # visible but unavailable (a FIFO group in flight): do not spin
 
+    Queue.add_message = add_message_locked  # type: ignore[method-assign]
+    Queue.delete_message = delete_message_locked  # type: ignore[method-assign]
     SQSBackend.receive_message = receive_message_exclusively  # type: ignore[method-assign]
+    # A batch holds the lock once for all its entries (each entry re-enters it).
+    for name in ("send_message_batch", "delete_message_batch", "change_message_visibility",
+                 "change_message_visibility_batch", "purge_queue"):
+        per_queue(name)
+
+
+serialize_sqs_receives = serialize_sqs_queues  # its former name (it covered receives only)
+
+
+# ---- fault injection (tests only) ---------------------------------------------------------
+
+SES_FAULT_KINDS = ("throttle", "transient", "permanent")
+
+
+@dataclass(frozen=True)
+class SesFault:
+    """How real SES fails a send: HTTP status, error code and message for v2 (REST-JSON) and v1 (Query)."""
+
+    v2_status: int
+    v2_code: str
+    v1_status: int
+    v1_code: str
+    v1_type: str  # Sender or Receiver
+    message: str
+
+
+SES_ERRORS = {
+    # v2 answers 429 TooManyRequestsException, v1 400 Throttling, both "Maximum sending rate exceeded.".
+    "throttle": SesFault(429, "TooManyRequestsException", 400, "Throttling", "Sender", "Maximum sending rate exceeded."),
+    # The common AWS server error of both APIs; botocore's retry modes retry any 5xx.
+    "transient": SesFault(
+        500, "InternalFailure", 500, "InternalFailure", "Receiver",
+        "The request processing has failed because of an unknown error, exception or failure.",
+    ),
+    "permanent": SesFault(
+        400, "MessageRejected", 400, "MessageRejected", "Sender", "Email rejected (dbmail_local fault injection)."
+    ),
+}
+
+
+def _share(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"faults: {name} must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """What the faults file asks for; every share is a probability from 0 to 1.
+
+        {"ses_send": {"throttle": 0.2, "transient": 0.1, "permanent": 0.0},
+         "sqs_duplicate": 0.05, "seed": 7}
+
+    ``ses_send``: shares of SES sends (v2 SendEmail, v1 SendEmail and SendRawEmail) that fail,
+    before anything is sent or written to the outbox, as SES fails them (see SES_ERRORS); at
+    most 1 together. ``sqs_duplicate``: share of the messages a ReceiveMessage returns of which
+    an exact copy (body, message and system attributes, SentTimestamp; a new MessageId) is
+    also put in the queue, like SQS's at-least-once delivery (standard queues only; FIFO queues
+    do not duplicate). ``seed`` makes the draws repeatable (from each load of the file on).
+    Every key is optional; an empty spec means no faults.
+    """
+
+    ses_throttle: float = 0.0
+    ses_transient: float = 0.0
+    ses_permanent: float = 0.0
+    sqs_duplicate: float = 0.0
+    seed: int | None = None
+
+    @classmethod
+    def from_json(cls, spec: Mapping[str, Any] | None) -> "FaultSpec":
+        """Validates a spec (the parsed file; None: no faults); raises ValueError."""
+        if spec is None:
+            return cls()
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"faults: expected a JSON object, not {type(spec).__name__}")
+        unknown = set(spec) - {"ses_send", "sqs_duplicate", "seed"}
+        if unknown:
+            raise ValueError(f"faults: unknown keys {sorted(unknown)}")
+        ses = spec.get("ses_send") or {}
+        if not isinstance(ses, Mapping) or set(ses) - set(SES_FAULT_KINDS):
+            raise ValueError(f"faults: ses_send takes {list(SES_FAULT_KINDS)}, not {ses!r}")
+        shares = {kind: _share(ses.get(kind, 0.0), f"ses_send.{kind}") for kind in SES_FAULT_KINDS}
+        if sum(shares.values()) > 1.0 + 1e-9:
+            raise ValueError(f"faults: the ses_send shares add up to more than 1: {shares}")
+        seed = spec.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"faults: seed must be an integer, not {seed!r}")
+        return cls(
+            ses_throttle=shares["throttle"],
+            ses_transient=shares["transient"],
+            ses_permanent=shares["permanent"],
+            sqs_duplicate=_share(spec.get("sqs_duplicate", 0.0), "sqs_duplicate"),
+            seed=seed,
+        )
+
+    @property
+    def any(self) -> bool:
+        return bool(self.ses_throttle or self.ses_transient or self.ses_permanent or self.sqs_duplicate)
+
+
+def faults_file_key(path: Path) -> str:
+    """Identifies one version of a file: os.replace gives a new inode, a rewrite a new mtime or size."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "absent"
+    return f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
+
+
+def faults_ack_path(path: Path) -> Path:
+    """Where the server writes the key (see faults_file_key) of the faults file version it has loaded."""
+    return path.with_name(path.name + ".loaded")
+
+
+class Faults:
+    """The faults file's current FaultSpec, reloaded when the file changes, and the draws from it.
+
+    A thread checks the file's stat every FAULTS_RELOAD_SECONDS; an absent file means no
+    faults. After each load the file's key goes to ``<file>.loaded``, so a writer can wait until
+    its faults apply (see stack.write_faults). Requests only read ``self.spec``.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.spec = FaultSpec()
+        self._key: str | None = None  # the first reload always loads (and acknowledges)
+        self._random = random.Random()
+        self._random_lock = threading.Lock()
+
+    def reload(self) -> None:
+        if self.path is None:
+            return
+        key = faults_file_key(self.path)
+        if key == self._key:
+            return
+        try:
+            spec = FaultSpec.from_json(json.loads(self.path.read_text(encoding="utf-8"))) if key != "absent" else FaultSpec()
+        except FileNotFoundError:
+            return  # removed between stat and read: the next check sees it
+        except ValueError as error:  # json.JSONDecodeError is a ValueError
+            log.error("faults file not valid: no faults", extra={"faults": str(self.path), "error": str(error)})
+            spec = FaultSpec()
+        with self._random_lock:
+            self._random = random.Random(spec.seed)
+            self.spec = spec
+        self._key = key
+        level = logging.WARNING if spec.any else logging.INFO  # a developer's `make up` should notice
+        log.log(level, "faults loaded", extra={"faults": str(self.path), **vars(spec)})
+        ack = faults_ack_path(self.path)
+        partial = ack.with_name(f".{ack.name}.partial")
+        partial.write_text(key + "\n", encoding="utf-8")
+        os.replace(partial, ack)
+
+    def watch(self, stopping: threading.Event) -> threading.Thread:
+        """Reloads the file whenever it changes, until ``stopping`` is set."""
+
+        def reload() -> None:
+            try:
+                self.reload()
+            except OSError:
+                log.exception("could not read the faults file or write its .loaded", extra={"faults": str(self.path)})
+
+        def run() -> None:
+            while not stopping.wait(FAULTS_RELOAD_SECONDS):
+                reload()
+
+        reload()  # faults written before the server started apply to its first request
+        thread = threading.Thread(target=run, name="faults-watcher", daemon=True)
+        thread.start()
+        return thread
+
+    def _draw(self) -> float:
+        with self._random_lock:
+            return self._random.random()
+
+    def ses_send_fault(self) -> str | None:
+        """The kind of fault this send gets ("throttle", "transient", "permanent"), or None."""
+        spec = self.spec
+        if not (spec.ses_throttle or spec.ses_transient or spec.ses_permanent):
+            return None
+        draw = self._draw()
+        for kind, share in (("throttle", spec.ses_throttle), ("transient", spec.ses_transient),
+                            ("permanent", spec.ses_permanent)):
+            if draw < share:
+                return kind
+            draw -= share
+        return None
+
+    def duplicate_received(self, queue: Queue, received: list[Message]) -> None:
+        """Puts an exact copy (new message id) of a share of the received messages in the queue.
+
+        Runs holding the queue's lock; ``received`` are receive_message's copies of the messages.
+        """
+        share = self.spec.sqs_duplicate
+        if not share or queue.fifo_queue:
+            return
+        chosen = [message.id for message in received if self._draw() < share]
+        if not chosen:
+            return
+        originals = {message.id: message for message in queue._messages}  # noqa: SLF001
+        for message_id in chosen:
+            original = originals.get(message_id)
+            if original is None:
+                continue
+            duplicate = Message(str(uuid.uuid4()), original.body, copy.deepcopy(original.system_attributes))
+            duplicate.message_attributes = copy.deepcopy(original.message_attributes)
+            duplicate.sender_id = original.sender_id
+            duplicate.sent_timestamp = original.sent_timestamp
+            queue.add_message(duplicate)
+            log.info(
+                "fault injected",
+                extra={"fault": "sqs_duplicate", "queue": queue.name, "message_id": message_id,
+                       "duplicate_id": duplicate.id},
+            )
+
+
+def _ses_v2_error(error: SesFault) -> tuple[str, dict[str, Any]]:
+    headers = {"status": error.v2_status, "Content-Type": "application/json", "x-amzn-ErrorType": error.v2_code}
+    return json.dumps({"message": error.message}), headers
+
+
+def _ses_v1_error(error: SesFault) -> tuple[str, dict[str, Any]]:
+    body = (
+        '<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/">'
+        f"<Error><Type>{error.v1_type}</Type><Code>{error.v1_code}</Code><Message>{escape(error.message)}</Message>"
+        f"</Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+    )
+    return body, {"status": error.v1_status, "Content-Type": "text/xml"}
+
+
+def inject_ses_faults(faults: Faults) -> None:
+    """Makes a share of SES sends fail as SES fails them, before the send reaches the backend.
+
+    Wraps the response handlers (v2 SendEmail; v1 SendEmail and SendRawEmail), which return
+    the error's body and headers to moto's dispatch, so a boto3 client gets a ClientError with
+    the real code and HTTP status (botocore's retries go by both). Nothing reaches the outbox.
+    """
+
+    def failing(
+        handler: Callable[[Any], Any], api: str, operation: str, render: Callable[[SesFault], Any]
+    ) -> Callable[[Any], Any]:
+        def respond(self: Any) -> Any:
+            kind = faults.ses_send_fault()
+            if kind is None:
+                return handler(self)
+            error = SES_ERRORS[kind]
+            body, headers = render(error)
+            log.info(
+                "fault injected",
+                extra={"fault": f"ses_{kind}", "api": api, "operation": operation,
+                       "status": headers["status"], "code": error.v2_code if api == "sesv2" else error.v1_code},
+            )
+            return body, headers
+
+        respond.__name__ = handler.__name__
+        return respond
+
+    SESV2Response.send_email = failing(SESV2Response.send_email, "sesv2", "SendEmail", _ses_v2_error)  # type: ignore[method-assign]
+    EmailResponse.send_email = failing(EmailResponse.send_email, "ses", "SendEmail", _ses_v1_error)  # type: ignore[method-assign]
+    EmailResponse.send_raw_email = failing(EmailResponse.send_raw_email, "ses", "SendRawEmail", _ses_v1_error)  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,16 +481,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--outbox", type=Path, required=True)
+    parser.add_argument(
+        "--faults", type=Path, help="a JSON file of faults to inject, for tests (see FaultSpec); may be absent"
+    )
     args = parser.parse_args(argv)
 
     logs.configure(json_lines=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns the log
     record_sent_mail(Outbox(args.outbox))
-    serialize_sqs_receives()
+    faults = Faults(args.faults.resolve()) if args.faults else None
+    serialize_sqs_queues(faults)
     speed_up_sqs_clock()
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    if faults is not None:
+        inject_ses_faults(faults)
+        faults.watch(stopping)
     server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
     server.start()
     log.info("moto listening", extra={"url": f"http://{args.host}:{args.port}", "outbox": str(args.outbox)})

@@ -360,7 +360,11 @@ def _dynamodb_argv(port: int) -> list[str]:
     ]
 
 
-def _moto_argv(port: int, outbox: Path) -> list[str]:
+FAULTS_FILE = "faults.json"  # in the state directory: faults the moto server injects, for tests
+FAULTS_LOAD_TIMEOUT = 5.0
+
+
+def _moto_argv(port: int, outbox: Path, faults: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -371,7 +375,40 @@ def _moto_argv(port: int, outbox: Path) -> list[str]:
         str(port),
         "--outbox",
         str(outbox),
+        "--faults",
+        str(faults),
     ]
+
+
+def write_faults(state: StatePaths, spec: Mapping[str, Any] | None, *, timeout: float = FAULTS_LOAD_TIMEOUT) -> None:
+    """Switches the faults the stack's moto injects (None: none); returns once moto has them.
+
+    ``spec`` is the faults file's JSON (see moto_server.FaultSpec), e.g.
+    ``{"ses_send": {"throttle": 0.2, "transient": 0.1, "permanent": 0.0}, "sqs_duplicate": 0.05, "seed": 7}``.
+    It is checked, then written to ``<state>/faults.json`` atomically (None removes the file);
+    when moto runs this waits until it has loaded that version (it looks every 0.2 s).
+    """
+    from .moto_server import FaultSpec, faults_ack_path, faults_file_key  # imports moto: only for tests
+
+    path = state.root / FAULTS_FILE
+    if spec is None:
+        path.unlink(missing_ok=True)
+    else:
+        FaultSpec.from_json(spec)  # a ValueError here, not an error in moto's log
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    if running_pid(state, "moto") is None:
+        return
+    key, ack = faults_file_key(path), faults_ack_path(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            if ack.read_text(encoding="utf-8").strip() == key:
+                return
+        if time.monotonic() > deadline:
+            raise StackError(f"moto did not load {path} within {timeout:.0f} s; see {state.log_file('moto')}")
+        time.sleep(0.05)
 
 
 def up(
@@ -413,7 +450,7 @@ def up(
     try:
         processes = {
             "dynamodb": _spawn(state, "dynamodb", _dynamodb_argv(ports["dynamodb"])),
-            "moto": _spawn(state, "moto", _moto_argv(ports["moto"], state.outbox)),
+            "moto": _spawn(state, "moto", _moto_argv(ports["moto"], state.outbox, state.root / FAULTS_FILE)),
         }
         for name, process in processes.items():
             _wait_until(partial(_port_answers, ports[name]), process, state, name, f"listening on port {ports[name]}")
