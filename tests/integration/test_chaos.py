@@ -1,0 +1,173 @@
+"""The fault campaign: outgoing mail on the real local stack while the provider fails a share of
+sends (throttled, transient, permanent), SQS delivers duplicates, and the runner is SIGKILLed at
+random points of expand and send (and stopped gracefully once), each time started again with
+new clients. It asserts that nothing is lost: every email ends final, the counts reconcile,
+duplicates only come from the documented crash window and carry the same Message-ID, and the
+permanently refused emails are delivered once each by `dbmail resend` after the cause is gone.
+
+`make test` runs it small; `make chaos` at full size (DBMAIL_CHAOS_RECIPIENTS=20000). It prints
+its figures. DBMAIL_CHAOS_SEED replays a run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from dbmail import models, settings
+from dbmail.client import request_status, submit_request
+from dbmail.expand import message_id_for
+from dbmail.models import EmailStatus, utcnow
+from dbmail.resend import resend
+from dbmail.store import Store
+from dbmail_local import stack
+from tests.conftest import recipient
+from tests.integration.test_outgoing import outbox_by_message_id
+
+pytestmark = pytest.mark.integration
+
+RECIPIENTS = int(os.environ.get("DBMAIL_CHAOS_RECIPIENTS", "500"))
+KILLS = int(os.environ.get("DBMAIL_CHAOS_KILLS", "3"))
+SEED = int(os.environ.get("DBMAIL_CHAOS_SEED", str(random.SystemRandom().randrange(10**6))))
+# botocore's adaptive mode slows the client after each throttle (as it should against a real
+# quota), so random throttles are kept rare here; test_half_of_all_sends_throttled has its own.
+FAULTS = {"ses_send": {"throttle": 0.03, "transient": 0.05, "permanent": 0.01}, "sqs_duplicate": 0.05, "seed": SEED}
+SEND_POLLERS = 4  # the runner's SQS pollers for the send function; each has at most one send in flight
+
+
+@pytest.fixture(scope="module")
+def store(local_stack):
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+    yield Store(settings.get_settings())
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+
+
+def kill_runner(local_stack) -> None:
+    """SIGKILL, like a crashed Lambda: no time to save anything."""
+    pid = stack.running_pid(local_stack.state, stack.RUNNER)
+    assert pid is not None, "the runner is not running"
+    os.killpg(pid, signal.SIGKILL)
+    local_stack.wait_for(lambda: stack.running_pid(local_stack.state, stack.RUNNER) is None, timeout=10)
+
+
+def sent_count(store, request_ids) -> int:
+    return sum(store.email_status_counts(rid)[EmailStatus.SENT] for rid in request_ids)
+
+
+def all_settled(request_ids):
+    def check():
+        statuses = [request_status(rid) for rid in request_ids]
+        return statuses if all(s["reconciliation"]["settled"] for s in statuses) else None
+    return check
+
+
+def test_fault_campaign(local_stack, store):
+    rng = random.Random(SEED)
+    print(f"\nfault campaign: {RECIPIENTS} recipients, {KILLS} kills, seed {SEED}, faults {FAULTS}")
+    started = time.monotonic()
+    stack.write_faults(local_stack.state, FAULTS)
+    events = []
+    try:
+        # given two requests, one to students and guardians, one to students only
+        big = RECIPIENTS * 3 // 5
+        request_ids = [
+            submit_request(subject="Chaos {{ user.first_name }}", msgtext="<html><body>Dear {{ user.first_name }}</body></html>",
+                           recipients=[recipient(i) for i in range(100_000, 100_000 + big)],
+                           sendto_fn_name="send_to_self_and_guardian", sender="splash@example.org"),
+            submit_request(subject="Chaos two", msgtext="Dear {{ user.first_name }}",
+                           recipients=[recipient(i, guardian_email=None) for i in range(200_000, 200_000 + RECIPIENTS - big)],
+                           sender="splash@example.org"),
+        ]
+        # when the runner is killed mid-expand ...
+        local_stack.wait_for(lambda: store.get_request(request_ids[0]).expand_cursor, timeout=120, interval=0.02)
+        time.sleep(rng.uniform(0, 0.5))
+        events.append(f"SIGKILL while the first request was {store.get_request(request_ids[0]).status}")
+        kill_runner(local_stack)
+        local_stack.start_runner()
+        # ... then at random points of sending, and stopped gracefully once
+        for kill in range(KILLS):
+            target = sent_count(store, request_ids) + rng.randint(5, max(6, RECIPIENTS // (KILLS + 2)))
+            local_stack.wait_for(lambda: sent_count(store, request_ids) >= target, timeout=600, interval=0.1)
+            if kill == KILLS // 2:
+                events.append(f"graceful stop after {sent_count(store, request_ids)} sent: {local_stack.stop_runner()}")
+            else:
+                events.append(f"SIGKILL after {sent_count(store, request_ids)} sent")
+                kill_runner(local_stack)
+            local_stack.start_runner()
+        # then every request settles: every email final, through retries and the sweep
+        statuses = local_stack.wait_for(all_settled(request_ids), timeout=900, interval=2)
+    finally:
+        stack.write_faults(local_stack.state, None)
+    settled_after = time.monotonic() - started
+    by_status = Counter()
+    for status in statuses:
+        by_status.update(status["emails_by_status"])
+        assert status["status"] == "processed" and status["reconciliation"]["balanced"], status
+        assert status["reconciliation"]["outstanding"] == 0 and not status["stuck"], status
+    expected = big * 2 + (RECIPIENTS - big)
+    assert sum(by_status.values()) == expected
+    assert set(by_status) <= {"sent", "failed"}, by_status
+    # and what failed was refused for good or ran out of tries, never a throttle
+    failed = [email for rid in request_ids for email in store.failed_emails(rid)]
+    assert all("Throttl" not in (email.error or "") and "TooManyRequests" not in (email.error or "") for email in failed)
+    # and once the cause is gone, `dbmail resend` delivers each failed email once
+    resent = sum(resend(store, _send_queue(), rid, utcnow()) for rid in request_ids)
+    assert resent == len(failed)
+    statuses = local_stack.wait_for(
+        lambda: (s := [request_status(rid) for rid in request_ids]) and all(
+            x["emails_by_status"] == {"sent": x["reconciliation"]["emails"]} for x in s) and s,
+        timeout=300, interval=1)
+    # and every email is in the outbox, duplicates only from the crash window, with the same Message-ID
+    copies = Counter()
+    by_id = outbox_by_message_id(local_stack.outbox)
+    for rid in request_ids:
+        for email in store.iter_emails(rid, ["email_key", "send_from", "message_id"]):
+            message_id = message_id_for(rid, email.email_key, email.send_from)
+            assert email.message_id == message_id
+            copies[len(by_id.get(message_id, []))] += 1
+    assert copies[0] == 0, f"{copies[0]} emails never reached SES"
+    duplicated = sum(count for n, count in copies.items() if n > 1)
+    sigkills = sum(1 for e in events if e.startswith("SIGKILL"))
+    assert duplicated <= SEND_POLLERS * sigkills, copies
+    print("\n".join(["fault campaign figures:", *(f"  {e}" for e in events),
+                     f"  emails: {expected}, settled after {settled_after:.0f} s with {dict(by_status)}",
+                     f"  failed then resent once each: {resent}",
+                     f"  copies in the outbox per email: {dict(sorted(copies.items()))} "
+                     f"(duplicates {duplicated}, allowed {SEND_POLLERS * sigkills} for {sigkills} SIGKILLs)",
+                     f"  total {time.monotonic() - started:.0f} s, seed {SEED}"]))
+
+
+def _send_queue():
+    from dbmail import wiring
+
+    wiring.send_queue.cache_clear()
+    return wiring.send_queue()
+
+
+def test_half_of_all_sends_throttled_still_delivers_everything_and_fails_nothing(local_stack, store):
+    # given a provider that throttles half of all calls
+    stack.write_faults(local_stack.state, {"ses_send": {"throttle": 0.5}, "seed": SEED})
+    try:
+        request_id = submit_request(subject="Throttled", msgtext="Dear {{ user.first_name }}",
+                                    recipients=[recipient(i, guardian_email=None) for i in range(300_000, 300_020)],
+                                    sender="splash@example.org")
+        # then every email is eventually sent, none failed, none in the DLQ
+        status = local_stack.wait_for(
+            lambda: (s := request_status(request_id))["emails_by_status"] == {"sent": 20} and s, timeout=600, interval=1)
+    finally:
+        stack.write_faults(local_stack.state, None)
+    sqs = local_stack.client("sqs")
+    dlq = sqs.get_queue_attributes(QueueUrl=local_stack.env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"],
+                                   AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert dlq["ApproximateNumberOfMessages"] == "0"
+    throttles = sum(int(e.throttles or 0) for e in store.iter_emails(request_id, ["throttles"]))
+    tries = sum(int(e.tries or 0) for e in store.iter_emails(request_id, ["tries"]))
+    print(f"\nhalf throttled: 20 sent, {throttles} throttles reached dbmail (after botocore's retries), {tries} tries spent")
+    assert tries == 0 and status["reconciliation"]["balanced"]
