@@ -11,6 +11,8 @@ with ``--faults FILE`` (SES send errors, SQS duplicate deliveries; see FaultSpec
 """
 
 import argparse
+import queue
+import smtplib
 import copy
 import itertools
 import json
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -78,8 +81,52 @@ def _compose(source: str, subject: str, body: str, destinations: dict[str, list[
     return message.as_bytes()
 
 
-def record_sent_mail(outbox: Outbox) -> None:
-    """Wraps moto's SES backend so each send it accepts is also written to the outbox.
+class SesHop:
+    """What SES does with mail it sends to a domain whose MX is SES receiving: it receives it.
+
+    Each raw send whose recipients include addresses of the receipt rules' domains is handed to
+    the local SMTP front (the runner's), in the background and in order, as SES would deliver
+    it: so a forward to ``directors@<chapter>`` comes back in as inbound mail, as it does once
+    deployed. A front that does not answer is retried a few times, then the hop is logged as lost.
+    """
+
+    ATTEMPTS = 5
+
+    def __init__(self, host: str, port: int, recipients: tuple[str, ...]) -> None:
+        self.address = (host, port)
+        self.recipients = recipients  # SES Recipients entries: address, domain or .domain
+        self._queue: "queue.Queue[tuple[str, list[str], bytes]]" = queue.Queue()
+        threading.Thread(target=self._work, name="ses-hop", daemon=True).start()
+
+    def ours(self, address: str) -> bool:
+        address = address.lower()
+        domain = address.rpartition("@")[2]
+        return any(address == entry if "@" in entry else
+                   domain.endswith(entry) if entry.startswith(".") else domain == entry for entry in self.recipients)
+
+    def offer(self, source: str, recipients: list[str], raw: bytes) -> None:
+        local = sorted({r for r in (parseaddr(r)[1] for r in recipients) if r and self.ours(r)})
+        if local:
+            self._queue.put((parseaddr(source)[1] or "", local, raw))
+
+    def _work(self) -> None:
+        while True:
+            source, recipients, raw = self._queue.get()
+            for attempt in range(self.ATTEMPTS):
+                try:
+                    with smtplib.SMTP(*self.address, timeout=30) as smtp:
+                        smtp.sendmail(source, recipients, raw)
+                    log.info("SES hop: mail for our own domains received again", extra={"recipients": len(recipients)})
+                    break
+                except (OSError, smtplib.SMTPException) as error:
+                    if attempt == self.ATTEMPTS - 1:
+                        log.error("SES hop lost: the SMTP front did not take it", extra={"error": str(error)})
+                    time.sleep(1 + attempt)
+
+
+def record_sent_mail(outbox: Outbox, hop: SesHop | None = None) -> None:
+    """Wraps moto's SES backend so each send it accepts is also written to the outbox (and,
+    with ``hop``, mail to our own domains comes back in through SES receiving).
 
     A send SES rejects (unverified sender, bad address) raises before anything is written,
     as a real SES would not deliver it either.
@@ -88,9 +135,12 @@ def record_sent_mail(outbox: Outbox) -> None:
     send_email = SESBackend.send_email
 
     def send_raw_email_to_outbox(self: SESBackend, source: str, destinations: list[str], raw_data: str) -> Any:
+        explicit = list(destinations)  # moto appends the header recipients to the list it is given
         message = send_raw_email(self, source, destinations, raw_data)
         path = outbox.write(raw_data.encode("utf-8"))
         log.info("raw email accepted", extra={"message_id": message.id, "eml": path.name})
+        if hop is not None:
+            hop.offer(source or "", explicit or list(destinations), raw_data.encode("utf-8"))
         return message
 
     def send_email_to_outbox(
@@ -484,11 +534,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--faults", type=Path, help="a JSON file of faults to inject, for tests (see FaultSpec); may be absent"
     )
+    parser.add_argument("--ses-hop", metavar="HOST:PORT", help="SMTP front that receives mail sent to our own domains")
+    parser.add_argument("--ses-hop-recipients", default="", help="comma-separated receipt rule Recipients entries")
     args = parser.parse_args(argv)
 
     logs.configure(json_lines=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns the log
-    record_sent_mail(Outbox(args.outbox))
+    hop = None
+    if args.ses_hop and args.ses_hop_recipients:
+        host, _, port = args.ses_hop.rpartition(":")
+        hop = SesHop(host, int(port), tuple(r.strip().lower() for r in args.ses_hop_recipients.split(",") if r.strip()))
+    record_sent_mail(Outbox(args.outbox), hop)
     faults = Faults(args.faults.resolve()) if args.faults else None
     serialize_sqs_queues(faults)
     speed_up_sqs_clock()

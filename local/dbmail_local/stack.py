@@ -364,7 +364,8 @@ FAULTS_FILE = "faults.json"  # in the state directory: faults the moto server in
 FAULTS_LOAD_TIMEOUT = 5.0
 
 
-def _moto_argv(port: int, outbox: Path, faults: Path) -> list[str]:
+def _moto_argv(port: int, outbox: Path, faults: Path, smtp_port: int, hop_recipients: list[str]) -> list[str]:
+    hop = ["--ses-hop", f"{HOST}:{smtp_port}", "--ses-hop-recipients", ",".join(hop_recipients)] if hop_recipients else []
     return [
         sys.executable,
         "-m",
@@ -377,6 +378,7 @@ def _moto_argv(port: int, outbox: Path, faults: Path) -> list[str]:
         str(outbox),
         "--faults",
         str(faults),
+        *hop,
     ]
 
 
@@ -444,13 +446,16 @@ def up(
     ports = {"dynamodb": choose_port(dynamodb_port)}
     ports["moto"] = choose_port(moto_port, taken=set(ports.values()))
     ports["smtp"] = choose_port(smtp_port, taken=set(ports.values()))
+    from .ses_receiving import receipt_rules  # here: it imports the runner's modules, which import this one
+
     dynamodb_url, moto_url = (f"http://{HOST}:{ports[name]}" for name in EMULATORS)
     loaded = Template.load(template, parameters, target=LocalTarget(sqs_url=moto_url))
     env = stack_environment(state, loaded, dynamodb_url, moto_url, ports["smtp"])
     try:
         processes = {
             "dynamodb": _spawn(state, "dynamodb", _dynamodb_argv(ports["dynamodb"])),
-            "moto": _spawn(state, "moto", _moto_argv(ports["moto"], state.outbox, state.root / FAULTS_FILE)),
+            "moto": _spawn(state, "moto", _moto_argv(ports["moto"], state.outbox, state.root / FAULTS_FILE, ports["smtp"],
+                                                     [entry for rule in receipt_rules(loaded) for entry in rule.recipients])),
         }
         for name, process in processes.items():
             _wait_until(partial(_port_answers, ports[name]), process, state, name, f"listening on port {ports[name]}")

@@ -921,6 +921,16 @@ class Forward:
         return self.head + self.body
 
 
+def _first_sender(message: Message, hint: str | None) -> tuple[str, str]:
+    """Who wrote the message. One of our forwards coming back in (to a redirect, through the
+    SES hop) names the original sender in X-ESP-SENDER; its From is our own noreply."""
+    if been_there(message):
+        earlier = parse_mailboxes(raw_header(message, "X-ESP-SENDER") or "", hint)
+        if earlier and "@" in earlier[0][1]:
+            return earlier[0]
+    return original_sender(message)
+
+
 def rewrite(raw: bytes, route: Route, *, site_name: str, chapter_domain: str,
             list_address: str | None = None) -> Message:
     """The message as it will be forwarded for ``route`` (before per-recipient addressing).
@@ -928,7 +938,7 @@ def rewrite(raw: bytes, route: Route, *, site_name: str, chapter_domain: str,
     added as an X-BeenThere header, after any the message already has."""
     message = parse(raw)
     hint = _charset_hint(message)
-    name, address = original_sender(message)
+    name, address = _first_sender(message, hint)
     _safe_boundaries(message)
     _clean_headers(message)
     _safe_headers(message, hint)
