@@ -12,9 +12,16 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
+from hypothesis import settings as hypothesis_settings
 from moto import mock_aws
 
 from dbmail import models, settings, wiring
+
+# Property tests draw the same examples on every run, so a red CI is reproducible; set
+# HYPOTHESIS_RANDOM=1 to explore new ones.
+hypothesis_settings.register_profile("deterministic", derandomize=True)
+hypothesis_settings.register_profile("random", derandomize=False)
+hypothesis_settings.load_profile("random" if os.environ.get("HYPOTHESIS_RANDOM") else "deterministic")
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"

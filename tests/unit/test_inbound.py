@@ -259,6 +259,39 @@ def test_a_handler_error_leaves_the_message_recorded_and_reprocessable(inbound, 
     assert len(outbox.sent()) == 4
 
 
+def test_the_sweep_processes_again_what_failed_once_it_has_been_quiet_and_gives_up_after_five(inbound, monkeypatch):
+    from datetime import timedelta
+
+    from dbmail.inbound import SWEEP_MAX_ATTEMPTS, SWEEP_NOT_BEFORE
+    from dbmail.models import utcnow
+
+    router = wiring.inbound_router()
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("SES unreachable")
+
+    # given a message that failed, and one that failed for good (its attempts used up)
+    monkeypatch.setattr(router.transport, "send_raw", broken)
+    with pytest.raises(ConnectionError):
+        receive(inbound, message())
+    (fixable,) = [i.message_id for i in router.store.with_status(InboundStatus.FAILED)]
+    with pytest.raises(ConnectionError):
+        receive(inbound, message(subject="hopeless"))
+    (hopeless,) = [i for i in router.store.with_status(InboundStatus.FAILED) if i.message_id != fixable]
+    for _ in range(SWEEP_MAX_ATTEMPTS):
+        with pytest.raises(ConnectionError):
+            router.reprocess(hopeless.message_id)
+    monkeypatch.undo()
+    # when the sweep runs right away, nothing is tried (the last attempt may still be running)
+    assert router.sweep(utcnow()) == {}
+    # and once they have been quiet long enough, the first is forwarded, the other left for a person
+    outbox = Outbox()
+    later = utcnow() + max(router.settings.stranded_after, SWEEP_NOT_BEFORE) + timedelta(seconds=1)
+    assert router.sweep(later) == {InboundStatus.FORWARDED: 1}
+    assert len(outbox.sent()) == 4
+    assert [i.message_id for i in router.unfinished(later)] == [hopeless.message_id]
+
+
 def test_a_retry_after_a_partial_forward_does_not_send_twice(inbound, monkeypatch):
     router = wiring.inbound_router()
     real = router.transport.send_raw

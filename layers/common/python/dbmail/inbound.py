@@ -5,6 +5,7 @@ InboundMessage record says what became of it, and a failed one can be processed 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ MAX_HOPS = 5
 FORWARD_CONCURRENCY = 8  # SES calls in flight for one message's fan-out
 # A message still `received` this long after it arrived was cut off (timeout, crash): stuck.
 STUCK_AFTER = timedelta(minutes=10)
+# The sweep tries a failed or stuck message again once its last attempt is this far back (and
+# never sooner than a whole invocation, 120 s, could still be running), at most this many times.
+SWEEP_NOT_BEFORE = timedelta(seconds=150)
+SWEEP_MAX_ATTEMPTS = 5
+SWEEP_MAX_MESSAGES = 50
 
 
 @dataclass
@@ -220,6 +226,25 @@ class InboundRouter:
         (an invocation that timed out or was killed), oldest first."""
         stuck = [item for item in self.store.with_status(InboundStatus.RECEIVED) if item.received_at < now - STUCK_AFTER]
         return sorted([*self.store.with_status(InboundStatus.FAILED), *stuck], key=lambda item: item.received_at)
+
+    def sweep(self, now: datetime) -> dict[str, int]:
+        """The schedule's pass: failed or stuck messages whose last attempt is long enough ago are
+        processed again (forwards that already went are skipped), a few at a time. What still
+        fails after SWEEP_MAX_ATTEMPTS stays `failed` for a person (`dbmail inbound failed`)."""
+        summary: Counter = Counter()
+        quiet_since = now - max(self.settings.stranded_after, SWEEP_NOT_BEFORE)
+        for item in self.unfinished(now):
+            if sum(summary.values()) >= SWEEP_MAX_MESSAGES:
+                break
+            if (item.attempted_at or item.received_at) > quiet_since or int(item.attempts or 0) >= SWEEP_MAX_ATTEMPTS:
+                continue
+            try:
+                summary[self.reprocess(item.message_id)] += 1
+            except Exception:  # recorded and logged by handle(); the sweep goes on with the next
+                summary["failed_again"] += 1
+        if summary:
+            logger.info("inbound sweep", extra=dict(summary))
+        return dict(summary)
 
     def reprocess(self, message_id: str) -> str:
         """Process a failed (or any unfinished) message again from its raw copy in S3."""

@@ -173,7 +173,7 @@ class InboundStore:
             item = Message(message_id=message_id, received_at=now, s3_key=s3_key, recipients=recipients,
                            detail=None)
             item.save(condition=Message.message_id.does_not_exist())
-        actions = [Message.attempts.add(1)]
+        actions = [Message.attempts.add(1), Message.attempted_at.set(now)]
         if verdicts:
             actions.append(Message.verdicts.set(verdicts))
         item.update(actions=actions)

@@ -273,6 +273,7 @@ class InboundMessageBase(Model):
     verdicts = MapAttribute(null=True)
     detail = UnicodeAttribute(null=True)
     attempts = NumberAttribute(default=0)
+    attempted_at = ISODateTimeAttribute(null=True)  # the last attempt's start
 
     by_status = InboundByStatusIndex()
 
