@@ -313,8 +313,8 @@ def _strip_comments(text: str) -> tuple[str, str]:
     return "".join(out), first
 
 
-def _angle_at(text: str) -> int:
-    """Where the first '<' outside quoted strings is, or -1."""
+def _outside_quotes(text: str):
+    """(index, character) of each character outside quoted strings (backslash escapes honoured)."""
     in_quote, escaped = False, False
     for i, ch in enumerate(text):
         if escaped:
@@ -323,9 +323,13 @@ def _angle_at(text: str) -> int:
             escaped = True
         elif ch == '"':
             in_quote = not in_quote
-        elif ch == "<" and not in_quote:
-            return i
-    return -1
+        elif not in_quote:
+            yield i, ch
+
+
+def _angle_at(text: str) -> int:
+    """Where the first '<' outside quoted strings is, or -1."""
+    return next((i for i, ch in _outside_quotes(text) if ch == "<"), -1)
 
 
 def _unquote_phrase(phrase: str) -> str:
@@ -602,21 +606,9 @@ def _param_tokens(name: str, value: str) -> list[str]:
 
 def _split_params(value: str) -> list[str]:
     """'main; a=1; b="x;y"' -> ['main', 'a=1', 'b="x;y"'] (semicolons in quotes kept)."""
-    parts, current, in_quote, escaped = [], [], False, False
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif ch == "\\" and in_quote:
-            escaped = True
-        elif ch == '"':
-            in_quote = not in_quote
-        elif ch == ";" and not in_quote:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    parts.append("".join(current).strip())
-    return parts
+    cuts = [i for i, ch in _outside_quotes(value) if ch == ";"]
+    starts, ends = [0, *(i + 1 for i in cuts)], [*cuts, len(value)]
+    return [value[start:end].strip() for start, end in zip(starts, ends)]
 
 
 def _unquote(value: str) -> str:
