@@ -75,6 +75,19 @@ class LocalStack:
             time.sleep(interval)
 
 
+@pytest.fixture(scope="module")
+def store(local_stack):
+    """dbmail's Store on the stack (settings read once per process, so the caches are reset)."""
+    from dbmail import models, settings
+    from dbmail.store import Store
+
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+    yield Store(settings.get_settings())
+    settings.get_settings.cache_clear()
+    models.bind_models.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = stack.StatePaths(tmp_path_factory.mktemp("dbmail-local"))

@@ -19,12 +19,10 @@ from collections import Counter
 
 import pytest
 
-from dbmail import models, settings
 from dbmail.client import request_status, submit_request
 from dbmail.expand import message_id_for
 from dbmail.models import EmailStatus, utcnow
 from dbmail.resend import resend
-from dbmail.store import Store
 from dbmail_local import stack
 from tests.conftest import recipient
 from tests.integration.test_outgoing import outbox_by_message_id
@@ -38,15 +36,6 @@ SEED = int(os.environ.get("DBMAIL_CHAOS_SEED", str(random.SystemRandom().randran
 # quota), so random throttles are kept rare here; test_half_of_all_sends_throttled has its own.
 FAULTS = {"ses_send": {"throttle": 0.03, "transient": 0.05, "permanent": 0.01}, "sqs_duplicate": 0.05, "seed": SEED}
 SEND_POLLERS = 4  # the runner's SQS pollers for the send function; each has at most one send in flight
-
-
-@pytest.fixture(scope="module")
-def store(local_stack):
-    settings.get_settings.cache_clear()
-    models.bind_models.cache_clear()
-    yield Store(settings.get_settings())
-    settings.get_settings.cache_clear()
-    models.bind_models.cache_clear()
 
 
 def kill_runner(local_stack) -> None:

@@ -14,23 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from dbmail import models, settings
 from dbmail.client import request_status, submit_request
 from dbmail.expand import message_id_for
-from dbmail.store import Store
 from tests.conftest import recipient
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def store(local_stack):
-    """dbmail's settings come from the stack's environment (read once, so the caches are reset)."""
-    settings.get_settings.cache_clear()
-    models.bind_models.cache_clear()
-    yield Store(settings.get_settings())
-    settings.get_settings.cache_clear()
-    models.bind_models.cache_clear()
 
 
 def outbox_by_message_id(outbox: Path) -> dict[str, list[Path]]:

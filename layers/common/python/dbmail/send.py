@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger
 from dbmail.compose import compose
 from dbmail.errors import DeliveryError, FailureKind, RequestInvalid
 from dbmail.expand import message_id_for
-from dbmail.models import EmailStatus, utcnow
+from dbmail.models import utcnow
 from dbmail.queue import QueuedEmail, SendQueue
 from dbmail.settings import Settings
 from dbmail.store import Store
