@@ -582,3 +582,26 @@ def test_per_person_forwards_share_one_serialised_body_and_differ_only_in_to(nam
         check_forward(raw, fw, group)
     strip_to = [re.sub(rb"\r\nTo: [^\r]*(\r\n[ \t][^\r]*)*", b"", fw.head) for fw in forwards]
     assert len(set(strip_to)) == 1
+
+
+def test_a_large_message_to_many_goes_as_a_few_copies_to_the_list_address():
+    # given a 1.4 MB message to a class of 100
+    from dataclasses import replace
+
+    people = tuple(Person(None, f"s{i}@example.net") for i in range(100))
+    big = replace(ROUTES["class"], recipients=people, list_address=LIST)
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "Pa <pa@example.net>", LIST, "Photos"
+    message.set_content("All the photos.\n")
+    message.add_attachment(bytes(range(256)) * 4096, maintype="application", subtype="zip", filename="photos.zip")
+    raw = message.as_bytes(policy=policy.SMTP)
+    forwards = forwards_of(raw, big)
+    # then it goes as three copies of at most 49 envelope recipients (To, naming the list, counts too)
+    assert [len(fw.destinations) for fw in forwards] == [49, 49, 2]
+    assert sorted(d for fw in forwards for d in fw.destinations) == sorted(p.email for p in people)
+    for fw in forwards:
+        back = email.message_from_bytes(fw.raw, policy=policy.default)
+        assert [a.addr_spec for a in back["To"].addresses] == [LIST]
+    assert len({fw.part for fw in forwards}) == 3 and len({id(fw.body) for fw in forwards}) == 1

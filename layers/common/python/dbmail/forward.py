@@ -992,6 +992,7 @@ def to_bytes(message: Message) -> bytes:
 
 
 _TO_PLACEHOLDER = "dbmail-to@placeholder.invalid"
+LARGE_MESSAGE_BYTES = 1_000_000
 
 
 def _head_and_body(raw: bytes) -> tuple[bytes, bytes]:
@@ -1020,6 +1021,13 @@ def split_forwards(message: Message, route: Route, key: str) -> list[Forward]:
         return [Forward(head, body, (p.email,), f"{key}:{p.email.lower()}") for p in recipients]
     _replace(message, "To", _TO_PLACEHOLDER)
     head, body = _head_and_body(to_bytes(message))
+    if len(body) > LARGE_MESSAGE_BYTES and len(recipients) > 1 and route.list_address:
+        # One SES call per person would upload a 12 MB message 150 times: large mail goes as
+        # copies to up to 49 recipients each, To naming the list (as Mailman sends list mail).
+        head = head.replace(_TO_PLACEHOLDER.encode("ascii"), route.list_address.encode("ascii"), 1)
+        size = SES_MAX_RECIPIENTS - 1  # the To address counts too
+        return [Forward(head, body, tuple(p.email for p in recipients[i:i + size]), f"{key}:bulk:{i}")
+                for i in range(0, len(recipients), size)]
     placeholder = f"\r\nTo: {_TO_PLACEHOLDER}\r\n".encode("ascii")
     start = (b"\r\n" + head).find(placeholder)
     if start < 0:  # not written as expected: serialise each forward whole
