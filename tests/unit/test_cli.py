@@ -252,3 +252,9 @@ def test_every_argument_of_every_subcommand_has_help(capsys):
             for option in action.option_strings or [action.metavar or action.dest]:
                 if option not in ("-h",) and not isinstance(action, argparse._SubParsersAction):
                     assert option in out, (name, option)
+
+
+def test_lists_add_can_let_a_class_list_take_automatic_mail(moto_stack, capsys):
+    assert main(["lists", "add", "--regex", r"^\w(\d+)-(class|teachers|students)$", "--handler", "ClassList",
+                 "--seq", "15", "--id", "auto-ok", "--accept-automatic"]) == 0
+    assert json.loads(capsys.readouterr().out)["accept_automatic"] is True

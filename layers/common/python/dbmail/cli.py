@@ -361,7 +361,8 @@ def _lists(args) -> int:
         _require(args, "regex", "handler")
         rules = [inbound_client.add_email_list(
             args.regex, args.handler, seq=args.seq, subject_prefix=args.subject_prefix, admin_hold=args.admin_hold,
-            cc_all=args.cc_all, from_email=args.from_email, description=args.description, list_id=args.id)]
+            cc_all=args.cc_all, from_email=args.from_email, description=args.description, list_id=args.id,
+            accept_automatic=args.accept_automatic)]
     elif args.action == "delete":
         _require(args, "id")
         InboundStore(get_settings()).delete_rule(args.id)
@@ -542,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     lists.add_argument("--subject-prefix", help="text added after [<emailcode>] to the subject of group forwards")
     lists.add_argument("--admin-hold", action="store_true",
                        help="hold matching mail for a moderator (dbmail held) instead of forwarding it")
+    lists.add_argument("--accept-automatic", action="store_true",
+                       help="let a class or section list broadcast automatic mail (auto-replies, bulk, list mail)")
     lists.add_argument("--cc-all", action="store_true",
                        help="one message with every recipient in To, instead of one message per recipient")
     lists.add_argument("--from-email", help="From of group forwards, in an allowed sender domain (default: "
