@@ -204,3 +204,17 @@ def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
     assert expirer.run(owner="schedule:1") == {"expand_error": 1, "expand_processed": 1}
     assert request_status(second)["status"] == "processed"
     assert request_status(first)["status"] == "queued"
+
+
+def test_a_report_of_many_failures_lists_a_thousand_and_counts_the_rest():
+    from datetime import datetime, timezone
+
+    from dbmail.report import MAX_LISTED, failure_report
+
+    failures = [(f"user{i}@example.net", "DeliveryError: MessageRejected") for i in range(MAX_LISTED + 250)]
+    report = failure_report(request_id="r1", request_subject="Big", failures=failures, report_from="info@example.org",
+                            report_to=["splash@example.org"], site_url="https://esp.example.org",
+                            date=datetime(2026, 12, 1, tzinfo=timezone.utc), envelope_sender="bounces@example.org")
+    assert report.text.startswith(f"{MAX_LISTED + 250} email(s)")
+    assert "user999@example.net" in report.text and "user1000@example.net" not in report.text
+    assert "... and 250 more (dbmail status r1)" in report.text

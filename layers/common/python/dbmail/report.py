@@ -10,6 +10,7 @@ from datetime import datetime
 from dbmail.compose import OutgoingEmail, compose
 
 SUBJECT = "Mail delivery failure"
+MAX_LISTED = 1000  # a report stays a readable email whatever the number of failures
 
 
 def failure_report(
@@ -26,13 +27,17 @@ def failure_report(
 ) -> OutgoingEmail:
     """``failures`` are (send_to, error) pairs; the error is shortened to its first line.
     ``request_error``: the request itself could not be (fully) expanded."""
-    lines = [f"  {send_to}: {error.splitlines()[0][:160] if error else 'unknown error'}" for send_to, error in failures]
+    failures = list(failures)
+    lines = [f"  {send_to}: {error.splitlines()[0][:160] if error else 'unknown error'}"
+             for send_to, error in failures[:MAX_LISTED]]
+    if len(failures) > MAX_LISTED:
+        lines.append(f"  ... and {len(failures) - MAX_LISTED} more (dbmail status {request_id})")
     parts = []
     if request_error:
         parts.append(f"The message \"{request_subject}\" could not be sent as written:\n\n  {request_error[:500]}\n\n"
                      "Fix the message and send it again from the website.\n")
     if lines:
-        parts.append(f"{len(lines)} email(s) of the message \"{request_subject}\" could not be delivered:\n\n"
+        parts.append(f"{len(failures)} email(s) of the message \"{request_subject}\" could not be delivered:\n\n"
                      + "\n".join(lines) + "\n\n"
                      "Once the cause is fixed (an address corrected, a sender identity verified), an operator "
                      f"can send these again, once each, with: dbmail resend {request_id}\n")
