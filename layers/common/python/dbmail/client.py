@@ -82,7 +82,7 @@ def submit_request(
     now = utcnow()
     processed_by, sent_by = _as_datetime(processed_by), _as_datetime(sent_by)
     if processed_by is not None and processed_by > now + settings.max_age:
-        raise RequestInvalid("processed_by is more than 7 days ahead; such a request would never be sent")
+        raise RequestInvalid(f"processed_by is more than {settings.max_age.days} days ahead; such a request would never be sent")
     Request, Recipient = store.models.MessageRequest, store.models.EmailRequest
     request = Request(
         request_id=uuid.uuid4().hex,

@@ -65,6 +65,16 @@ def message_id_for(request_id: str, key: str, send_from: str) -> str:
     return f"<dbmail.{digest}@{domain}>"
 
 
+def expiry_reason(item, now: datetime, max_age: timedelta) -> str | None:
+    """Why mail (a request or one of its emails: both carry created_at and sent_by) must not go
+    out any more, or None. The original's rule: never late, never after the 7-day window."""
+    if item.sent_by is not None and item.sent_by < now:
+        return "sent_by deadline passed"
+    if item.created_at < now - max_age:
+        return f"older than {max_age.days} days"
+    return None
+
+
 def resolve_sender(request: MessageRequestBase, settings: Settings) -> str:
     """The request's sender, else the creator's address, else the site default; domain-checked."""
     if request.sender and request.sender.strip():
@@ -173,7 +183,7 @@ class Expander:
             return Outcome.ALREADY_DONE
         if request.created_at < now - self.settings.max_age:
             self.store.finish_request(request_id, RequestStatus.EXPIRED, now,
-                                      error="older than 7 days when its turn came; never expanded")
+                                      error=f"older than {self.settings.max_age.days} days when its turn came; never expanded")
             logger.info("request expired", extra={"request_id": request_id})
             return Outcome.EXPIRED
         if request.processed_by is not None and request.processed_by > now:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from aws_lambda_powertools import Logger
 
 from dbmail.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
-from dbmail.expand import Expander, resolve_sender
+from dbmail.expand import Expander, expiry_reason, resolve_sender
 from dbmail.models import EmailStatus, RequestStatus, utcnow
 from dbmail.queue import QueuedEmail
 from dbmail.report import failure_report
@@ -95,7 +95,7 @@ class Expirer:
 
     def _sweep(self, request, now: datetime, backlog: int, summary: Counter) -> None:
         """One request: expire, queue again what was stranded, settle when every email is final."""
-        reason = self._expiry_reason(request, now)
+        reason = expiry_reason(request, now, self.settings.max_age)
         outstanding = 0
         stranded: list[QueuedEmail] = []
         for email in self.store.iter_emails(request.request_id, EMAIL_SWEEP_ATTRIBUTES, EmailStatus.OUTSTANDING):
@@ -153,10 +153,3 @@ class Expirer:
         summary["failure_reports"] += 1
         logger.info("failure report sent", extra={"request_id": request.request_id, "failures": len(failures)})
         return True
-
-    def _expiry_reason(self, request, now: datetime) -> str | None:
-        if request.sent_by is not None and request.sent_by < now:
-            return "sent_by deadline passed"
-        if request.created_at < now - self.settings.max_age:
-            return f"older than {self.settings.max_age.days} days"
-        return None

@@ -12,7 +12,7 @@ from aws_lambda_powertools import Logger
 
 from dbmail.compose import compose
 from dbmail.errors import DeliveryError, FailureKind, RequestInvalid
-from dbmail.expand import message_id_for
+from dbmail.expand import expiry_reason, message_id_for
 from dbmail.models import utcnow
 from dbmail.queue import QueuedEmail, SendQueue
 from dbmail.settings import Settings
@@ -74,7 +74,7 @@ class EmailSender:
         email = self.store.email_ref(queued.request_id, queued.email_key)
         if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
             return self._not_claimed(queued, log)
-        reason = self._expiry_reason(email, now)
+        reason = expiry_reason(email, now, self.settings.max_age)
         if reason:
             self.store.expire_email(email, reason, now, claim_id=claim_id)
             logger.info("email expired before sending", extra={**log, "reason": reason})
@@ -129,13 +129,6 @@ class EmailSender:
         logger.info("email already final or held by another message; duplicate dropped",
                     extra={**log, "status": email.status})
         return SendOutcome.DUPLICATE
-
-    def _expiry_reason(self, email, now: datetime) -> str | None:
-        if email.sent_by is not None and email.sent_by < now:
-            return "sent_by deadline passed"
-        if email.created_at < now - self.settings.max_age:
-            return "older than 7 days"
-        return None
 
     def _special_headers(self, request_id: str) -> dict:
         """A request's special headers, read once per request per container."""
