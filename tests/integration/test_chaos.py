@@ -21,7 +21,7 @@ import pytest
 
 from dbmail.client import request_status, submit_request
 from dbmail.expand import message_id_for
-from dbmail.models import EmailStatus, utcnow
+from dbmail.models import utcnow
 from dbmail.resend import resend
 from dbmail_local import stack
 from tests.conftest import recipient
@@ -46,8 +46,9 @@ def kill_runner(local_stack) -> None:
     local_stack.wait_for(lambda: stack.running_pid(local_stack.state, stack.RUNNER) is None, timeout=10)
 
 
-def sent_count(store, request_ids) -> int:
-    return sum(store.email_status_counts(rid)[EmailStatus.SENT] for rid in request_ids)
+def sent_count(local_stack) -> int:
+    """Emails SES accepted so far (the outbox; cheap enough to poll, unlike counting 30,000 items)."""
+    return sum(1 for _ in os.scandir(local_stack.outbox))
 
 
 def all_settled(request_ids):
@@ -82,16 +83,17 @@ def test_fault_campaign(local_stack, store):
         local_stack.start_runner()
         # ... then at random points of sending, and stopped gracefully once
         for kill in range(KILLS):
-            target = sent_count(store, request_ids) + rng.randint(5, max(6, RECIPIENTS // (KILLS + 2)))
-            local_stack.wait_for(lambda: sent_count(store, request_ids) >= target, timeout=600, interval=0.1)
+            target = sent_count(local_stack) + rng.randint(5, max(6, RECIPIENTS // (KILLS + 2)))
+            local_stack.wait_for(lambda: sent_count(local_stack) >= target, timeout=3600, interval=0.2)
             if kill == KILLS // 2:
-                events.append(f"graceful stop after {sent_count(store, request_ids)} sent: {local_stack.stop_runner()}")
+                events.append(f"graceful stop after {sent_count(local_stack)} sent: {local_stack.stop_runner()}")
             else:
-                events.append(f"SIGKILL after {sent_count(store, request_ids)} sent")
+                events.append(f"SIGKILL after {sent_count(local_stack)} sent")
                 kill_runner(local_stack)
             local_stack.start_runner()
         # then every request settles: every email final, through retries and the sweep
-        statuses = local_stack.wait_for(all_settled(request_ids), timeout=900, interval=2)
+        statuses = local_stack.wait_for(all_settled(request_ids), timeout=900 + RECIPIENTS // 10,
+                                        interval=max(2, RECIPIENTS // 2000))
     finally:
         stack.write_faults(local_stack.state, None)
     settled_after = time.monotonic() - started
