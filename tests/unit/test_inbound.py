@@ -242,13 +242,17 @@ def test_mail_over_40_mb_gets_a_notice_to_a_known_sender_only(inbound):
     assert destinations == ["parent@example.net"] and notice["Subject"] == "Message too large"
 
 
-def test_a_handler_error_leaves_the_message_recorded_and_reprocessable(inbound, monkeypatch):
-    router = wiring.inbound_router()
-
+def ses_down(monkeypatch):
+    """Every forward fails as if SES were unreachable, until monkeypatch.undo()."""
     def broken(*args, **kwargs):
         raise ConnectionError("SES unreachable")
 
-    monkeypatch.setattr(router.transport, "send_raw", broken)
+    monkeypatch.setattr(wiring.inbound_router().transport, "send_raw", broken)
+
+
+def test_a_handler_error_leaves_the_message_recorded_and_reprocessable(inbound, monkeypatch):
+    router = wiring.inbound_router()
+    ses_down(monkeypatch)
     with pytest.raises(ConnectionError):
         receive(inbound, message())
     (failed,) = list(router.store.with_status(InboundStatus.FAILED))
@@ -266,12 +270,8 @@ def test_the_sweep_processes_again_what_failed_once_it_has_been_quiet_and_gives_
     from dbmail.models import utcnow
 
     router = wiring.inbound_router()
-
-    def broken(*args, **kwargs):
-        raise ConnectionError("SES unreachable")
-
     # given a message that failed, and one that failed for good (its attempts used up)
-    monkeypatch.setattr(router.transport, "send_raw", broken)
+    ses_down(monkeypatch)
     with pytest.raises(ConnectionError):
         receive(inbound, message())
     (fixable,) = [i.message_id for i in router.store.with_status(InboundStatus.FAILED)]

@@ -14,19 +14,12 @@ import pytest
 from dbmail import inbound_store, routing, wiring
 from dbmail.cli import main
 from dbmail.errors import AddressInvalid
-from dbmail.inbound_client import add_email_list, install_default_email_lists, publish_directory, set_plain_redirect
+from dbmail.inbound_client import add_email_list, publish_directory, set_plain_redirect
 from dbmail.inbound_store import InboundStore
 from dbmail.models import InboundStatus
 from dbmail.routing import DEFAULT_RULES, DirectoryInvalid, RedirectInvalid, RuleInvalid, route
 from tests.conftest import DIRECTORY, inbound_message
-
-
-@pytest.fixture
-def inbound(moto_stack):
-    install_default_email_lists()
-    publish_directory(**DIRECTORY)
-    set_plain_redirect("directors", "dir1@example.net, Dir Two <dir2@example.net>")
-    return moto_stack
+from tests.unit.test_inbound import inbound  # noqa: F401 - the fixture: defaults, directory, directors redirect
 
 
 @pytest.fixture
