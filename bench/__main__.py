@@ -14,13 +14,13 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
 
-from dbmail.compose import compose, to_mime
-from dbmail.render import UserContext, build_context, compile_message
+from dbmail.core.compose import compose, to_mime
+from dbmail.outgoing.render import UserContext, build_context, compile_message
 from dbmail_local.demo import HTML_BODY, generate_recipients
 
 SUBJECT = "[Splash 2026] Wëlcome, {{ user.first_name }} ✨"
@@ -44,18 +44,29 @@ def bench_render(n: int = 5000) -> None:
     for context in sample:
         compile_message(SUBJECT, HTML_BODY).render(context)
     per_recipient = (time.perf_counter() - start) * 10
-    print(f"render   {n} recipients: compiled once {once:.2f} s ({rate(n, once)}); "
-          f"compiled per recipient ~{per_recipient:.2f} s ({per_recipient / once:.0f}x slower)")
+    print(
+        f"render   {n} recipients: compiled once {once:.2f} s ({rate(n, once)}); "
+        f"compiled per recipient ~{per_recipient:.2f} s ({per_recipient / once:.0f}x slower)"
+    )
 
 
 def bench_compose(n: int = 2000) -> None:
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     start = time.perf_counter()
     for i in range(n):
-        to_mime(compose(send_from="Splash <splash@example.org>", send_to=[f'"Zoë Ng" <u{i}@example.net>'],
-                        subject="Wëlcome", body=HTML_BODY, message_id=f"<m{i}@example.org>", date=when,
-                        envelope_sender="bounces@example.org", special_headers={"Reply-To": "splash@example.org"},
-                        unsubscribe_url="https://esp.example.org/unsubscribe/token"))
+        to_mime(
+            compose(
+                send_from="Splash <splash@example.org>",
+                send_to=[f'"Zoë Ng" <u{i}@example.net>'],
+                subject="Wëlcome",
+                body=HTML_BODY,
+                message_id=f"<m{i}@example.org>",
+                date=when,
+                envelope_sender="bounces@example.org",
+                special_headers={"Reply-To": "splash@example.org"},
+                unsubscribe_url="https://esp.example.org/unsubscribe/token",
+            )
+        )
     elapsed = time.perf_counter() - start
     print(f"compose  {n} HTML emails to MIME (with html2text part): {elapsed:.2f} s ({rate(n, elapsed)})")
 
@@ -84,11 +95,14 @@ class QueueDrain:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            messages = self._sqs.receive_message(QueueUrl=self._url, MaxNumberOfMessages=10,
-                                                 WaitTimeSeconds=1).get("Messages", [])
+            messages = self._sqs.receive_message(QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            )
             if messages:
-                self._sqs.delete_message_batch(QueueUrl=self._url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+                self._sqs.delete_message_batch(
+                    QueueUrl=self._url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+                )
 
     def __enter__(self):
         for thread in self._threads:
@@ -102,8 +116,9 @@ class QueueDrain:
 
 
 def bench_expand(sizes: list[int]) -> None:
-    from dbmail import models, settings, wiring
+    from dbmail import wiring
     from dbmail.client import submit_request
+    from dbmail.core import models, settings
     from dbmail_local import stack
 
     state = stack.StatePaths.resolve(Path(tempfile.mkdtemp(prefix="dbmail-bench-")))
@@ -115,17 +130,24 @@ def bench_expand(sizes: list[int]) -> None:
         models.bind_models.cache_clear()
         expander = wiring.expander()
         counter = CallCounter()
-        counter.attach(expander.queue._sqs)  # noqa: SLF001 - measuring, not using
-        counter.attach(expander.store.models.TextOfEmail._get_connection().connection.client)  # noqa: SLF001
-        print(f"expand   against DynamoDB Local + moto SQS (send_to_self_and_guardian, HTML, 1 chunk = 200 users)")
-        print(f"{'recipients':>11} {'emails':>8} {'submit s':>9} {'expand s':>9} {'emails/s':>9} "
-              f"{'BatchWrite':>10} {'SQS batch':>9} {'peak MiB':>9}")
+        counter.attach(expander.queue._sqs)
+        counter.attach(expander.store.models.TextOfEmail._get_connection().connection.client)
+        print("expand   against DynamoDB Local + moto SQS (send_to_self_and_guardian, HTML, 1 chunk = 200 users)")
+        print(
+            f"{'recipients':>11} {'emails':>8} {'submit s':>9} {'expand s':>9} {'emails/s':>9} "
+            f"{'BatchWrite':>10} {'SQS batch':>9} {'peak MiB':>9}"
+        )
         for size in sizes:
             users = generate_recipients(size)
             start = time.perf_counter()
-            request_id = submit_request(subject=SUBJECT, msgtext=HTML_BODY, recipients=users,
-                                        sendto_fn_name="send_to_self_and_guardian",
-                                        sender="Splash <splash@example.org>", var_dict=VARS)
+            request_id = submit_request(
+                subject=SUBJECT,
+                msgtext=HTML_BODY,
+                recipients=users,
+                sendto_fn_name="send_to_self_and_guardian",
+                sender="Splash <splash@example.org>",
+                var_dict=VARS,
+            )
             submitted = time.perf_counter() - start
             del users
             counter.calls.clear()
@@ -138,8 +160,10 @@ def bench_expand(sizes: list[int]) -> None:
                 _, peak = tracemalloc.get_traced_memory()
                 tracemalloc.stop()
             emails = expander.store.get_request(request_id).email_count
-            print(f"{size:>11,} {emails:>8,} {submitted:>9.1f} {expanded:>9.1f} {emails / expanded:>9,.0f} "
-                  f"{counter.calls['BatchWriteItem']:>10,} {counter.calls['SendMessageBatch']:>9,} {peak / 2**20:>9.1f}")
+            print(
+                f"{size:>11,} {emails:>8,} {submitted:>9.1f} {expanded:>9.1f} {emails / expanded:>9,.0f} "
+                f"{counter.calls['BatchWriteItem']:>10,} {counter.calls['SendMessageBatch']:>9,} {peak / 2**20:>9.1f}"
+            )
     finally:
         stack.down(state)
 

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from moto import mock_aws
 
-from dbmail import models, settings, wiring
+from dbmail import wiring
+from dbmail.core import models, settings
 
 # Property tests draw the same examples on every run, so a red CI is reproducible; set
 # HYPOTHESIS_RANDOM=1 to explore new ones.
@@ -72,9 +73,15 @@ def moto_stack(monkeypatch):
 
 def recipient(i: int, **overrides) -> dict:
     """A small factory of website users."""
-    user = {"user_id": i, "username": f"user{i}", "email": f"user{i}@example.net",
-            "first_name": "Zoë", "last_name": f"Ng{i}",
-            "guardian_name": f"Mai Ng{i}", "guardian_email": f"guardian{i}@example.net"}
+    user = {
+        "user_id": i,
+        "username": f"user{i}",
+        "email": f"user{i}@example.net",
+        "first_name": "Zoë",
+        "last_name": f"Ng{i}",
+        "guardian_name": f"Mai Ng{i}",
+        "guardian_email": f"guardian{i}@example.net",
+    }
     user.update(overrides)
     return user
 
@@ -83,7 +90,9 @@ def drain(sqs, queue_url: str) -> list[dict]:
     """Every message currently on a queue (received, not deleted)."""
     messages = []
     while True:
-        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get(
+            "Messages", []
+        )
         if not batch:
             return messages
         messages.extend(batch)
@@ -91,21 +100,39 @@ def drain(sqs, queue_url: str) -> list[dict]:
 
 DIRECTORY = {
     "users": [
-        {"username": "tcher", "email": "teacher@example.net", "first_name": "Tea", "last_name": "Cher", "is_teacher": True},
+        {
+            "username": "tcher",
+            "email": "teacher@example.net",
+            "first_name": "Tea",
+            "last_name": "Cher",
+            "is_teacher": True,
+        },
         {"username": "kid", "email": "kid@example.net", "first_name": "Ki", "last_name": "D"},
         {"username": "parent", "email": "parent@example.net", "first_name": "Pa", "last_name": "Rent"},
     ],
-    "classes": [{
-        "class_id": 1234, "emailcode": "E1234", "program_name": "Splash 2026", "directors_email": "directors@example.org",
-        "teachers": [{"name": "Tea Cher", "email": "teacher@example.net"}],
-        "sections": [{"index": 1, "emailcode": "E1234s1", "students": [{"name": "Stu One", "email": "s1@example.net"}]},
-                     {"index": 2, "emailcode": "E1234s2", "students": [{"name": "Stu Two", "email": "s2@example.net"}]}],
-    }],
+    "classes": [
+        {
+            "class_id": 1234,
+            "emailcode": "E1234",
+            "program_name": "Splash 2026",
+            "directors_email": "directors@example.org",
+            "teachers": [{"name": "Tea Cher", "email": "teacher@example.net"}],
+            "sections": [
+                {"index": 1, "emailcode": "E1234s1", "students": [{"name": "Stu One", "email": "s1@example.net"}]},
+                {"index": 2, "emailcode": "E1234s2", "students": [{"name": "Stu Two", "email": "s2@example.net"}]},
+            ],
+        }
+    ],
 }
 
 
-def inbound_message(sender='"Pa Rent" <parent@example.net>', to="E1234-class@example.org", subject="Field trip", body="Hello all",
-            **headers) -> bytes:
+def inbound_message(
+    sender='"Pa Rent" <parent@example.net>',
+    to="E1234-class@example.org",
+    subject="Field trip",
+    body="Hello all",
+    **headers,
+) -> bytes:
     msg = EmailMessage()
     if sender:
         msg["From"] = sender

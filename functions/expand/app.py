@@ -1,4 +1,4 @@
-"""DynamoDB stream (INSERT of a MessageRequest) -> dbmail.expand."""
+"""DynamoDB stream (INSERT of a MessageRequest) -> dbmail.outgoing.expand."""
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit

@@ -1,4 +1,4 @@
-"""EventBridge schedule -> dbmail.expire (the original's cron, every few minutes)."""
+"""EventBridge schedule -> dbmail.outgoing.expire (the original's cron, every few minutes)."""
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit

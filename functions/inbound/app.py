@@ -1,4 +1,4 @@
-"""SES receipt rule (raw message already in S3) -> dbmail.inbound routing; and, on the
+"""SES receipt rule (raw message already in S3) -> dbmail.inbound.router routing; and, on the
 schedule, the sweep that processes again what failed or was cut off."""
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, SESEv
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dbmail import wiring
-from dbmail.models import utcnow
+from dbmail.core.clock import utcnow
 
 logger = Logger()
 tracer = Tracer()

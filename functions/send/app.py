@@ -1,4 +1,4 @@
-"""SQS (one queued TextOfEmail per message) -> dbmail.send, with partial batch responses."""
+"""SQS (one queued TextOfEmail per message) -> dbmail.outgoing.send, with partial batch responses."""
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dbmail import wiring
-from dbmail.queue import QueuedEmail
+from dbmail.outgoing.queue import QueuedEmail
 
 logger = Logger()
 tracer = Tracer()

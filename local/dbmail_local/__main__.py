@@ -92,7 +92,7 @@ def _install_default_rules(state: StatePaths) -> None:
     if "DBMAIL_EMAILLIST_TABLE" not in env:
         return  # a template without inbound mail
     os.environ.update(env)
-    from dbmail.inbound_client import install_default_email_lists
+    from dbmail.client import install_default_email_lists
 
     rules = install_default_email_lists()
     log.info("default EmailList rules installed", extra={"rules": [rule.list_id for rule in rules]})

@@ -55,7 +55,10 @@ def generate_recipients(count: int, seed: int = 2026) -> list[dict]:
         if i % 3:
             user.update(guardian_name=f"{rng.choice(FIRST)} {last}", guardian_email=f"guardian{i}@family.example.net")
         if i % 5:
-            user.update(emergency_name=f"{rng.choice(FIRST)} {rng.choice(LAST)}", emergency_email=f"emergency{i}@family.example.net")
+            user.update(
+                emergency_name=f"{rng.choice(FIRST)} {rng.choice(LAST)}",
+                emergency_email=f"emergency{i}@family.example.net",
+            )
         users.append(user)
     return users
 
@@ -66,16 +69,18 @@ def submit_demo_requests(recipients: list[dict]) -> list[str]:
     size = -(-len(recipients) // len(COHORTS))
     ids = []
     for n, (sendto, html) in enumerate(COHORTS):
-        ids.append(submit_request(
-            subject="[Splash 2026] Wëlcome, {{ user.first_name }} ✨",
-            msgtext=HTML_BODY if html else TEXT_BODY,
-            recipients=recipients[n * size:(n + 1) * size],
-            sendto_fn_name=sendto,
-            sender="Splash Directors <splash@example.org>",
-            creator={"user_id": 1, "username": "admin", "email": "admin@example.org", "first_name": "Ada"},
-            var_dict={"program": {"name": "Splash 2026", "startdate": "November 28"}},
-            special_headers={"Reply-To": "splash@example.org", "X-ESP-Program": "splash-2026"},
-        ))
+        ids.append(
+            submit_request(
+                subject="[Splash 2026] Wëlcome, {{ user.first_name }} ✨",
+                msgtext=HTML_BODY if html else TEXT_BODY,
+                recipients=recipients[n * size : (n + 1) * size],
+                sendto_fn_name=sendto,
+                sender="Splash Directors <splash@example.org>",
+                creator={"user_id": 1, "username": "admin", "email": "admin@example.org", "first_name": "Ada"},
+                var_dict={"program": {"name": "Splash 2026", "startdate": "November 28"}},
+                special_headers={"Reply-To": "splash@example.org", "X-ESP-Program": "splash-2026"},
+            )
+        )
     return ids
 
 
@@ -83,8 +88,8 @@ def wait_until_settled(request_ids: list[str], outbox: Path, before: set[Path], 
     """Wait (cheaply: request items and the outbox) until every request is final and as many new
     .eml files exist as emails were expanded, then read the full status once."""
     from dbmail.client import request_status
-    from dbmail.settings import get_settings
-    from dbmail.store import Store
+    from dbmail.core.settings import get_settings
+    from dbmail.outgoing.store import Store
 
     store = Store(get_settings())
     deadline = time.monotonic() + timeout
@@ -99,12 +104,25 @@ def wait_until_settled(request_ids: list[str], outbox: Path, before: set[Path], 
 
 
 DEMO_CLASS = {
-    "class_id": 1234, "emailcode": "E1234", "program_name": "Splash 2026", "directors_email": "directors@example.org",
+    "class_id": 1234,
+    "emailcode": "E1234",
+    "program_name": "Splash 2026",
+    "directors_email": "directors@example.org",
     "teachers": [{"name": "Tea Cher", "email": "teacher@example.net"}],
     "sections": [
-        {"index": 1, "emailcode": "E1234s1", "students": [{"name": "Zoë Ng", "email": "zoe@students.example.net"},
-                                                        {"name": "José García", "email": "jose@students.example.net"}]},
-        {"index": 2, "emailcode": "E1234s2", "students": [{"name": "Aïsha Okafor", "email": "aisha@students.example.net"}]},
+        {
+            "index": 1,
+            "emailcode": "E1234s1",
+            "students": [
+                {"name": "Zoë Ng", "email": "zoe@students.example.net"},
+                {"name": "José García", "email": "jose@students.example.net"},
+            ],
+        },
+        {
+            "index": 2,
+            "emailcode": "E1234s2",
+            "students": [{"name": "Aïsha Okafor", "email": "aisha@students.example.net"}],
+        },
     ],
 }
 
@@ -116,11 +134,13 @@ def run_inbound_demo(outbox: Path, timeout: float = 60) -> bool:
     from email.message import EmailMessage
     from email.parser import BytesHeaderParser
 
-    from dbmail.inbound_client import install_default_email_lists, publish_directory
+    from dbmail.client import install_default_email_lists, publish_directory
 
     install_default_email_lists()
-    publish_directory(users=[{"username": "parent", "email": "parent@example.net", "first_name": "Pa", "last_name": "Rent"}],
-                      classes=[DEMO_CLASS])
+    publish_directory(
+        users=[{"username": "parent", "email": "parent@example.net", "first_name": "Pa", "last_name": "Rent"}],
+        classes=[DEMO_CLASS],
+    )
     before = set(outbox.glob("*.eml"))
     message = EmailMessage()
     message["From"] = '"Pa Rent" <parent@example.net>'
@@ -137,8 +157,10 @@ def run_inbound_demo(outbox: Path, timeout: float = 60) -> bool:
     for path in new:
         with path.open("rb") as handle:
             subjects.add(BytesHeaderParser().parse(handle)["Subject"])
-    print(f"inbound     1 message to E1234-class@example.org over SMTP -> {len(new)} forwards "
-          f"(expected {expected}), subject {sorted(subjects)}")
+    print(
+        f"inbound     1 message to E1234-class@example.org over SMTP -> {len(new)} forwards "
+        f"(expected {expected}), subject {sorted(subjects)}"
+    )
     return len(new) == expected
 
 
@@ -166,7 +188,8 @@ def run_demo(outbox: Path, timeout: float = 300) -> int:
     print("dbmail demo summary")
     print("-------------------")
     print(f"requested   {len(request_ids)} requests, {recipients} recipients")
-    print(f"expanded    {expanded} emails ({sum(s['skipped_no_address'] for s in statuses)} users had no address for their send-to function)")
+    skipped = sum(s["skipped_no_address"] for s in statuses)
+    print(f"expanded    {expanded} emails ({skipped} users had no address for their send-to function)")
     print(f"delivered   {delivered}")
     print(f"failed      {failed}")
     print(f"lost        {lost}")

@@ -11,15 +11,15 @@ with ``--faults FILE`` (SES send errors, SQS duplicate deliveries; see FaultSpec
 """
 
 import argparse
-import queue
-import smtplib
 import copy
 import itertools
 import json
 import logging
 import os
+import queue
 import random
 import signal
+import smtplib
 import threading
 import time
 import uuid
@@ -95,14 +95,16 @@ class SesHop:
     def __init__(self, host: str, port: int, recipients: tuple[str, ...]) -> None:
         self.address = (host, port)
         self.recipients = recipients  # SES Recipients entries: address, domain or .domain
-        self._queue: "queue.Queue[tuple[str, list[str], bytes]]" = queue.Queue()
+        self._queue: queue.Queue[tuple[str, list[str], bytes]] = queue.Queue()
         threading.Thread(target=self._work, name="ses-hop", daemon=True).start()
 
     def ours(self, address: str) -> bool:
         address = address.lower()
         domain = address.rpartition("@")[2]
-        return any(address == entry if "@" in entry else
-                   domain.endswith(entry) if entry.startswith(".") else domain == entry for entry in self.recipients)
+        return any(
+            address == entry if "@" in entry else domain.endswith(entry) if entry.startswith(".") else domain == entry
+            for entry in self.recipients
+        )
 
     def offer(self, source: str, recipients: list[str], raw: bytes) -> None:
         local = sorted({r for r in (parseaddr(r)[1] for r in recipients) if r and self.ours(r)})
@@ -191,7 +193,7 @@ def _patches(original: Callable[..., Any]) -> Callable[[Callable[..., Any]], Cal
 def _queue_locked(backend: SQSBackend, queue_name: str) -> Iterator[Queue]:
     """Holds the queue's own lock (the re-entrant one moto's add_message takes) and yields the queue."""
     queue = backend.get_queue(queue_name)
-    with queue._messages_lock:  # noqa: SLF001 - moto's lock, so its own add_message is serialized too
+    with queue._messages_lock:
         yield queue
 
 
@@ -220,12 +222,12 @@ def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
 
     @_patches(add_message)
     def add_message_locked(self: Queue, message: Message) -> None:
-        with self._messages_lock:  # noqa: SLF001
+        with self._messages_lock:
             add_message(self, message)  # re-enters the lock for its append and notify
 
     @_patches(delete_message)
     def delete_message_locked(self: Queue, receipt_handle: str) -> None:
-        with self._messages_lock:  # noqa: SLF001
+        with self._messages_lock:
             delete_message(self, receipt_handle)
 
     def per_queue(name: str) -> None:
@@ -265,8 +267,13 @@ def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
     Queue.delete_message = delete_message_locked  # type: ignore[method-assign]
     SQSBackend.receive_message = receive_message_exclusively  # type: ignore[method-assign]
     # A batch holds the lock once for all its entries (each entry re-enters it).
-    for name in ("send_message_batch", "delete_message_batch", "change_message_visibility",
-                 "change_message_visibility_batch", "purge_queue"):
+    for name in (
+        "send_message_batch",
+        "delete_message_batch",
+        "change_message_visibility",
+        "change_message_visibility_batch",
+        "purge_queue",
+    ):
         per_queue(name)
 
 
@@ -292,10 +299,16 @@ class SesFault:
 
 SES_ERRORS = {
     # v2 answers 429 TooManyRequestsException, v1 400 Throttling, both "Maximum sending rate exceeded.".
-    "throttle": SesFault(429, "TooManyRequestsException", 400, "Throttling", "Sender", "Maximum sending rate exceeded."),
+    "throttle": SesFault(
+        429, "TooManyRequestsException", 400, "Throttling", "Sender", "Maximum sending rate exceeded."
+    ),
     # The common AWS server error of both APIs; botocore's retry modes retry any 5xx.
     "transient": SesFault(
-        500, "InternalFailure", 500, "InternalFailure", "Receiver",
+        500,
+        "InternalFailure",
+        500,
+        "InternalFailure",
+        "Receiver",
         "The request processing has failed because of an unknown error, exception or failure.",
     ),
     "permanent": SesFault(
@@ -400,7 +413,11 @@ class Faults:
         if key == self._key:
             return
         try:
-            spec = FaultSpec.from_json(json.loads(self.path.read_text(encoding="utf-8"))) if key != "absent" else FaultSpec()
+            spec = (
+                FaultSpec.from_json(json.loads(self.path.read_text(encoding="utf-8")))
+                if key != "absent"
+                else FaultSpec()
+            )
         except FileNotFoundError:
             return  # removed between stat and read: the next check sees it
         except ValueError as error:  # json.JSONDecodeError is a ValueError
@@ -445,8 +462,11 @@ class Faults:
         if not (spec.ses_throttle or spec.ses_transient or spec.ses_permanent):
             return None
         draw = self._draw()
-        for kind, share in (("throttle", spec.ses_throttle), ("transient", spec.ses_transient),
-                            ("permanent", spec.ses_permanent)):
+        for kind, share in (
+            ("throttle", spec.ses_throttle),
+            ("transient", spec.ses_transient),
+            ("permanent", spec.ses_permanent),
+        ):
             if draw < share:
                 return kind
             draw -= share
@@ -463,7 +483,7 @@ class Faults:
         chosen = [message.id for message in received if self._draw() < share]
         if not chosen:
             return
-        originals = {message.id: message for message in queue._messages}  # noqa: SLF001
+        originals = {message.id: message for message in queue._messages}
         for message_id in chosen:
             original = originals.get(message_id)
             if original is None:
@@ -475,8 +495,12 @@ class Faults:
             queue.add_message(duplicate)
             log.info(
                 "fault injected",
-                extra={"fault": "sqs_duplicate", "queue": queue.name, "message_id": message_id,
-                       "duplicate_id": duplicate.id},
+                extra={
+                    "fault": "sqs_duplicate",
+                    "queue": queue.name,
+                    "message_id": message_id,
+                    "duplicate_id": duplicate.id,
+                },
             )
 
 
@@ -513,8 +537,13 @@ def inject_ses_faults(faults: Faults) -> None:
             body, headers = render(error)
             log.info(
                 "fault injected",
-                extra={"fault": f"ses_{kind}", "api": api, "operation": operation,
-                       "status": headers["status"], "code": error.v2_code if api == "sesv2" else error.v1_code},
+                extra={
+                    "fault": f"ses_{kind}",
+                    "api": api,
+                    "operation": operation,
+                    "status": headers["status"],
+                    "code": error.v2_code if api == "sesv2" else error.v1_code,
+                },
             )
             return body, headers
 

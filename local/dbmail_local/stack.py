@@ -365,7 +365,9 @@ FAULTS_LOAD_TIMEOUT = 5.0
 
 
 def _moto_argv(port: int, outbox: Path, faults: Path, smtp_port: int, hop_recipients: list[str]) -> list[str]:
-    hop = ["--ses-hop", f"{HOST}:{smtp_port}", "--ses-hop-recipients", ",".join(hop_recipients)] if hop_recipients else []
+    hop = (
+        ["--ses-hop", f"{HOST}:{smtp_port}", "--ses-hop-recipients", ",".join(hop_recipients)] if hop_recipients else []
+    )
     return [
         sys.executable,
         "-m",
@@ -454,8 +456,17 @@ def up(
     try:
         processes = {
             "dynamodb": _spawn(state, "dynamodb", _dynamodb_argv(ports["dynamodb"])),
-            "moto": _spawn(state, "moto", _moto_argv(ports["moto"], state.outbox, state.root / FAULTS_FILE, ports["smtp"],
-                                                     [entry for rule in receipt_rules(loaded) for entry in rule.recipients])),
+            "moto": _spawn(
+                state,
+                "moto",
+                _moto_argv(
+                    ports["moto"],
+                    state.outbox,
+                    state.root / FAULTS_FILE,
+                    ports["smtp"],
+                    [entry for rule in receipt_rules(loaded) for entry in rule.recipients],
+                ),
+            ),
         }
         for name, process in processes.items():
             _wait_until(partial(_port_answers, ports[name]), process, state, name, f"listening on port {ports[name]}")

@@ -125,19 +125,56 @@ MAX_SCHEDULE_AHEAD_SECONDS = 72 * 3600
 RESERVED_HEADERS = frozenset(
     name.lower()
     for name in (
-        "x-sg-id", "x-sg-eid", "received", "dkim-signature", "Content-Type",
-        "Content-Transfer-Encoding", "To", "From", "Subject", "Reply-To", "CC", "BCC",
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "To",
+        "From",
+        "Subject",
+        "Reply-To",
+        "CC",
+        "BCC",
     )
 )
-TOP_LEVEL_KEYS = frozenset({
-    "personalizations", "from", "reply_to", "reply_to_list", "subject", "content",
-    "attachments", "template_id", "sections", "headers", "categories", "custom_args",
-    "send_at", "batch_id", "asm", "ip_pool_name", "mail_settings", "tracking_settings",
-})
-PERSONALIZATION_KEYS = frozenset({
-    "to", "cc", "bcc", "from", "subject", "headers", "substitutions",
-    "dynamic_template_data", "custom_args", "send_at",
-})
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "personalizations",
+        "from",
+        "reply_to",
+        "reply_to_list",
+        "subject",
+        "content",
+        "attachments",
+        "template_id",
+        "sections",
+        "headers",
+        "categories",
+        "custom_args",
+        "send_at",
+        "batch_id",
+        "asm",
+        "ip_pool_name",
+        "mail_settings",
+        "tracking_settings",
+    }
+)
+PERSONALIZATION_KEYS = frozenset(
+    {
+        "to",
+        "cc",
+        "bcc",
+        "from",
+        "subject",
+        "headers",
+        "substitutions",
+        "dynamic_template_data",
+        "custom_args",
+        "send_at",
+    }
+)
 HELP_URL = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message."
 AUTH_ERROR_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
 CONTENT_ORDER_MESSAGE = (
@@ -187,15 +224,25 @@ def validate_mail_send(body: Any, *, now: float | None = None) -> list[dict]:
     if "subject" in body:  # S1
         _check_subject(body["subject"], "subject", errors)
     elif not has_template and not all("subject" in p for p in personalizations):  # S2
-        errors.append(error("subject", "The subject is required. You can get around this "
-                            "requirement if you use a template with a subject defined or "
-                            "if every personalization has a subject defined."))
+        errors.append(
+            error(
+                "subject",
+                "The subject is required. You can get around this "
+                "requirement if you use a template with a subject defined or "
+                "if every personalization has a subject defined.",
+            )
+        )
 
     if "content" in body:
         _check_content(body["content"], errors)
     elif not has_template:  # C1
-        errors.append(error("content", "The content param is required unless you are using "
-                            "a transactional template and have defined a template_id."))
+        errors.append(
+            error(
+                "content",
+                "The content param is required unless you are using "
+                "a transactional template and have defined a template_id.",
+            )
+        )
 
     if "attachments" in body:
         _check_attachments(body["attachments"], errors)
@@ -206,9 +253,13 @@ def validate_mail_send(body: Any, *, now: float | None = None) -> list[dict]:
     for i, p in enumerate(personalizations):  # A1: merged size per personalization
         merged = {**_as_dict(body.get("custom_args")), **_as_dict(p.get("custom_args"))}
         if len(json.dumps(merged, ensure_ascii=False).encode()) > MAX_CUSTOM_ARGS_BYTES:
-            errors.append(error(f"personalizations.{i}.custom_args",
-                                "The combined size of both global and personalization custom "
-                                "arguments may not exceed 10,000 bytes per personalization."))
+            errors.append(
+                error(
+                    f"personalizations.{i}.custom_args",
+                    "The combined size of both global and personalization custom "
+                    "arguments may not exceed 10,000 bytes per personalization.",
+                )
+            )
     if "categories" in body:
         _check_categories(body["categories"], errors)
     if "send_at" in body:
@@ -238,9 +289,14 @@ def _check_personalizations(body: dict, errors: list[dict], now: float) -> list[
         errors.append(error("personalizations", "The personalizations parameter must be an array."))
         return []
     if len(value) > MAX_PERSONALIZATIONS:
-        errors.append(error("personalizations", "The personalization block is limited to 1000 "
-                            f"personalizations per API request. You have provided {len(value)} "
-                            "personalizations."))
+        errors.append(
+            error(
+                "personalizations",
+                "The personalization block is limited to 1000 "
+                f"personalizations per API request. You have provided {len(value)} "
+                "personalizations.",
+            )
+        )
     recipients = 0
     objects = []
     for i, p in enumerate(value):
@@ -252,8 +308,7 @@ def _check_personalizations(body: dict, errors: list[dict], now: float) -> list[
         for key in sorted(set(p) - PERSONALIZATION_KEYS):  # U1
             errors.append(error(f"{path}.{key}", f"Unknown parameter {key!r}."))
         if "to" not in p:
-            errors.append(error(f"{path}.to",
-                                "The to parameter is required for all personalization objects."))
+            errors.append(error(f"{path}.to", "The to parameter is required for all personalization objects."))
         seen: set[str] = set()
         for kind in ("to", "cc", "bcc"):
             if kind not in p:
@@ -262,9 +317,14 @@ def _check_personalizations(body: dict, errors: list[dict], now: float) -> list[
             recipients += len(p[kind]) if isinstance(p[kind], list) else 0
             for j, address in addresses:  # P5
                 if address.lower() in seen:
-                    errors.append(error(f"{path}.{kind}.{j}.email", "Each unique email address "
-                                        "in the personalization block should only be included "
-                                        f"once. You have included {address} more than once."))
+                    errors.append(
+                        error(
+                            f"{path}.{kind}.{j}.email",
+                            "Each unique email address "
+                            "in the personalization block should only be included "
+                            f"once. You have included {address} more than once.",
+                        )
+                    )
                 seen.add(address.lower())
         if "from" in p:
             _check_email(p["from"], f"{path}.from", errors)
@@ -277,21 +337,28 @@ def _check_personalizations(body: dict, errors: list[dict], now: float) -> list[
         if "substitutions" in p:
             _check_string_map(p["substitutions"], f"{path}.substitutions", errors)
         if "dynamic_template_data" in p and not isinstance(p["dynamic_template_data"], dict):
-            errors.append(error(f"{path}.dynamic_template_data",
-                                "The dynamic_template_data parameter must be an object."))
+            errors.append(
+                error(f"{path}.dynamic_template_data", "The dynamic_template_data parameter must be an object.")
+            )
         if "send_at" in p:
             _check_send_at(p["send_at"], f"{path}.send_at", errors, now)
     if recipients > MAX_RECIPIENTS:  # P4
-        errors.append(error("personalizations", "There is a limit of 1000 total recipients "
-                            "(to + cc + bcc) per request."))
+        errors.append(
+            error("personalizations", "There is a limit of 1000 total recipients (to + cc + bcc) per request.")
+        )
     return objects
 
 
 def _check_email_list(value: Any, path: str, errors: list[dict]) -> list[tuple[int, str]]:
     """A non-empty array of email objects; returns (index, address) of the valid ones."""
     if not isinstance(value, list) or not value:
-        errors.append(error(path, f"The {path.rsplit('.', 1)[-1]} array must contain at least "
-                            "one recipient object with an email parameter."))
+        errors.append(
+            error(
+                path,
+                f"The {path.rsplit('.', 1)[-1]} array must contain at least "
+                "one recipient object with an email parameter.",
+            )
+        )
         return []
     found = []
     for j, item in enumerate(value):
@@ -304,9 +371,14 @@ def _check_email_list(value: Any, path: str, errors: list[dict]) -> list[tuple[i
 def _check_email(value: Any, path: str, errors: list[dict]) -> str | None:
     """P3: ``{"email": ..., "name"?: ...}``; returns the address when it is valid."""
     if not isinstance(value, dict):
-        errors.append(error(path, "Each recipient must be an object that has at least an email "
-                            'address and may also contain a name, e.g. {"email": '
-                            '"example@example.com", "name": "Example Recipient"}.'))
+        errors.append(
+            error(
+                path,
+                "Each recipient must be an object that has at least an email "
+                'address and may also contain a name, e.g. {"email": '
+                '"example@example.com", "name": "Example Recipient"}.',
+            )
+        )
         return None
     for key in sorted(set(value) - {"email", "name"}):  # U1
         errors.append(error(f"{path}.{key}", f"Unknown parameter {key!r}."))
@@ -316,27 +388,22 @@ def _check_email(value: Any, path: str, errors: list[dict]) -> str | None:
         if not isinstance(name, str):
             errors.append(error(f"{path}.name", "The name must be a string."))
             valid = False
-        elif (";" in name or "," in name) and not (
-            len(name) >= 2 and name.startswith('"') and name.endswith('"')
-        ):
-            errors.append(error(f"{path}.name", "The name may not contain ';' or ',' unless "
-                                "it is double-quoted."))
+        elif (";" in name or "," in name) and not (len(name) >= 2 and name.startswith('"') and name.endswith('"')):
+            errors.append(error(f"{path}.name", "The name may not contain ';' or ',' unless it is double-quoted."))
             valid = False
     address = value.get("email")
     if not isinstance(address, str) or not _EMAIL_RE.fullmatch(address):
         errors.append(error(f"{path}.email", "Does not contain a valid address."))
         return None
     if len(address) > MAX_EMAIL_LENGTH:
-        errors.append(error(f"{path}.email",
-                            "The email exceeds the maximum total length of 320 characters."))
+        errors.append(error(f"{path}.email", "The email exceeds the maximum total length of 320 characters."))
         return None
     return address if valid else None
 
 
 def _check_subject(value: Any, path: str, errors: list[dict]) -> None:
     if not isinstance(value, str) or not value:
-        errors.append(error(path, "The subject of your email must be a string at least one "
-                            "character in length."))
+        errors.append(error(path, "The subject of your email must be a string at least one character in length."))
 
 
 def _check_content(value: Any, errors: list[dict]) -> None:
@@ -355,20 +422,21 @@ def _check_content(value: Any, errors: list[dict]) -> None:
             errors.append(error(f"{path}.{key}", f"Unknown parameter {key!r}."))
         kind = block.get("type")
         if not isinstance(kind, str) or not kind:
-            errors.append(error(f"{path}.type", "Your content type must be a string with "
-                                "length of at least one character."))
+            errors.append(
+                error(f"{path}.type", "Your content type must be a string with length of at least one character.")
+            )
             kind = None
         elif any(ch in kind for ch in ";,\r\n"):
             errors.append(error(f"{path}.type", "Cannot contain ';', ',' or CRLF characters."))
         types.append(kind.lower() if kind else None)
         if not isinstance(block.get("value"), str) or not block.get("value"):
-            errors.append(error(f"{path}.value",
-                                "The content value must be a string at least one character in length."))
+            errors.append(
+                error(f"{path}.value", "The content value must be a string at least one character in length.")
+            )
     ordered = ("text/plain", "text/html")
     for i, kind in enumerate(types):  # C4
         if kind is not None and kind not in ordered and kind in types[:i]:
-            errors.append(error(f"content.{i}.type",
-                                f"The content type {kind} may only be included once."))
+            errors.append(error(f"content.{i}.type", f"The content type {kind} may only be included once."))
     if None in types:  # a block without a usable type: its place is unknown
         return
     expected = [t for t in ordered if t in types]
@@ -386,8 +454,7 @@ def _check_headers(value: Any, path: str, errors: list[dict]) -> None:
     seen: set[str] = set()
     for key, header_value in value.items():
         if not _HEADER_KEY_RE.fullmatch(key):
-            errors.append(error(path, f"Header keys cannot contain non-ASCII characters or "
-                                f"empty spaces: {key!r}."))
+            errors.append(error(path, f"Header keys cannot contain non-ASCII characters or empty spaces: {key!r}."))
         elif key.lower() in RESERVED_HEADERS:
             errors.append(error(path, f"Header can not be one of the reserved keys: {key!r}."))
         elif key.lower() in seen:
@@ -414,17 +481,24 @@ def _check_categories(value: Any, errors: list[dict]) -> None:
         errors.append(error("categories", "Categories must be an array of strings."))
         return
     if len(value) > MAX_CATEGORIES:
-        errors.append(error("categories", "There is a limit of 10 categories for each email "
-                            f"that is sent. You provided {len(value)} categories."))
+        errors.append(
+            error(
+                "categories",
+                f"There is a limit of 10 categories for each email that is sent. You provided {len(value)} categories.",
+            )
+        )
     for i, category in enumerate(value):
         if len(category) > MAX_CATEGORY_LENGTH:
-            errors.append(error(f"categories.{i}", "Each category must not be longer than "
-                                "255 characters."))
+            errors.append(error(f"categories.{i}", "Each category must not be longer than 255 characters."))
         if not category.isascii():
             errors.append(error(f"categories.{i}", "Categories can not contain non-ASCII characters."))
         if category in value[:i]:
-            errors.append(error(f"categories.{i}", "The categories must be a unique list, and "
-                                f"you have included {category} more than once."))
+            errors.append(
+                error(
+                    f"categories.{i}",
+                    f"The categories must be a unique list, and you have included {category} more than once.",
+                )
+            )
 
 
 def _check_send_at(value: Any, path: str, errors: list[dict], now: float) -> None:
@@ -447,8 +521,9 @@ def _check_attachments(value: Any, errors: list[dict]) -> None:
             continue
         content = item.get("content")
         if not isinstance(content, str) or not content:
-            errors.append(error(f"{path}.content", "The attachment content must be a string at "
-                                "least one character in length."))
+            errors.append(
+                error(f"{path}.content", "The attachment content must be a string at least one character in length.")
+            )
         else:
             try:
                 base64.b64decode(content, validate=True)
@@ -457,13 +532,22 @@ def _check_attachments(value: Any, errors: list[dict]) -> None:
         filename = item.get("filename")
         if not isinstance(filename, str) or not filename:
             errors.append(error(f"{path}.filename", "filename is required."))
-        if "type" in item and (not isinstance(item["type"], str) or not item["type"]
-                               or any(ch in item["type"] for ch in ";\r\n")):
-            errors.append(error(f"{path}.type", "The attachment type must be a string and at least "
-                                "one character in length, without ';' or CRLF characters."))
+        if "type" in item and (
+            not isinstance(item["type"], str) or not item["type"] or any(ch in item["type"] for ch in ";\r\n")
+        ):
+            errors.append(
+                error(
+                    f"{path}.type",
+                    "The attachment type must be a string and at least "
+                    "one character in length, without ';' or CRLF characters.",
+                )
+            )
         if item.get("disposition", "attachment") not in ("attachment", "inline"):
-            errors.append(error(f"{path}.disposition", 'The disposition of your attachment can be '
-                                'either "inline" or "attachment".'))
+            errors.append(
+                error(
+                    f"{path}.disposition", 'The disposition of your attachment can be either "inline" or "attachment".'
+                )
+            )
 
 
 class FakeSendGrid:
@@ -473,8 +557,7 @@ class FakeSendGrid:
     ``sg.stop()``. Point the client at ``sg.url`` with the key ``sg.api_key``.
     """
 
-    def __init__(self, api_key: str = "SG.fake-key.for-tests", *,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, api_key: str = "SG.fake-key.for-tests", *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self._lock = threading.Lock()
@@ -487,15 +570,14 @@ class FakeSendGrid:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------
-    def start(self) -> "FakeSendGrid":
+    def start(self) -> FakeSendGrid:
         if self._server is not None:
             raise RuntimeError("FakeSendGrid is already running")
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                                        name="FakeSendGrid", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="FakeSendGrid", daemon=True)
         self._thread.start()
         return self
 
@@ -508,7 +590,7 @@ class FakeSendGrid:
         self._thread.join(timeout=5)
         self._server = self._thread = None
 
-    def __enter__(self) -> "FakeSendGrid":
+    def __enter__(self) -> FakeSendGrid:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -548,8 +630,7 @@ class FakeSendGrid:
             return self._request_count
 
     # -- control ------------------------------------------------------------------
-    def fail_next(self, count: int = 1, status: int = 500, *,
-                  retry_after: int | None = None) -> None:
+    def fail_next(self, count: int = 1, status: int = 500, *, retry_after: int | None = None) -> None:
         """Answer the next ``count`` authorized mail sends with ``status`` instead.
 
         A 429 carries the X-RateLimit-* headers of [6]; ``retry_after`` (seconds) adds a
@@ -570,7 +651,7 @@ class FakeSendGrid:
             self._request_count = 0
 
     # -- request handling (called on server threads) ---------------------------------
-    def _handle_mail_send(self, request: "_Handler", raw: bytes) -> None:
+    def _handle_mail_send(self, request: _Handler, raw: bytes) -> None:
         with self._lock:
             self._request_count += 1
         if not self._authorized(request.headers.get("Authorization")):  # H2
@@ -582,8 +663,7 @@ class FakeSendGrid:
             headers = {}
             if status == 429:
                 reset_at = int(time.time() + (retry_after or 1))
-                headers = {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0",
-                           "X-RateLimit-Reset": str(reset_at)}
+                headers = {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset_at)}
             if retry_after is not None:
                 headers["Retry-After"] = str(retry_after)
             try:
@@ -592,8 +672,11 @@ class FakeSendGrid:
                 message = "error"
             return self._reject(request, status, [error(None, message)], headers)
         if len(raw) > self.max_body_bytes:  # H3
-            return self._reject(request, 413, [error(None, "The total size of your email, "
-                                                     "including attachments, must be less than 30MB.")])
+            return self._reject(
+                request,
+                413,
+                [error(None, "The total size of your email, including attachments, must be less than 30MB.")],
+            )
         media_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":  # H4
             return self._reject(request, 415, [error(None, "Content-Type should be application/json.")])
@@ -616,11 +699,11 @@ class FakeSendGrid:
 
     def _authorized(self, header: str | None) -> bool:
         scheme, _, token = (header or "").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(
-            token.strip().encode(), self.api_key.encode())
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), self.api_key.encode())
 
-    def _reject(self, request: "_Handler", status: int, errors: list[dict],
-                headers: dict[str, str] | None = None) -> None:
+    def _reject(
+        self, request: _Handler, status: int, errors: list[dict], headers: dict[str, str] | None = None
+    ) -> None:
         with self._lock:
             self._rejected.append((status, errors))
         request.respond_json(status, {"errors": errors}, headers)
@@ -646,8 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:  # H1
         self._read_body()
         if urlsplit(self.path).path == MAIL_SEND_PATH:
-            self.respond_json(405, {"errors": [error(None, "method not allowed")]},
-                              {"Allow": "POST"})
+            self.respond_json(405, {"errors": [error(None, "method not allowed")]}, {"Allow": "POST"})
         else:
             self.respond_json(404, {"errors": [error(None, "not found")]})
 
@@ -661,7 +743,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def respond_json(self, status: int, document: dict,
-                     headers: dict[str, str] | None = None) -> None:
-        self.respond(status, json.dumps(document).encode(),
-                     {"Content-Type": "application/json", **(headers or {})})
+    def respond_json(self, status: int, document: dict, headers: dict[str, str] | None = None) -> None:
+        self.respond(status, json.dumps(document).encode(), {"Content-Type": "application/json", **(headers or {})})

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dbmail.models import RequestStatus, utcnow
-from dbmail.store import Store
+from dbmail.core.clock import utcnow
+from dbmail.core.statuses import RequestStatus
+from dbmail.outgoing.store import Store
 from tests.conftest import ROOT, recipient
 
 EXAMPLE_REQUEST = "example-request"
@@ -47,14 +48,19 @@ def seed_example_request(store: Store, **overrides) -> None:
     """The request the sample events name, written as docs/schema.md says: recipients first."""
     models = store.models
     store.put_recipients(
-        models.EmailRequest(request_id=EXAMPLE_REQUEST, recipient_key=f"u{i:010d}",
-                            **{k: v for k, v in recipient(i).items()})
+        models.EmailRequest(request_id=EXAMPLE_REQUEST, recipient_key=f"u{i:010d}", **dict(recipient(i).items()))
         for i in (1, 2, 3)
     )
-    fields = dict(request_id=EXAMPLE_REQUEST, status=RequestStatus.QUEUED, created_at=utcnow(),
-                  subject="Welcome to {{ program.name }}, {{ user.first_name }}!",
-                  msgtext="<html><body><p>Dear {{ user.first_name }}</p></body></html>",
-                  sendto_fn_name="send_to_self", sender="Splash <splash@example.org>",
-                  message_vars={"program": {"name": "Splash"}}, recipient_count=3)
+    fields = {
+        "request_id": EXAMPLE_REQUEST,
+        "status": RequestStatus.QUEUED,
+        "created_at": utcnow(),
+        "subject": "Welcome to {{ program.name }}, {{ user.first_name }}!",
+        "msgtext": "<html><body><p>Dear {{ user.first_name }}</p></body></html>",
+        "sendto_fn_name": "send_to_self",
+        "sender": "Splash <splash@example.org>",
+        "message_vars": {"program": {"name": "Splash"}},
+        "recipient_count": 3,
+    }
     fields.update(overrides)
     models.MessageRequest(**fields).save()

@@ -5,11 +5,10 @@ from datetime import timedelta
 
 import boto3
 
-from dbmail.client import submit_request
-from dbmail.inbound_client import install_default_email_lists, publish_directory
-from dbmail.models import utcnow
-from dbmail.expand import CHUNK_RECIPIENTS
-from dbmail.store import Store
+from dbmail.client import install_default_email_lists, publish_directory, submit_request
+from dbmail.core.clock import utcnow
+from dbmail.outgoing.expand import CHUNK_RECIPIENTS
+from dbmail.outgoing.store import Store
 from tests.conftest import DIRECTORY, drain, inbound_message, load_event, recipient
 from tests.handlers.conftest import EXAMPLE_REQUEST, load_handler, seed_example_request
 
@@ -43,14 +42,34 @@ def test_requests_that_cannot_be_expanded_are_failed_requests_not_failed_records
     # given a batch of a request whose item is malformed, one whose template recurses, and a good one
     table = moto_stack.settings.request_table
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-    dynamodb.put_item(TableName=table, Item={"request_id": {"S": "bad-json"}, "status": {"S": "queued"},
-                                             "created_at": {"S": utcnow().isoformat()}, "special_headers": {"S": "{oops"}})
+    dynamodb.put_item(
+        TableName=table,
+        Item={
+            "request_id": {"S": "bad-json"},
+            "status": {"S": "queued"},
+            "created_at": {"S": utcnow().isoformat()},
+            "special_headers": {"S": "{oops"},
+        },
+    )
     recursing = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
-    dynamodb.put_item(TableName=table, Item={"request_id": {"S": "recursing"}, "status": {"S": "queued"},
-                                             "created_at": {"S": utcnow().isoformat()}, "subject": {"S": "s"},
-                                             "msgtext": {"S": recursing}, "recipient_count": {"N": "1"}})
-    Store(moto_stack.settings).put_recipients([Store(moto_stack.settings).models.EmailRequest(
-        request_id="recursing", recipient_key="u0000000001", **recipient(1))])
+    dynamodb.put_item(
+        TableName=table,
+        Item={
+            "request_id": {"S": "recursing"},
+            "status": {"S": "queued"},
+            "created_at": {"S": utcnow().isoformat()},
+            "subject": {"S": "s"},
+            "msgtext": {"S": recursing},
+            "recipient_count": {"N": "1"},
+        },
+    )
+    Store(moto_stack.settings).put_recipients(
+        [
+            Store(moto_stack.settings).models.EmailRequest(
+                request_id="recursing", recipient_key="u0000000001", **recipient(1)
+            )
+        ]
+    )
     good = submit_request(subject="s", msgtext="b", recipients=[recipient(2)], sender="splash@example.org")
     event = load_event("expand_insert.json")
     template = event["Records"][0]
@@ -64,8 +83,13 @@ def test_requests_that_cannot_be_expanded_are_failed_requests_not_failed_records
     assert load_handler("expand")(event, context) == {"batchItemFailures": []}
     # and each request carries its outcome
     store = Store(moto_stack.settings)
-    assert "malformed request item" in dynamodb.get_item(TableName=table, Key={"request_id": {"S": "bad-json"}})["Item"]["error"]["S"]
-    assert store.get_request("recursing").status == "failed" and "recursion limit" in store.get_request("recursing").error
+    assert (
+        "malformed request item"
+        in dynamodb.get_item(TableName=table, Key={"request_id": {"S": "bad-json"}})["Item"]["error"]["S"]
+    )
+    assert (
+        store.get_request("recursing").status == "failed" and "recursion limit" in store.get_request("recursing").error
+    )
     assert store.get_request(good).status == "processed"
 
 
@@ -73,8 +97,10 @@ def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batc
     # given a request larger than one chunk, and a small one after it in the same batch
     store = Store(moto_stack.settings)
     seed_example_request(store, recipient_count=None)
-    store.put_recipients(store.models.EmailRequest(request_id=EXAMPLE_REQUEST, recipient_key=f"u{i:010d}", **recipient(i))
-                         for i in range(4, CHUNK_RECIPIENTS + 10))
+    store.put_recipients(
+        store.models.EmailRequest(request_id=EXAMPLE_REQUEST, recipient_key=f"u{i:010d}", **recipient(i))
+        for i in range(4, CHUNK_RECIPIENTS + 10)
+    )
     small = submit_request(subject="s", msgtext="b", recipients=[recipient(1)], sender="splash@example.org")
     event = load_event("expand_insert.json")
     second = copy.deepcopy(event["Records"][0])
@@ -128,8 +154,11 @@ def test_inbound_handler_routes_the_received_message(moto_stack, context):
     publish_directory(**DIRECTORY)
     event = load_event("inbound_ses.json")
     mail = event["Records"][0]["ses"]["mail"]
-    boto3.client("s3", region_name="us-east-1").put_object(Bucket=moto_stack.settings.inbound_bucket,
-                             Key=f"{moto_stack.settings.inbound_prefix}{mail['messageId']}", Body=inbound_message())
+    boto3.client("s3", region_name="us-east-1").put_object(
+        Bucket=moto_stack.settings.inbound_bucket,
+        Key=f"{moto_stack.settings.inbound_prefix}{mail['messageId']}",
+        Body=inbound_message(),
+    )
     # when SES invokes the function
     response = load_handler("inbound")(event, context)
     # then the class list got it

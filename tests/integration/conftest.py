@@ -78,8 +78,8 @@ class LocalStack:
 @pytest.fixture(scope="module")
 def store(local_stack):
     """dbmail's Store on the stack (settings read once per process, so the caches are reset)."""
-    from dbmail import models, settings
-    from dbmail.store import Store
+    from dbmail.core import models, settings
+    from dbmail.outgoing.store import Store
 
     settings.get_settings.cache_clear()
     models.bind_models.cache_clear()

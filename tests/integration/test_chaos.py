@@ -20,9 +20,9 @@ from collections import Counter
 import pytest
 
 from dbmail.client import request_status, submit_request
-from dbmail.expand import message_id_for
-from dbmail.models import utcnow
-from dbmail.resend import resend
+from dbmail.core.clock import utcnow
+from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.resend import resend
 from dbmail_local import stack
 from tests.conftest import recipient
 from tests.integration.test_outgoing import outbox_by_message_id
@@ -55,6 +55,7 @@ def all_settled(request_ids):
     def check():
         statuses = [request_status(rid) for rid in request_ids]
         return statuses if all(s["reconciliation"]["settled"] for s in statuses) else None
+
     return check
 
 
@@ -68,12 +69,19 @@ def test_fault_campaign(local_stack, store):
         # given two requests, one to students and guardians, one to students only
         big = RECIPIENTS * 3 // 5
         request_ids = [
-            submit_request(subject="Chaos {{ user.first_name }}", msgtext="<html><body>Dear {{ user.first_name }}</body></html>",
-                           recipients=[recipient(i) for i in range(100_000, 100_000 + big)],
-                           sendto_fn_name="send_to_self_and_guardian", sender="splash@example.org"),
-            submit_request(subject="Chaos two", msgtext="Dear {{ user.first_name }}",
-                           recipients=[recipient(i, guardian_email=None) for i in range(200_000, 200_000 + RECIPIENTS - big)],
-                           sender="splash@example.org"),
+            submit_request(
+                subject="Chaos {{ user.first_name }}",
+                msgtext="<html><body>Dear {{ user.first_name }}</body></html>",
+                recipients=[recipient(i) for i in range(100_000, 100_000 + big)],
+                sendto_fn_name="send_to_self_and_guardian",
+                sender="splash@example.org",
+            ),
+            submit_request(
+                subject="Chaos two",
+                msgtext="Dear {{ user.first_name }}",
+                recipients=[recipient(i, guardian_email=None) for i in range(200_000, 200_000 + RECIPIENTS - big)],
+                sender="splash@example.org",
+            ),
         ]
         # when the runner is killed mid-expand ...
         local_stack.wait_for(lambda: store.get_request(request_ids[0]).expand_cursor, timeout=120, interval=0.02)
@@ -84,7 +92,7 @@ def test_fault_campaign(local_stack, store):
         # ... then at random points of sending, and stopped gracefully once
         for kill in range(KILLS):
             target = sent_count(local_stack) + rng.randint(5, max(6, RECIPIENTS // (KILLS + 2)))
-            local_stack.wait_for(lambda: sent_count(local_stack) >= target, timeout=3600, interval=0.2)
+            local_stack.wait_for(lambda target=target: sent_count(local_stack) >= target, timeout=3600, interval=0.2)
             if kill == KILLS // 2:
                 events.append(f"graceful stop after {sent_count(local_stack)} sent: {local_stack.stop_runner()}")
             else:
@@ -94,8 +102,9 @@ def test_fault_campaign(local_stack, store):
         # then every request settles: every email final, through retries and the sweep
         # (moto's SQS walks its whole queue on every call: at 30,000 queued emails it sends about
         # 8 a second on 2 cores, so the full-size campaign takes about an hour)
-        statuses = local_stack.wait_for(all_settled(request_ids), timeout=900 + RECIPIENTS // 4,
-                                        interval=max(2, RECIPIENTS // 2000))
+        statuses = local_stack.wait_for(
+            all_settled(request_ids), timeout=900 + RECIPIENTS // 4, interval=max(2, RECIPIENTS // 2000)
+        )
     finally:
         stack.write_faults(local_stack.state, None)
     settled_after = time.monotonic() - started
@@ -109,14 +118,21 @@ def test_fault_campaign(local_stack, store):
     assert set(by_status) <= {"sent", "failed"}, by_status
     # and what failed was refused for good or ran out of tries, never a throttle
     failed = [email for rid in request_ids for email in store.failed_emails(rid)]
-    assert all("Throttl" not in (email.error or "") and "TooManyRequests" not in (email.error or "") for email in failed)
+    assert all(
+        "Throttl" not in (email.error or "") and "TooManyRequests" not in (email.error or "") for email in failed
+    )
     # and once the cause is gone, `dbmail resend` delivers each failed email once
     resent = sum(resend(store, _send_queue(), rid, utcnow()) for rid in request_ids)
     assert resent == len(failed)
     statuses = local_stack.wait_for(
-        lambda: (s := [request_status(rid) for rid in request_ids]) and all(
-            x["emails_by_status"] == {"sent": x["reconciliation"]["emails"]} for x in s) and s,
-        timeout=300 + RECIPIENTS // 20, interval=max(1, RECIPIENTS // 2000))
+        lambda: (
+            (s := [request_status(rid) for rid in request_ids])
+            and all(x["emails_by_status"] == {"sent": x["reconciliation"]["emails"]} for x in s)
+            and s
+        ),
+        timeout=300 + RECIPIENTS // 20,
+        interval=max(1, RECIPIENTS // 2000),
+    )
     # and every email is in the outbox, duplicates only from the crash window, with the same Message-ID
     copies = Counter()
     by_id = outbox_by_message_id(local_stack.outbox)
@@ -129,12 +145,19 @@ def test_fault_campaign(local_stack, store):
     duplicated = sum(count for n, count in copies.items() if n > 1)
     sigkills = sum(1 for e in events if e.startswith("SIGKILL"))
     assert duplicated <= SEND_POLLERS * sigkills, copies
-    print("\n".join(["fault campaign figures:", *(f"  {e}" for e in events),
-                     f"  emails: {expected}, settled after {settled_after:.0f} s with {dict(by_status)}",
-                     f"  failed then resent once each: {resent}",
-                     f"  copies in the outbox per email: {dict(sorted(copies.items()))} "
-                     f"(duplicates {duplicated}, allowed {SEND_POLLERS * sigkills} for {sigkills} SIGKILLs)",
-                     f"  total {time.monotonic() - started:.0f} s, seed {SEED}"]))
+    print(
+        "\n".join(
+            [
+                "fault campaign figures:",
+                *(f"  {e}" for e in events),
+                f"  emails: {expected}, settled after {settled_after:.0f} s with {dict(by_status)}",
+                f"  failed then resent once each: {resent}",
+                f"  copies in the outbox per email: {dict(sorted(copies.items()))} "
+                f"(duplicates {duplicated}, allowed {SEND_POLLERS * sigkills} for {sigkills} SIGKILLs)",
+                f"  total {time.monotonic() - started:.0f} s, seed {SEED}",
+            ]
+        )
+    )
 
 
 def _send_queue():
@@ -148,19 +171,26 @@ def test_half_of_all_sends_throttled_still_delivers_everything_and_fails_nothing
     # given a provider that throttles half of all calls
     stack.write_faults(local_stack.state, {"ses_send": {"throttle": 0.5}, "seed": SEED})
     try:
-        request_id = submit_request(subject="Throttled", msgtext="Dear {{ user.first_name }}",
-                                    recipients=[recipient(i, guardian_email=None) for i in range(300_000, 300_020)],
-                                    sender="splash@example.org")
+        request_id = submit_request(
+            subject="Throttled",
+            msgtext="Dear {{ user.first_name }}",
+            recipients=[recipient(i, guardian_email=None) for i in range(300_000, 300_020)],
+            sender="splash@example.org",
+        )
         # then every email is eventually sent, none failed, none in the DLQ
         status = local_stack.wait_for(
-            lambda: (s := request_status(request_id))["emails_by_status"] == {"sent": 20} and s, timeout=600, interval=1)
+            lambda: (s := request_status(request_id))["emails_by_status"] == {"sent": 20} and s, timeout=600, interval=1
+        )
     finally:
         stack.write_faults(local_stack.state, None)
     sqs = local_stack.client("sqs")
-    dlq = sqs.get_queue_attributes(QueueUrl=local_stack.env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"],
-                                   AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    dlq = sqs.get_queue_attributes(
+        QueueUrl=local_stack.env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
     assert dlq["ApproximateNumberOfMessages"] == "0"
     throttles = sum(int(e.throttles or 0) for e in store.iter_emails(request_id, ["throttles"]))
     tries = sum(int(e.tries or 0) for e in store.iter_emails(request_id, ["tries"]))
-    print(f"\nhalf throttled: 20 sent, {throttles} throttles reached dbmail (after botocore's retries), {tries} tries spent")
+    print(
+        f"\nhalf throttled: 20 sent, {throttles} throttles reached dbmail (after botocore's retries), {tries} tries spent"
+    )
     assert tries == 0 and status["reconciliation"]["balanced"]

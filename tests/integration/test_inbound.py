@@ -12,8 +12,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from dbmail import models, settings, wiring
-from dbmail.inbound_client import install_default_email_lists, publish_directory, set_plain_redirect
+from dbmail import wiring
+from dbmail.client import install_default_email_lists, publish_directory, set_plain_redirect
+from dbmail.core import models, settings
 from tests.conftest import DIRECTORY
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,9 @@ def outbox_with(local_stack, text: str) -> list[email.message.EmailMessage]:
 
 
 def arrived(local_stack, token: str, count: int) -> list[email.message.EmailMessage]:
-    messages = local_stack.wait_for(lambda: (m if len(m := outbox_with(local_stack, token)) >= count else None), timeout=30)
+    messages = local_stack.wait_for(
+        lambda: m if len(m := outbox_with(local_stack, token)) >= count else None, timeout=30
+    )
     assert len(messages) == count, f"expected {count} messages, got {len(messages)}"
     return messages
 
@@ -68,15 +71,27 @@ def recipients(messages) -> list[str]:
     return sorted(a.addr_spec for m in messages for a in m["To"].addresses)
 
 
-
 def test_class_section_redirect_and_teacher_each_reach_the_expected_recipients(routing):
     # (the directors' copy, to directors@, comes back in through the SES hop and the directors
     # redirect delivers it to its two addresses, as once deployed)
     cases = [
-        ("E1234-class@example.org", ["dir1@example.net", "dir2@example.net", "directors@example.org", "s1@example.net",
-                                     "s2@example.net", "teacher@example.net"], "[E1234] Trip"),
-        ("E1234s1-students@example.org", ["dir1@example.net", "dir2@example.net", "directors@example.org", "s1@example.net"],
-         "[E1234s1] Trip"),
+        (
+            "E1234-class@example.org",
+            [
+                "dir1@example.net",
+                "dir2@example.net",
+                "directors@example.org",
+                "s1@example.net",
+                "s2@example.net",
+                "teacher@example.net",
+            ],
+            "[E1234] Trip",
+        ),
+        (
+            "E1234s1-students@example.org",
+            ["dir1@example.net", "dir2@example.net", "directors@example.org", "s1@example.net"],
+            "[E1234s1] Trip",
+        ),
         ("directors@example.org", ["dir1@example.net", "dir2@example.net"], "Trip"),
     ]
     for to, expected, subject_start in cases:

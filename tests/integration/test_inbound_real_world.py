@@ -35,11 +35,13 @@ from pathlib import Path
 
 import pytest
 
-from dbmail import cli, forward, models, settings, wiring
-from dbmail.inbound_client import add_email_list, install_default_email_lists, publish_directory, set_plain_redirect
-from dbmail.inbound_store import InboundStore
-from dbmail.models import InboundStatus
-from dbmail.routing import EmailListRule
+from dbmail import cli, wiring
+from dbmail.client import add_email_list, install_default_email_lists, publish_directory, set_plain_redirect
+from dbmail.core import models, settings
+from dbmail.core.statuses import InboundStatus
+from dbmail.inbound import forward
+from dbmail.inbound.routing import EmailListRule
+from dbmail.inbound.store import InboundStore
 from tests.conftest import DIRECTORY
 from tests.corpus import corpus_messages
 
@@ -50,11 +52,18 @@ SES_MESSAGE_ID = re.compile(rb"Ok ([0-9a-v]{40})")
 ASYNC_ATTEMPTS = 3  # one invocation and the InboundFunction's MaximumRetryAttempts (2)
 MAX_SMTP_LINE = 998  # aiosmtpd refuses lines over 1,000 characters with the CRLF (RFC 5321 4.5.3.1.6)
 HEADER_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
-AUTOMATIC_MARKERS = ("auto-submitted", "precedence", "x-autoreply", "x-autorespond", "x-auto-response-suppress",
-                     "list-id")
+AUTOMATIC_MARKERS = (
+    "auto-submitted",
+    "precedence",
+    "x-autoreply",
+    "x-autorespond",
+    "x-auto-response-suppress",
+    "list-id",
+)
 
 
 # ---- SMTP ------------------------------------------------------------------------------------
+
 
 def to_crlf(raw: bytes) -> bytes:
     """Every line end as CRLF (bare CR and bare LF too), as an MTA in front of SES would send it."""
@@ -90,8 +99,13 @@ def send_one(raw: bytes, recipients: Iterable[str], sender: str = "sender@exampl
         return transmit(client, raw, recipients, sender)
 
 
-def message(to: str, subject: str, body: str = "See you Saturday.\n", sender: str = '"Pa Rent" <parent@example.net>',
-            **headers: str) -> bytes:
+def message(
+    to: str,
+    subject: str,
+    body: str = "See you Saturday.\n",
+    sender: str = '"Pa Rent" <parent@example.net>',
+    **headers: str,
+) -> bytes:
     m = EmailMessage()
     m["From"] = sender
     m["To"] = to
@@ -108,6 +122,7 @@ def token() -> str:
 
 
 # ---- the outbox --------------------------------------------------------------------------------
+
 
 @dataclass
 class Sent:
@@ -131,7 +146,7 @@ def _head(path: Path) -> bytes:
                 break
             data += chunk
     end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[:end + 2]
+    return data if end < 0 else data[: end + 2]
 
 
 class Outbox:
@@ -148,19 +163,22 @@ class Outbox:
                 parsed = email.message_from_bytes(head + b"\r\n", policy=policy.default)
                 try:
                     to = tuple(a.addr_spec.lower() for a in parsed["To"].addresses) if parsed["To"] else ()
-                except Exception:  # noqa: BLE001 - a To we cannot read names nobody; the checks say so
+                except Exception:
                     to = ()
                 try:
                     subject = str(parsed["Subject"] or "")
-                except Exception:  # noqa: BLE001
+                except Exception:
                     subject = ""
                 self._sent[path.name] = Sent(path, head, to, subject)
         return list(self._sent.values())
 
     def matching(self, *, subject: str | None = None, to: Iterable[str] | None = None) -> list[Sent]:
         wanted = {a.lower() for a in to} if to is not None else None
-        return [s for s in self.refresh()
-                if (subject is None or subject in s.subject) and (wanted is None or wanted & set(s.to))]
+        return [
+            s
+            for s in self.refresh()
+            if (subject is None or subject in s.subject) and (wanted is None or wanted & set(s.to))
+        ]
 
     def forget(self, sent: Iterable[Sent]) -> None:
         """Deletes these files (a 12 MB message to 150 people is 1.8 GB of outbox)."""
@@ -174,6 +192,7 @@ def recipients(sent: Iterable[Sent]) -> list[str]:
 
 
 # ---- the stack ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Harness:
@@ -215,12 +234,16 @@ class Harness:
     def inbound_for(self, address: str, text: str, exclude: Iterable[str] = ()) -> list:
         """InboundMessage records whose recipients include ``address`` and whose subject has ``text``."""
         address, exclude = address.lower(), set(exclude)
-        return [item for status in ALL_STATUSES for item in self.store.with_status(status)
-                if item.message_id not in exclude and text in (item.subject or "")
-                and address in [r.lower() for r in item.recipients]]
+        return [
+            item
+            for status in ALL_STATUSES
+            for item in self.store.with_status(status)
+            if item.message_id not in exclude
+            and text in (item.subject or "")
+            and address in [r.lower() for r in item.recipients]
+        ]
 
-    def ses_hop(self, sent: Sent, chapter_address: str, text: str, exclude: Iterable[str] = (),
-                timeout: float = 30.0):
+    def ses_hop(self, sent: Sent, chapter_address: str, text: str, exclude: Iterable[str] = (), timeout: float = 30.0):
         """What SES does, once deployed, with a forward it sends to one of our own addresses: the
         forward comes back in through SES receiving. The local stack's moto relays such sends into
         the SMTP front (SesHop); this waits for the one InboundMessage the relay made of ``sent``
@@ -288,21 +311,37 @@ def harness(local_stack):
     clear_caches()
 
 
-def a_class(class_id: int, *, directors: str, teachers: Iterable[str] = (), sections: Iterable[Iterable[str]] = ()) -> dict:
-    return {"class_id": class_id, "emailcode": f"E{class_id}", "program_name": "Real World",
-            "directors_email": directors,
-            "teachers": [{"name": "Tea Cher", "email": t} for t in teachers],
-            "sections": [{"index": i, "emailcode": f"E{class_id}s{i}", "students": [{"name": "Stu Dent", "email": s} for s in students]}
-                         for i, students in enumerate(sections, start=1)]}
+def a_class(
+    class_id: int, *, directors: str, teachers: Iterable[str] = (), sections: Iterable[Iterable[str]] = ()
+) -> dict:
+    return {
+        "class_id": class_id,
+        "emailcode": f"E{class_id}",
+        "program_name": "Real World",
+        "directors_email": directors,
+        "teachers": [{"name": "Tea Cher", "email": t} for t in teachers],
+        "sections": [
+            {
+                "index": i,
+                "emailcode": f"E{class_id}s{i}",
+                "students": [{"name": "Stu Dent", "email": s} for s in students],
+            }
+            for i, students in enumerate(sections, start=1)
+        ],
+    }
 
 
 def people_of(cls: dict) -> list[str]:
-    found = [cls["directors_email"], *(t["email"] for t in cls["teachers"]),
-             *(s["email"] for section in cls["sections"] for s in section["students"])]
+    found = [
+        cls["directors_email"],
+        *(t["email"] for t in cls["teachers"]),
+        *(s["email"] for section in cls["sections"] for s in section["students"]),
+    ]
     return sorted(dict.fromkeys(a.lower() for a in found))
 
 
 # ---- checking a forward ------------------------------------------------------------------------
+
 
 def header_lines(head: bytes) -> list[bytes]:
     return head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n")
@@ -352,7 +391,7 @@ def is_attachment(part) -> bool:
     try:
         if part.get_filename():
             return True
-    except Exception:  # noqa: BLE001 - a name too broken to read: treat the part as an attachment
+    except Exception:
         return True
     disposition = str(part.get("Content-Disposition") or "").strip().lower()
     return disposition.startswith("attachment") or part.get_content_maintype() not in ("text", "multipart", "message")
@@ -369,8 +408,9 @@ def assert_same_parts(original_raw: bytes, forward_raw: bytes) -> int:
             attachments += 1
             assert after == before, f"attachment {i} ({a.get_content_type()}) is not byte-identical after decoding"
         else:  # text: the same bytes, allowing for the line end before a boundary
-            assert after.replace(b"\r\n", b"\n").rstrip(b"\n") == before.replace(b"\r\n", b"\n").rstrip(b"\n"), \
+            assert after.replace(b"\r\n", b"\n").rstrip(b"\n") == before.replace(b"\r\n", b"\n").rstrip(b"\n"), (
                 f"text part {i} changed"
+            )
     return attachments
 
 
@@ -395,6 +435,7 @@ def check_group_forward(sent: Sent, original_raw: bytes, people: Iterable[str], 
 
 # ---- 1 and 3: the corpus -----------------------------------------------------------------------
 
+
 def smtp_ready(raw: bytes) -> tuple[bytes | None, str]:
     """The message as it can cross SMTP (CRLF), and what had to be adjusted; None when it cannot.
 
@@ -408,7 +449,7 @@ def smtp_ready(raw: bytes) -> tuple[bytes | None, str]:
     dbmail strips: STRIPPED)."""
     raw = to_crlf(raw)
     end = raw.find(b"\r\n\r\n")
-    head, body = (raw, b"") if end < 0 else (raw[:end + 4], raw[end + 4:])
+    head, body = (raw, b"") if end < 0 else (raw[: end + 4], raw[end + 4 :])
     if any(len(line) > MAX_SMTP_LINE for line in head.split(b"\r\n")):
         return None, "a header line over 998 characters cannot cross SMTP (aiosmtpd refuses it)"
     lines, adjusted = [], []
@@ -416,7 +457,7 @@ def smtp_ready(raw: bytes) -> tuple[bytes | None, str]:
         if len(line) <= MAX_SMTP_LINE:
             lines.append(line)
         elif re.fullmatch(rb"[A-Za-z0-9+/=]+", line):
-            lines.extend(line[i:i + 76] for i in range(0, len(line), 76))
+            lines.extend(line[i : i + 76] for i in range(0, len(line), 76))
             adjusted.append("a long base64 line wrapped at 76")
         elif b"><" in line:
             pieces, current = [], b""
@@ -510,10 +551,21 @@ def corpus_run(harness):
         sent, note = smtp_ready(raw)
         people = [f"rwc{i}-dirs@example.net", f"rwc{i}-t@example.net", f"rwc{i}-s@example.net"]
         cases[name] = CorpusCase(name, i, sent, note, people)
-    publish_directory(classes=[a_class(c.class_id, directors=c.people[0], teachers=[c.people[1]], sections=[[c.people[2]]])
-                               for c in cases.values()], store=harness.store)
-    add_email_list(r"^rwauto(\d+)-(class|teachers|students)$", "ClassList", seq=12, accept_automatic=True,
-                   list_id=AUTOMATIC_RULE, description="real-world tests: a class list that takes automatic mail")
+    publish_directory(
+        classes=[
+            a_class(c.class_id, directors=c.people[0], teachers=[c.people[1]], sections=[[c.people[2]]])
+            for c in cases.values()
+        ],
+        store=harness.store,
+    )
+    add_email_list(
+        r"^rwauto(\d+)-(class|teachers|students)$",
+        "ClassList",
+        seq=12,
+        accept_automatic=True,
+        list_id=AUTOMATIC_RULE,
+        description="real-world tests: a class list that takes automatic mail",
+    )
     started = time.monotonic()
     with smtp() as client:
         for case in cases.values():
@@ -521,8 +573,13 @@ def corpus_run(harness):
                 case.first = transmit(client, case.sent, [case.address(1)])
     sent_at = time.monotonic()
     first = harness.settle([c.first for c in cases.values() if c.first], timeout=150)
-    refused = [c for c in cases.values() if c.first and first[c.first].status == InboundStatus.DROPPED
-               and "automatic mail is not broadcast" in (first[c.first].detail or "")]
+    refused = [
+        c
+        for c in cases.values()
+        if c.first
+        and first[c.first].status == InboundStatus.DROPPED
+        and "automatic mail is not broadcast" in (first[c.first].detail or "")
+    ]
     with smtp() as client:
         for case in refused:
             case.second = transmit(client, case.sent, [case.address(2)])
@@ -531,14 +588,18 @@ def corpus_run(harness):
         case.items = {k: v for k, v in {**first, **second}.items() if k in (case.first, case.second)}
     sent = sum(1 for c in cases.values() if c.first)
     statuses = Counter(item.status for item in first.values())
-    print(f"\ncorpus: {len(CORPUS)} messages, {sent} sent over SMTP ({len(CORPUS) - sent} skipped), "
-          f"sent in {sent_at - started:.1f} s, all final {time.monotonic() - started:.1f} s after the first; "
-          f"default class list: {dict(statuses)}; {len(refused)} automatic ones again to a list that takes them")
+    print(
+        f"\ncorpus: {len(CORPUS)} messages, {sent} sent over SMTP ({len(CORPUS) - sent} skipped), "
+        f"sent in {sent_at - started:.1f} s, all final {time.monotonic() - started:.1f} s after the first; "
+        f"default class list: {dict(statuses)}; {len(refused)} automatic ones again to a list that takes them"
+    )
     return cases
 
 
 @pytest.mark.parametrize("name", CORPUS_NAMES)
-def test_corpus_message_forwards_hold_only_original_or_dbmail_headers_and_reach_exactly_the_class(harness, corpus_run, name):
+def test_corpus_message_forwards_hold_only_original_or_dbmail_headers_and_reach_exactly_the_class(
+    harness, corpus_run, name
+):
     # given a real-world or hostile message sent over SMTP to a class list of three people
     case = corpus_run[name]
     if case.sent is None:
@@ -571,8 +632,15 @@ def independent_subject(raw: bytes) -> str | None:
     """The Subject decoded without dbmail (the standard library's RFC 2047 split, adjacent words in
     one charset joined, each charset read as the superset senders really use), or None when the
     Subject is not plain encoded words."""
-    supersets = {"gb2312": "gb18030", "gbk": "gb18030", "ks_c_5601-1987": "cp949", "iso-8859-1": "cp1252",
-                 "shift_jis": "cp932", "iso-2022-jp": "iso2022_jp_ext", "us-ascii": "ascii"}
+    supersets = {
+        "gb2312": "gb18030",
+        "gbk": "gb18030",
+        "ks_c_5601-1987": "cp949",
+        "iso-8859-1": "cp1252",
+        "shift_jis": "cp932",
+        "iso-2022-jp": "iso2022_jp_ext",
+        "us-ascii": "ascii",
+    }
     value = forward.raw_header(forward.parse(raw), "Subject")
     if value is None or not value.isascii() or "=?" not in value:
         return None
@@ -584,7 +652,9 @@ def independent_subject(raw: bytes) -> str | None:
         else:
             joined.append((data, charset))
     try:
-        return "".join(data.decode(supersets.get(charset or "us-ascii", charset or "ascii")) for data, charset in joined)
+        return "".join(
+            data.decode(supersets.get(charset or "us-ascii", charset or "ascii")) for data, charset in joined
+        )
     except (LookupError, UnicodeDecodeError):
         return None
 
@@ -614,16 +684,23 @@ def test_legacy_charset_mail_is_forwarded_to_the_class_with_attachments_intact(h
 
 # ---- 2: address case and subaddresses ----------------------------------------------------------
 
+
 def test_case_and_plus_variants_route_like_their_canonical_addresses(harness):
     # given class 1234 (DIRECTORY), a class of our own and the directors redirect
-    cls = a_class(7201, directors="rw72-dirs@example.net", teachers=["rw72-t@example.net"],
-                  sections=[["rw72-s1@example.net"], ["rw72-s2@example.net"]])
+    cls = a_class(
+        7201,
+        directors="rw72-dirs@example.net",
+        teachers=["rw72-t@example.net"],
+        sections=[["rw72-s1@example.net"], ["rw72-s2@example.net"]],
+    )
     publish_directory(classes=[cls], store=harness.store)
-    pairs = [("e1234-students@example.org", "E1234-Students@example.org"),
-             ("directors@example.org", "directors+x@example.org"),
-             ("directors@example.org", "DIRECTORS@example.org"),
-             ("e7201-class@example.org", "E7201-CLASS+trip@EXAMPLE.ORG"),
-             ("e7201s2-students@example.org", "E7201s2-Students@example.org")]
+    pairs = [
+        ("e1234-students@example.org", "E1234-Students@example.org"),
+        ("directors@example.org", "directors+x@example.org"),
+        ("directors@example.org", "DIRECTORS@example.org"),
+        ("e7201-class@example.org", "E7201-CLASS+trip@EXAMPLE.ORG"),
+        ("e7201s2-students@example.org", "E7201s2-Students@example.org"),
+    ]
     # when each address gets a message of its own
     sent = {}
     with smtp() as client:
@@ -647,26 +724,35 @@ def test_case_and_plus_variants_route_like_their_canonical_addresses(harness):
 
 # ---- 4: one copy per person --------------------------------------------------------------------
 
+
 def test_one_transaction_to_a_class_its_section_and_a_redirect_gives_each_person_one_copy(harness):
     # given a class, one of its sections and a redirect that share people
-    cls = a_class(7401, directors="rw74-dirs@example.net", teachers=["rw74-t@example.net"],
-                  sections=[["rw74-s1@example.net"], ["rw74-s2@example.net"]])
+    cls = a_class(
+        7401,
+        directors="rw74-dirs@example.net",
+        teachers=["rw74-t@example.net"],
+        sections=[["rw74-s1@example.net"], ["rw74-s2@example.net"]],
+    )
     publish_directory(classes=[cls], store=harness.store)
-    set_plain_redirect("rw74-desk", "Tea Cher <rw74-t@example.net>, rw74-x@example.net, rw74-s1@example.net",
-                       store=harness.store)
+    set_plain_redirect(
+        "rw74-desk", "Tea Cher <rw74-t@example.net>, rw74-x@example.net, rw74-s1@example.net", store=harness.store
+    )
     subject = f"Shared {token()}"
     # when one SMTP transaction reaches all three
-    message_id = send_one(message("e7401-class@example.org", subject),
-                          ["E7401-class@example.org", "e7401s1-students@example.org", "rw74-desk@example.org"])
+    message_id = send_one(
+        message("e7401-class@example.org", subject),
+        ["E7401-class@example.org", "e7401s1-students@example.org", "rw74-desk@example.org"],
+    )
     item = harness.settle_one(message_id)
     # then everyone on any of them got exactly one copy
     assert item.status == InboundStatus.FORWARDED, item.detail
     everyone = sorted({*people_of(cls), "rw74-x@example.net"})
     copies = Counter(a for s in harness.outbox.matching(subject=subject) for a in s.to)
-    assert dict(copies) == {person: 1 for person in everyone}
+    assert dict(copies) == dict.fromkeys(everyone, 1)
 
 
 # ---- 5: a large message to a large list ----------------------------------------------------------
+
 
 def ses_destinations(harness, subject: str) -> list[str]:
     """Every destination of the SES calls whose message has ``subject``, as moto recorded them
@@ -711,8 +797,10 @@ def test_a_12_mb_message_to_150_people_is_forwarded_well_inside_the_function_tim
         item = harness.settle_one(message_id, timeout=150)
         elapsed = time.monotonic() - accepted
         with capsys.disabled():
-            print(f"\n12 MB ({len(raw) / 1e6:.1f} MB) to {len(people)}: SMTP {accepted - smtp_started:.1f} s, "
-                  f"accepted to {item.status} in {elapsed:.1f} s (InboundFunction Timeout: 120 s)")
+            print(
+                f"\n12 MB ({len(raw) / 1e6:.1f} MB) to {len(people)}: SMTP {accepted - smtp_started:.1f} s, "
+                f"accepted to {item.status} in {elapsed:.1f} s (InboundFunction Timeout: 120 s)"
+            )
         # then it is forwarded as a few copies (To naming the list), each of the 151 an envelope
         # recipient of exactly one, the attachment intact
         assert item.status == InboundStatus.FORWARDED, item.detail
@@ -731,17 +819,26 @@ def test_a_12_mb_message_to_150_people_is_forwarded_well_inside_the_function_tim
 
 # ---- 6: reprocessing failures ------------------------------------------------------------------
 
+
 def test_reprocess_delivers_the_fixable_failures_and_reports_the_rest_one_line_each(harness, capsys):
     # given a redirect whose rule sends From a domain SES has not verified (a rule written before
     # AllowedSenderDomains changed, so SES refuses every forward: MessageRejected)
-    rule = EmailListRule("rw-reprocess-desk", r"^(rw76-desk)$", 25, "PlainList",
-                         from_email="Front Desk <desk@unverified.example>", description="real-world tests")
+    rule = EmailListRule(
+        "rw-reprocess-desk",
+        r"^(rw76-desk)$",
+        25,
+        "PlainList",
+        from_email="Front Desk <desk@unverified.example>",
+        description="real-world tests",
+    )
     harness.store.put_rule(rule)
     set_plain_redirect("rw76-desk", "Ann <rw76-a@example.net>, rw76-b@example.net", store=harness.store)
     subjects = {"fixable": f"Desk {token()}", "expired": f"Desk {token()}"}
     with smtp() as client:
-        ids = {kind: transmit(client, message("rw76-desk@example.org", subject), ["rw76-desk@example.org"])
-               for kind, subject in subjects.items()}
+        ids = {
+            kind: transmit(client, message("rw76-desk@example.org", subject), ["rw76-desk@example.org"])
+            for kind, subject in subjects.items()
+        }
     # and two messages to it that failed after Lambda's retries
     items = harness.settle(ids.values())
     for message_id in ids.values():
@@ -770,7 +867,10 @@ def test_reprocess_delivers_the_fixable_failures_and_reports_the_rest_one_line_e
     assert mine[ids["expired"]].startswith(f"{ids['expired']} failed again: ") and "NoSuchKey" in mine[ids["expired"]]
     assert code == 1
     assert "Traceback" not in out + err
-    assert recipients(harness.outbox.matching(subject=subjects["fixable"])) == ["rw76-a@example.net", "rw76-b@example.net"]
+    assert recipients(harness.outbox.matching(subject=subjects["fixable"])) == [
+        "rw76-a@example.net",
+        "rw76-b@example.net",
+    ]
     assert harness.outbox.matching(subject=subjects["expired"]) == []
     assert harness.store.get(ids["fixable"]).status == InboundStatus.FORWARDED
     assert harness.store.get(ids["expired"]).status == InboundStatus.FAILED
@@ -784,7 +884,10 @@ def test_reprocess_delivers_the_fixable_failures_and_reports_the_rest_one_line_e
     others_failed = [line for line in lines if "failed again" in line]
     assert code == (1 if others_failed else 0), lines
     assert "Traceback" not in out + err
-    assert recipients(harness.outbox.matching(subject=subjects["expired"])) == ["rw76-a@example.net", "rw76-b@example.net"]
+    assert recipients(harness.outbox.matching(subject=subjects["expired"])) == [
+        "rw76-a@example.net",
+        "rw76-b@example.net",
+    ]
     assert cli.main(["inbound", "failed"]) == 0
     out, err = capsys.readouterr()
     assert not any(i in out for i in ids.values())
@@ -792,9 +895,12 @@ def test_reprocess_delivers_the_fixable_failures_and_reports_the_rest_one_line_e
 
 # ---- 7: chapter addresses through the SES hop, and a real loop ----------------------------------
 
+
 def test_a_forward_to_a_chapter_address_comes_back_and_is_delivered_and_a_real_loop_stops(harness):
     # given a class whose directors address is a redirect of ours, which also names the class list
-    cls = a_class(7701, directors="rw77-dirs@example.org", teachers=["rw77-t@example.net"], sections=[["rw77-s@example.net"]])
+    cls = a_class(
+        7701, directors="rw77-dirs@example.org", teachers=["rw77-t@example.net"], sections=[["rw77-s@example.net"]]
+    )
     publish_directory(classes=[cls], store=harness.store)
     set_plain_redirect("rw77-dirs", "Dee Rector <rw77-d@example.net>, e7701-class@example.org", store=harness.store)
     subject = f"Loop {token()}"
@@ -818,8 +924,13 @@ def test_a_forward_to_a_chapter_address_comes_back_and_is_delivered_and_a_real_l
     assert len(harness.inbound_for("e7701-class@example.org", subject)) == 2
     assert len(harness.inbound_for("rw77-dirs@example.org", subject)) == 1
     copies = Counter(a for s in harness.outbox.matching(subject=subject) for a in s.to)
-    assert dict(copies) == {"rw77-dirs@example.org": 1, "rw77-t@example.net": 1, "rw77-s@example.net": 1,
-                            "rw77-d@example.net": 1, "e7701-class@example.org": 1}
+    assert dict(copies) == {
+        "rw77-dirs@example.org": 1,
+        "rw77-t@example.net": 1,
+        "rw77-s@example.net": 1,
+        "rw77-d@example.net": 1,
+        "e7701-class@example.org": 1,
+    }
 
 
 # ---- 8: header injection -------------------------------------------------------------------------
@@ -829,13 +940,24 @@ INJECTED_LINE = re.compile(rb"(?im)^(bcc|x-injected)[ \t]*:")
 
 def test_encoded_crlf_in_headers_never_becomes_a_header_line_for_a_list_a_redirect_or_cc_all(harness):
     # given a class list, a redirect and a cc_all class list
-    cls = a_class(7801, directors="rw78-dirs@example.net", teachers=["rw78-t@example.net"], sections=[["rw78-s@example.net"]])
+    cls = a_class(
+        7801, directors="rw78-dirs@example.net", teachers=["rw78-t@example.net"], sections=[["rw78-s@example.net"]]
+    )
     publish_directory(classes=[cls], store=harness.store)
     set_plain_redirect("rw78-desk", "rw78-a@example.net, Bee <rw78-b@example.net>", store=harness.store)
-    add_email_list(r"^rwcc(\d+)-(class|teachers|students)$", "ClassList", seq=13, cc_all=True,
-                   list_id="rw-injection-cc-all", description="real-world tests: a cc_all class list")
-    addresses = {"e7801-class@example.org": people_of(cls), "rw78-desk@example.org": ["rw78-a@example.net", "rw78-b@example.net"],
-                 "rwcc7801-class@example.org": people_of(cls)}
+    add_email_list(
+        r"^rwcc(\d+)-(class|teachers|students)$",
+        "ClassList",
+        seq=13,
+        cc_all=True,
+        list_id="rw-injection-cc-all",
+        description="real-world tests: a cc_all class list",
+    )
+    addresses = {
+        "e7801-class@example.org": people_of(cls),
+        "rw78-desk@example.org": ["rw78-a@example.net", "rw78-b@example.net"],
+        "rwcc7801-class@example.org": people_of(cls),
+    }
     attacks = {
         "subject-q-bcc": ("=?utf-8?q?Hi=0D=0ABcc:_victim@evil.example?=", {}),
         "subject-q-x-injected": ("=?utf-8?q?Hi=0D=0AX-Injected:_yes?=", {}),
@@ -848,9 +970,17 @@ def test_encoded_crlf_in_headers_never_becomes_a_header_line_for_a_list_a_redire
         for address in addresses:
             for attack, (subject, extra) in attacks.items():
                 mark = token()
-                lines = ["From: Pa Rent <parent@example.net>", f"To: {address}", f"Subject: {subject}",
-                         f"Message-ID: <{mark}@mail.example.net>", f"X-Run: {mark}",
-                         *(f"{k}: {v}" for k, v in extra.items()), "", "Hello all", ""]
+                lines = [
+                    "From: Pa Rent <parent@example.net>",
+                    f"To: {address}",
+                    f"Subject: {subject}",
+                    f"Message-ID: <{mark}@mail.example.net>",
+                    f"X-Run: {mark}",
+                    *(f"{k}: {v}" for k, v in extra.items()),
+                    "",
+                    "Hello all",
+                    "",
+                ]
                 raw = "\r\n".join(lines).encode("ascii")
                 runs.append((address, attack, mark, transmit(client, raw, [address])))
     items = harness.settle([r[3] for r in runs])

@@ -49,8 +49,14 @@ def test_cli_lifecycle_on_a_taken_port_leaves_nothing_running(tmp_path):
             env = read_env_file(tmp_path / "stack.env")
             assert env["DBMAIL_LOCAL_MOTO_URL"] != f"http://127.0.0.1:{port}"
             # a fresh stack is a new site: it has the original's four EmailList rules
-            rules = subprocess.run([sys.executable, "-m", "dbmail.cli", "lists", "list"], capture_output=True,
-                                   text=True, timeout=60, check=True, env={**os.environ, **env}).stdout
+            rules = subprocess.run(
+                [sys.executable, "-m", "dbmail.cli", "lists", "list"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+                env={**os.environ, **env},
+            ).stdout
             assert [json.loads(line)["seq"] for line in rules.splitlines()] == [10, 20, 30, 40]
 
             again = _cli("up", "--state-dir", state)

@@ -158,9 +158,11 @@ def test_stack_env_names_the_smtp_front_and_the_template_rule_stores_mail_in_its
 
     sent = _message(From=f"Zoë <{SENDER}>", To="nobody-here@example.org", Subject="local inbound check")
     message_id = _send(port, sent, ["nobody-here@example.org"])
-    stored = local_stack.client("s3").get_object(
-        Bucket=env["DBMAIL_INBOUND_BUCKET"], Key=env["DBMAIL_INBOUND_PREFIX"] + message_id
-    )["Body"].read()
+    stored = (
+        local_stack.client("s3")
+        .get_object(Bucket=env["DBMAIL_INBOUND_BUCKET"], Key=env["DBMAIL_INBOUND_PREFIX"] + message_id)["Body"]
+        .read()
+    )
     assert _trace(stored, sent)[0] == f"Return-Path: <{SENDER}>"
     # Whatever InboundFunction does with it is done before the next tests look at the outbox.
     spool = local_stack.state.async_events / "InboundFunction"
@@ -264,9 +266,8 @@ def test_recipients_no_rule_matches_are_refused(inbound):
             code, reply = client.rcpt(refused)
             assert (code, reply[:5]) == (550, b"5.7.1"), refused
         assert client.rcpt("CLASS-9@Inbound.Test")[0] == 250
-    with pytest.raises(smtplib.SMTPRecipientsRefused):
-        with smtplib.SMTP(stack.HOST, inbound.port, timeout=10) as client:
-            client.sendmail(SENDER, ["someone@elsewhere.test"], _message(Subject="nobody takes this"))
+    with pytest.raises(smtplib.SMTPRecipientsRefused), smtplib.SMTP(stack.HOST, inbound.port, timeout=10) as client:
+        client.sendmail(SENDER, ["someone@elsewhere.test"], _message(Subject="nobody takes this"))
     assert inbound.keys() == before
 
 
@@ -399,8 +400,11 @@ def test_each_accepted_message_is_logged_without_addresses_or_content(inbound):
     inbound.event(message_id)
     log_text = inbound.log.read_text()
     # (the runner may be writing a later line about the message right now: complete lines only)
-    (accepted,) = [json.loads(line) for line in log_text.splitlines(keepends=True)
-                   if message_id in line and '"message accepted"' in line and line.endswith("\n")]
+    (accepted,) = [
+        json.loads(line)
+        for line in log_text.splitlines(keepends=True)
+        if message_id in line and '"message accepted"' in line and line.endswith("\n")
+    ]
     assert accepted["message"] == "message accepted"
     assert (accepted["recipients"], accepted["bytes"], accepted["rules"]) == (2, len(sent), ["probe-mail"])
     for secret in (SENDER, "inbound.test", "elsewhere.test", "secret plans", "Hello class"):

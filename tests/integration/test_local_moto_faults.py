@@ -52,7 +52,9 @@ def faults(local_stack) -> Iterator[Any]:
 def queue(local_stack) -> Iterator[str]:
     """A fresh queue of this test's own (no runner polls it), deleted afterwards."""
     sqs = _client(local_stack, "sqs")
-    url = sqs.create_queue(QueueName=f"faults-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
+    url = sqs.create_queue(QueueName=f"faults-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "60"})[
+        "QueueUrl"
+    ]
     try:
         yield url
     finally:
@@ -126,8 +128,12 @@ def test_each_fault_kind_has_the_code_and_status_of_ses_v1_and_v2(local_stack, f
 
 
 def test_bad_fault_specs_are_refused_before_they_reach_moto(local_stack):
-    for spec in ({"ses_send": {"throttle": 1.5}}, {"ses_send": {"throttle": 0.6, "permanent": 0.6}},
-                 {"sqs_dupes": 0.1}, {"seed": "seven"}):
+    for spec in (
+        {"ses_send": {"throttle": 1.5}},
+        {"ses_send": {"throttle": 0.6, "permanent": 0.6}},
+        {"sqs_dupes": 0.1},
+        {"seed": "seven"},
+    ):
         with pytest.raises(ValueError, match="faults"):
             stack.write_faults(local_stack.state, spec)
     assert not (local_stack.state_dir / stack.FAULTS_FILE).exists()
@@ -141,7 +147,10 @@ def test_a_received_message_is_duplicated_in_its_queue(local_stack, faults, queu
     received = []
     for _ in range(2):
         received += sqs.receive_message(
-            QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"],
+            QueueUrl=queue,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
             MessageSystemAttributeNames=["SentTimestamp"],
         )["Messages"]
     assert len(received) == 2
@@ -171,7 +180,9 @@ def test_concurrent_senders_receivers_and_deleters_lose_nothing_and_get_nothing_
 
     def receive() -> None:
         while True:
-            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            )
             if not messages:
                 if sent_all.is_set():
                     return
@@ -181,7 +192,9 @@ def test_concurrent_senders_receivers_and_deleters_lose_nothing_and_get_nothing_
                 received_after_delete.extend(message["Body"] for message in messages if message["Body"] in deleted)
             result = sqs.delete_message_batch(
                 QueueUrl=queue,
-                Entries=[{"Id": str(n), "ReceiptHandle": message["ReceiptHandle"]} for n, message in enumerate(messages)],
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": message["ReceiptHandle"]} for n, message in enumerate(messages)
+                ],
             )
             assert not result.get("Failed"), result["Failed"]
             with lock:
@@ -191,7 +204,7 @@ def test_concurrent_senders_receivers_and_deleters_lose_nothing_and_get_nothing_
         def guarded() -> None:
             try:
                 target(*args)
-            except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            except BaseException as error:
                 failures.append(error)
 
         thread = threading.Thread(target=guarded)
@@ -212,7 +225,10 @@ def test_concurrent_senders_receivers_and_deleters_lose_nothing_and_get_nothing_
     assert set(received.values()) == {1}  # the visibility timeout (60 s) never ended
     # A deleted message that came back would still be in the queue, in flight until its timeout ends.
     attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
-    assert (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"]) == ("0", "0")
+    assert (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"]) == (
+        "0",
+        "0",
+    )
 
 
 @pytest.fixture
@@ -235,8 +251,12 @@ def in_process_sqs(monkeypatch) -> Iterator[Any]:
 
 
 PATCHED_BACKEND_METHODS = (
-    "receive_message", "send_message_batch", "delete_message_batch", "change_message_visibility",
-    "change_message_visibility_batch", "purge_queue",
+    "receive_message",
+    "send_message_batch",
+    "delete_message_batch",
+    "change_message_visibility",
+    "change_message_visibility_batch",
+    "purge_queue",
 )
 
 
@@ -273,5 +293,5 @@ def test_concurrent_deletes_and_sends_with_a_wide_race_window(monkeypatch, in_pr
         thread.start()
     for thread in threads:
         thread.join()
-    left = sorted(message.body for message in backend.get_queue("wide")._messages)  # noqa: SLF001
+    left = sorted(message.body for message in backend.get_queue("wide")._messages)
     assert left == sorted(f"new-{s}-{n}" for s in range(2) for n in range(20))

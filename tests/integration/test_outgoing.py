@@ -7,7 +7,7 @@ import email
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dbmail.client import request_status, submit_request
-from dbmail.expand import message_id_for
+from dbmail.outgoing.expand import message_id_for
 from tests.conftest import recipient
 
 pytestmark = pytest.mark.integration
@@ -52,16 +52,25 @@ def delivered_messages(local_stack, store, request_id: str) -> list[email.messag
 
 def test_a_submitted_request_is_delivered_as_correct_mime(local_stack, store):
     # given an HTML request and a plain one, with non-ASCII names and subjects
-    people = [recipient(1, first_name="Zoë", last_name="Ng"), recipient(2, first_name="José", last_name="García",
-                                                                          guardian_email=None)]
+    people = [
+        recipient(1, first_name="Zoë", last_name="Ng"),
+        recipient(2, first_name="José", last_name="García", guardian_email=None),
+    ]
     html_id = submit_request(
         subject="[Splash] Wëlcome, {{ user.first_name }} ✨",
         msgtext='<html lang="en"><body><h1>Hi {{ user.first_name }}</h1><p>See <a href="https://esp.example.org/c">'
-                "your classes</a></p></body></html>",
-        recipients=people, sendto_fn_name="send_to_self_and_guardian",
-        sender="Splash Dïrectors <splash@example.org>", special_headers={"Reply-To": " splash@example.org "})
-    text_id = submit_request(subject="Plain for {{ user.first_name }}", msgtext="Dear {{ user.first_name }},\nhello.\n",
-                             recipients=people, sender="splash@example.org")
+        "your classes</a></p></body></html>",
+        recipients=people,
+        sendto_fn_name="send_to_self_and_guardian",
+        sender="Splash Dïrectors <splash@example.org>",
+        special_headers={"Reply-To": " splash@example.org "},
+    )
+    text_id = submit_request(
+        subject="Plain for {{ user.first_name }}",
+        msgtext="Dear {{ user.first_name }},\nhello.\n",
+        recipients=people,
+        sender="splash@example.org",
+    )
     # when the stack has delivered them
     assert wait_delivered(local_stack, html_id)["emails_by_status"] == {"sent": 3}
     assert wait_delivered(local_stack, text_id)["emails_by_status"] == {"sent": 2}
@@ -76,7 +85,10 @@ def test_a_submitted_request_is_delivered_as_correct_mime(local_stack, store):
         assert message["Subject"].startswith("[Splash] Wëlcome, ") and message["Subject"].endswith("✨")
         assert message["Reply-To"] == "splash@example.org"
         assert message["Return-Path"] == "<bounces@example.org>"
-        assert message["List-Unsubscribe"].startswith("<https://") and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert (
+            message["List-Unsubscribe"].startswith("<https://")
+            and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        )
         assert message["Date"] is not None
     names = sorted(m["To"].addresses[0].display_name for m in delivered_messages(local_stack, store, html_id))
     assert names == ["José García", "Mai Ng1", "Zoë Ng"]
@@ -92,28 +104,42 @@ def write_raw_request(local_stack, subject: str, msgtext: str, users: list[dict]
     request_id = f"raw-{uuid.uuid4().hex[:12]}"
     items = []
     for user in users:
-        item = {"request_id": {"S": request_id}, "recipient_key": {"S": f"u{user['user_id']:010d}"},
-                "user_id": {"N": str(user["user_id"])}, "email": {"S": user["email"]},
-                "first_name": {"S": user["first_name"]}, "last_name": {"S": user["last_name"]},
-                "vars": {"S": json.dumps({"get_confirmation_link": f"https://esp.example.org/c/{user['user_id']}"})}}
+        item = {
+            "request_id": {"S": request_id},
+            "recipient_key": {"S": f"u{user['user_id']:010d}"},
+            "user_id": {"N": str(user["user_id"])},
+            "email": {"S": user["email"]},
+            "first_name": {"S": user["first_name"]},
+            "last_name": {"S": user["last_name"]},
+            "vars": {"S": json.dumps({"get_confirmation_link": f"https://esp.example.org/c/{user['user_id']}"})},
+        }
         items.append({"PutRequest": {"Item": item}})
     dynamodb.batch_write_item(RequestItems={env["DBMAIL_RECIPIENT_TABLE"]: items})
     dynamodb.put_item(
         TableName=env["DBMAIL_REQUEST_TABLE"],
         ConditionExpression="attribute_not_exists(request_id)",
-        Item={"request_id": {"S": request_id}, "status": {"S": "queued"},
-              "created_at": {"S": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
-              "subject": {"S": subject}, "msgtext": {"S": msgtext}, "sendto_fn_name": {"S": "send_to_self"},
-              "sender": {"S": "Splash <splash@example.org>"},
-              "message_vars": {"S": json.dumps({"program": {"name": "Splash"}})},
-              "recipient_count": {"N": str(len(users))}},
+        Item={
+            "request_id": {"S": request_id},
+            "status": {"S": "queued"},
+            "created_at": {"S": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "subject": {"S": subject},
+            "msgtext": {"S": msgtext},
+            "sendto_fn_name": {"S": "send_to_self"},
+            "sender": {"S": "Splash <splash@example.org>"},
+            "message_vars": {"S": json.dumps({"program": {"name": "Splash"}})},
+            "recipient_count": {"N": str(len(users))},
+        },
     )
     return request_id
 
 
 def test_a_request_written_straight_into_dynamodb_is_delivered(local_stack, store):
-    request_id = write_raw_request(local_stack, "{{ program.name }} for {{ user.first_name }}",
-                                   "Confirm at {{ user.get_confirmation_link }}", [recipient(7), recipient(8)])
+    request_id = write_raw_request(
+        local_stack,
+        "{{ program.name }} for {{ user.first_name }}",
+        "Confirm at {{ user.get_confirmation_link }}",
+        [recipient(7), recipient(8)],
+    )
     assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 2}
     bodies = sorted(m.get_content().strip() for m in delivered_messages(local_stack, store, request_id))
     assert bodies == ["Confirm at https://esp.example.org/c/7", "Confirm at https://esp.example.org/c/8"]
@@ -132,9 +158,13 @@ def test_a_template_error_fails_its_request_and_later_requests_still_deliver(loc
 def test_stopping_the_runner_mid_expand_delivers_every_email_exactly_once(local_stack, store):
     # given a large request whose expansion is under way
     size = 1200
-    request_id = submit_request(subject="Hi {{ user.first_name }}", msgtext="Dear {{ user.first_name }}",
-                                recipients=[recipient(i) for i in range(1000, 1000 + size)], sender="splash@example.org")
-    local_stack.wait_for(lambda: (store.get_request(request_id).expand_cursor or None), timeout=60, interval=0.05)
+    request_id = submit_request(
+        subject="Hi {{ user.first_name }}",
+        msgtext="Dear {{ user.first_name }}",
+        recipients=[recipient(i) for i in range(1000, 1000 + size)],
+        sender="splash@example.org",
+    )
+    local_stack.wait_for(lambda: store.get_request(request_id).expand_cursor or None, timeout=60, interval=0.05)
     # when the runner is stopped in the middle of it and started again
     local_stack.stop_runner()
     interrupted = store.get_request(request_id)
@@ -152,12 +182,16 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_and_does_not_block_the_q
     dlq_url = local_stack.env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"]
     # given a message no send can understand, queued before a real request
     sqs.send_message(QueueUrl=queue_url, MessageBody="{not json")
-    request_id = submit_request(subject="after poison", msgtext="x", recipients=[recipient(3000)], sender="splash@example.org")
+    request_id = submit_request(
+        subject="after poison", msgtext="x", recipients=[recipient(3000)], sender="splash@example.org"
+    )
     # then the real email is delivered and the poison message ends in the DLQ after 3 receives
     assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 1}
 
     def poison_in_dlq():
-        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
+        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get(
+            "Messages", []
+        )
         return [m for m in messages if m["Body"] == "{not json"]
 
     dead = local_stack.wait_for(poison_in_dlq, timeout=60, interval=0.5)
@@ -187,8 +221,10 @@ HOSTILE_TEMPLATES = {
 
 def test_hostile_templates_fail_alone_within_seconds_and_the_next_request_is_on_time(local_stack, store):
     # given hostile requests written straight into DynamoDB (no dry render), then an ordinary one
-    hostile = {name: write_raw_request(local_stack, "s", body, [recipient(4000 + n), recipient(4100 + n)])
-               for n, (name, body) in enumerate(HOSTILE_TEMPLATES.items())}
+    hostile = {
+        name: write_raw_request(local_stack, "s", body, [recipient(4000 + n), recipient(4100 + n)])
+        for n, (name, body) in enumerate(HOSTILE_TEMPLATES.items())
+    }
     started = time.monotonic()
     normal = write_raw_request(local_stack, "after the attacks", "Dear {{ user.first_name }}", [recipient(4500)])
     # then the ordinary one is delivered promptly
@@ -201,14 +237,20 @@ def test_hostile_templates_fail_alone_within_seconds_and_the_next_request_is_on_
         assert status["emails_by_status"] == {}, name
     assert elapsed < 30, f"the ordinary request waited {elapsed:.1f} s behind the hostile ones"
     assert runner_peak_rss_mb(local_stack) < 512
-    print(f"\nhostile templates: ordinary request delivered {elapsed:.1f} s after {len(hostile)} attacks; "
-          f"runner peak RSS {runner_peak_rss_mb(local_stack):.0f} MB")
+    print(
+        f"\nhostile templates: ordinary request delivered {elapsed:.1f} s after {len(hostile)} attacks; "
+        f"runner peak RSS {runner_peak_rss_mb(local_stack):.0f} MB"
+    )
 
 
 def test_every_raw_list_unsubscribe_header_is_a_plain_url_on_the_wire(local_stack, store):
     # given a delivered request whose recipients are website users
-    request_id = submit_request(subject="Hi", msgtext="Dear {{ user.first_name }}", recipients=[recipient(4600), recipient(4601)],
-                                sender="splash@example.org")
+    request_id = submit_request(
+        subject="Hi",
+        msgtext="Dear {{ user.first_name }}",
+        recipients=[recipient(4600), recipient(4601)],
+        sender="splash@example.org",
+    )
     assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 2}
     # then the raw bytes of each .eml carry the URL itself, not an encoded word
     by_id = outbox_by_message_id(local_stack.outbox)

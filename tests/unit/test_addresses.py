@@ -1,7 +1,7 @@
 import pytest
 
-from dbmail.addresses import check_sender, check_special_headers, format_address, mask, parse_address
-from dbmail.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
+from dbmail.core.addresses import check_sender, check_special_headers, format_address, mask, parse_address
+from dbmail.core.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
 
 
 def test_sender_in_an_allowed_domain_or_subdomain_passes():

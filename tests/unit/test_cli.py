@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from dbmail.cli import build_parser, main
-from dbmail.settings import get_settings
+from dbmail.cli.commands import build_parser, main
+from dbmail.core.settings import get_settings
 from tests.conftest import ROOT, clear_caches
 
 
@@ -52,6 +52,7 @@ def test_inbound_management_commands(moto_stack, capsys, tmp_path):
 
 # --- bad input and an unreachable stack: one line on stderr, never a traceback -------------------
 
+
 def _request(**changes) -> dict:
     spec = json.loads((ROOT / "examples" / "request.json").read_text(encoding="utf-8"))
     spec.update(changes)
@@ -73,24 +74,36 @@ def _with_recipient(**fields) -> dict:
 BAD_REQUEST_FILES = {
     # case: (file content as bytes, or None for no file; words the error line must contain)
     "missing file": (None, ["no such file"]),
-    "invalid JSON": (b'{\n  "subject": "Hi",\n  "msgtext": "x"\n  "recipients": []\n}',
-                     ["not valid JSON at line 4 column 3", "Expecting ',' delimiter"]),
+    "invalid JSON": (
+        b'{\n  "subject": "Hi",\n  "msgtext": "x"\n  "recipients": []\n}',
+        ["not valid JSON at line 4 column 3", "Expecting ',' delimiter"],
+    ),
     "not UTF-8": ('{"subject": "caf\u00e9"}'.encode("latin-1"), ["not UTF-8"]),
     "an array": (b"[1, 2]", ["must be a JSON object of submit_request's fields, not a list"]),
     "unknown field": (json.dumps(_request(colour="red")).encode(), ["unknown fields ['colour']"]),
     "missing subject": (json.dumps(_without("subject")).encode(), ["lacks the required field 'subject'"]),
     "subject not a string": (json.dumps(_request(subject=["Hi"])).encode(), ["subject must be a string, not a list"]),
-    "processed_by tomorrow": (json.dumps(_request(processed_by="tomorrow")).encode(),
-                              ["processed_by: 'tomorrow' is not an ISO 8601 date-time"]),
-    "user_id abc": (json.dumps(_with_recipient(user_id="abc")).encode(),
-                    ["recipients[0].user_id must be an integer or null, not a string ('abc')"]),
-    "recipients not a list": (json.dumps(_request(recipients={"user_id": 1})).encode(),
-                              ["recipients must be a list of objects, not an object"]),
-    "a recipient not an object": (json.dumps(_request(recipients=["zoe@example.net"])).encode(),
-                                  ["recipients[0] must be an object, not a string"]),
+    "processed_by tomorrow": (
+        json.dumps(_request(processed_by="tomorrow")).encode(),
+        ["processed_by: 'tomorrow' is not an ISO 8601 date-time"],
+    ),
+    "user_id abc": (
+        json.dumps(_with_recipient(user_id="abc")).encode(),
+        ["recipients[0].user_id must be an integer or null, not a string ('abc')"],
+    ),
+    "recipients not a list": (
+        json.dumps(_request(recipients={"user_id": 1})).encode(),
+        ["recipients must be a list of objects, not an object"],
+    ),
+    "a recipient not an object": (
+        json.dumps(_request(recipients=["zoe@example.net"])).encode(),
+        ["recipients[0] must be an object, not a string"],
+    ),
     "public not a boolean": (json.dumps(_request(public="yes")).encode(), ["public must be true or false"]),
-    "priority_level not an integer": (json.dumps(_request(priority_level="high")).encode(),
-                                      ["priority_level must be an integer or null"]),
+    "priority_level not an integer": (
+        json.dumps(_request(priority_level="high")).encode(),
+        ["priority_level must be an integer or null"],
+    ),
     "var_dict not an object": (json.dumps(_request(var_dict=[1])).encode(), ["var_dict must be an object or null"]),
 }
 
@@ -138,7 +151,9 @@ def test_a_bad_directory_file_is_one_line(moto_stack, tmp_path, capsys):
     # given directory files that are a list, and a class lacking its emailcode
     listed, partial = tmp_path / "list.json", tmp_path / "partial.json"
     listed.write_text("[]")
-    partial.write_text(json.dumps({"classes": [{"class_id": 1, "program_name": "P", "directors_email": "d@example.org"}]}))
+    partial.write_text(
+        json.dumps({"classes": [{"class_id": 1, "program_name": "P", "directors_email": "d@example.org"}]})
+    )
     # when they are loaded, then each gives exit 2 and one line naming the problem
     assert main(["directory", "load", str(listed)]) == 2
     assert "directory file must be a JSON object" in capsys.readouterr().err
@@ -146,8 +161,9 @@ def test_a_bad_directory_file_is_one_line(moto_stack, tmp_path, capsys):
     assert capsys.readouterr().err == "dbmail: classes[0] lacks 'emailcode'\n"
 
 
-UNREACHABLE = ("dbmail: cannot reach DynamoDB at http://127.0.0.1:1 "
-               "(is the local stack up? make up; source .local/stack.env)\n")
+UNREACHABLE = (
+    "dbmail: cannot reach DynamoDB at http://127.0.0.1:1 (is the local stack up? make up; source .local/stack.env)\n"
+)
 
 
 @pytest.fixture
@@ -161,9 +177,18 @@ def dynamodb_unreachable(moto_stack, monkeypatch):
     return moto_stack
 
 
-@pytest.mark.parametrize("argv", [["status", "0123456789abcdef"], ["render", "0123456789abcdef", "k"],
-                                  ["lists", "list"], ["redirects", "list"], ["held", "list"], ["inbound", "failed"],
-                                  ["submit", str(ROOT / "examples" / "request.json")]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "0123456789abcdef"],
+        ["render", "0123456789abcdef", "k"],
+        ["lists", "list"],
+        ["redirects", "list"],
+        ["held", "list"],
+        ["inbound", "failed"],
+        ["submit", str(ROOT / "examples" / "request.json")],
+    ],
+)
 def test_with_dynamodb_unreachable_a_command_says_so_at_once_and_exits_3(argv, dynamodb_unreachable, capsys):
     # given DynamoDB unreachable; when a command that reads or writes it runs
     started = time.monotonic()
@@ -178,7 +203,7 @@ def test_with_dynamodb_unreachable_a_command_says_so_at_once_and_exits_3(argv, d
 def test_pynamodbs_own_connection_error_gives_the_same_line(dynamodb_unreachable, monkeypatch, capsys):
     # given the endpoint check skipped, so that PynamoDB meets the refused connection (a GetError whose
     # cause is botocore's EndpointConnectionError) after its retries
-    monkeypatch.setattr("dbmail.cli._reach", lambda service, url: None)
+    monkeypatch.setattr("dbmail.cli.commands._reach", lambda service, url: None)
     started = time.monotonic()
     # when a request's status is asked for
     code = main(["status", "0123456789abcdef"])
@@ -226,6 +251,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(moto_stack, monkeypatch, c
 
 # --- help: every argument of every subcommand is described ---------------------------------------
 
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     [sub] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
     return dict(sub.choices)
@@ -235,8 +261,9 @@ def test_every_argument_of_every_subcommand_has_help(capsys):
     # given the parser, and every subcommand it has
     parser = build_parser()
     subcommands = _subcommands(parser)
-    assert {"submit", "status", "render", "redrive", "lists", "redirects", "directory", "held",
-            "inbound"} <= set(subcommands)
+    assert {"submit", "status", "render", "redrive", "lists", "redirects", "directory", "held", "inbound"} <= set(
+        subcommands
+    )
     # then each action (positional, option, subcommand) carries a help string
     for name, sub in {"dbmail": parser, **subcommands}.items():
         for action in sub._actions:
@@ -255,6 +282,22 @@ def test_every_argument_of_every_subcommand_has_help(capsys):
 
 
 def test_lists_add_can_let_a_class_list_take_automatic_mail(moto_stack, capsys):
-    assert main(["lists", "add", "--regex", r"^\w(\d+)-(class|teachers|students)$", "--handler", "ClassList",
-                 "--seq", "15", "--id", "auto-ok", "--accept-automatic"]) == 0
+    assert (
+        main(
+            [
+                "lists",
+                "add",
+                "--regex",
+                r"^\w(\d+)-(class|teachers|students)$",
+                "--handler",
+                "ClassList",
+                "--seq",
+                "15",
+                "--id",
+                "auto-ok",
+                "--accept-automatic",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["accept_automatic"] is True

@@ -1,35 +1,37 @@
 import email
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
-
-from dbmail.compose import compose, to_mime
-from dbmail.unsubscribe import TokenInvalid, make_token, unsubscribe_url, verify_token
 
 import pytest
 
+from dbmail.core.compose import compose, to_mime
+from dbmail.core.unsubscribe import TokenInvalid, make_token, unsubscribe_url, verify_token
+
 SECRET = "s" * 40
-WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def build(body, **overrides):
-    kwargs = dict(
-        send_from='"Splash Dïrectors" <splash@example.org>',
-        send_to=['"Zoë Ng" <zoe@example.net>'],
-        subject="Wëlcome to Splash ✨",
-        body=body,
-        message_id="<dbmail.abc@example.org>",
-        date=WHEN,
-        envelope_sender="bounces@example.org",
-        special_headers={"Reply-To": " directors@example.org ", "X-Program-ID": "42"},
-        unsubscribe_url=unsubscribe_url("https://site.org", SECRET, 7, "zoe@example.net"),
-    )
+    kwargs = {
+        "send_from": '"Splash Dïrectors" <splash@example.org>',
+        "send_to": ['"Zoë Ng" <zoe@example.net>'],
+        "subject": "Wëlcome to Splash ✨",
+        "body": body,
+        "message_id": "<dbmail.abc@example.org>",
+        "date": WHEN,
+        "envelope_sender": "bounces@example.org",
+        "special_headers": {"Reply-To": " directors@example.org ", "X-Program-ID": "42"},
+        "unsubscribe_url": unsubscribe_url("https://site.org", SECRET, 7, "zoe@example.net"),
+    }
     kwargs.update(overrides)
     return email.message_from_bytes(to_mime(compose(**kwargs)), policy=policy.default)
 
 
 def test_an_html_body_becomes_multipart_alternative_with_a_readable_text_part():
     # given an HTML body with attributes on the html tag
-    message = build('<html lang="en"><body><h1>Hi Zoë</h1><p>See <a href="https://x.org/c">classes</a></p></body></html>')
+    message = build(
+        '<html lang="en"><body><h1>Hi Zoë</h1><p>See <a href="https://x.org/c">classes</a></p></body></html>'
+    )
     # then it is multipart/alternative: text first, html second
     assert message.get_content_type() == "multipart/alternative"
     text, html = message.get_payload()
@@ -46,9 +48,17 @@ def test_a_plain_body_is_a_single_text_part():
 
 
 def test_headers_match_the_original_and_non_ascii_is_encoded():
-    raw = to_mime(compose(send_from='"Splash Dïrectors" <splash@example.org>', send_to=['"Zoë Ng" <zoe@example.net>'],
-                          subject="Wëlcome", body="x", message_id="<m@example.org>", date=WHEN,
-                          envelope_sender="bounces@example.org"))
+    raw = to_mime(
+        compose(
+            send_from='"Splash Dïrectors" <splash@example.org>',
+            send_to=['"Zoë Ng" <zoe@example.net>'],
+            subject="Wëlcome",
+            body="x",
+            message_id="<m@example.org>",
+            date=WHEN,
+            envelope_sender="bounces@example.org",
+        )
+    )
     # then the wire form is 7-bit with encoded words and CRLF line ends
     assert raw.isascii() and b"\r\n" in raw and b"=?utf-8?" in raw
     message = email.message_from_bytes(raw, policy=policy.default)
@@ -97,9 +107,18 @@ def test_a_long_unsubscribe_url_is_written_verbatim_on_the_wire():
     # given an unsubscribe URL far longer than 78 columns, and a non-ASCII subject
     url = "https://site.org/unsubscribe/" + "t" * 250 + ".sig"
     assert len(url) >= 200
-    raw = to_mime(compose(send_from='"Splash Dïrectors" <splash@example.org>', send_to=['"Zoë Ng" <zoe@example.net>'],
-                          subject="Wëlcome to Splash ✨", body="<p>Hi</p>", message_id="<m@example.org>", date=WHEN,
-                          envelope_sender="bounces@example.org", unsubscribe_url=url))
+    raw = to_mime(
+        compose(
+            send_from='"Splash Dïrectors" <splash@example.org>',
+            send_to=['"Zoë Ng" <zoe@example.net>'],
+            subject="Wëlcome to Splash ✨",
+            body="<p>Hi</p>",
+            message_id="<m@example.org>",
+            date=WHEN,
+            envelope_sender="bounces@example.org",
+            unsubscribe_url=url,
+        )
+    )
     lines = raw_headers(raw).split(b"\r\n")
     # then the raw bytes carry the header as written, on one line, not as an encoded word
     assert f"List-Unsubscribe: <{url}>".encode() in lines
@@ -121,11 +140,18 @@ def test_long_headers_fold_only_at_whitespace_and_stay_within_998_octets():
     # a very long non-ASCII subject and many recipients with non-ASCII names
     words = " ".join(f"word{i}" for i in range(60))
     token = "k" * 300
-    raw = to_mime(compose(send_from="splash@example.org",
-                          send_to=[f'"Zoë Ng {i}" <zoe{i}@example.net>' for i in range(40)],
-                          subject="Wëlcome ✨ " * 40, body="x", message_id="<m@example.org>", date=WHEN,
-                          envelope_sender="bounces@example.org",
-                          special_headers={"X-Words": words, "X-Token": f"ref {token}"}))
+    raw = to_mime(
+        compose(
+            send_from="splash@example.org",
+            send_to=[f'"Zoë Ng {i}" <zoe{i}@example.net>' for i in range(40)],
+            subject="Wëlcome ✨ " * 40,
+            body="x",
+            message_id="<m@example.org>",
+            date=WHEN,
+            envelope_sender="bounces@example.org",
+            special_headers={"X-Words": words, "X-Token": f"ref {token}"},
+        )
+    )
     header_block = raw_headers(raw)
     # then every line is ASCII and at most 998 octets (and the non-ASCII ones at most 78)
     assert raw.isascii()
@@ -146,8 +172,17 @@ def test_long_non_ascii_subjects_survive_the_wire_exactly():
     # dropped the space between "✨" and "Wëlcome" when a fold fell there)
     for count in range(1, 41):
         subject = " ".join(["Wëlcome ✨"] * count)
-        raw = to_mime(compose(send_from="splash@example.org", send_to=["zoe@example.net"], subject=subject,
-                              body="x", message_id="<m@example.org>", date=WHEN, envelope_sender="bounces@example.org"))
+        raw = to_mime(
+            compose(
+                send_from="splash@example.org",
+                send_to=["zoe@example.net"],
+                subject=subject,
+                body="x",
+                message_id="<m@example.org>",
+                date=WHEN,
+                envelope_sender="bounces@example.org",
+            )
+        )
         subject_lines = [line for line in raw_headers(raw).split(b"\r\n") if b"=?utf-8?" in line]
         # then it is written as encoded words of at most 75 characters on lines of at most 78
         assert raw.isascii() and subject_lines[0].startswith(b"Subject: =?utf-8?")
@@ -159,12 +194,25 @@ def test_long_non_ascii_subjects_survive_the_wire_exactly():
 
 def test_short_headers_are_written_as_the_stdlib_writes_them():
     # given an ordinary message
-    raw = to_mime(compose(send_from="splash@example.org", send_to=["zoe@example.net"], subject="Hello there",
-                          body="x", message_id="<m@example.org>", date=WHEN, envelope_sender="bounces@example.org",
-                          special_headers={"X-Program-ID": "42"}))
+    raw = to_mime(
+        compose(
+            send_from="splash@example.org",
+            send_to=["zoe@example.net"],
+            subject="Hello there",
+            body="x",
+            message_id="<m@example.org>",
+            date=WHEN,
+            envelope_sender="bounces@example.org",
+            special_headers={"X-Program-ID": "42"},
+        )
+    )
     # then the header lines are the familiar ones
     assert raw_headers(raw).split(b"\r\n")[:7] == [
-        b"Return-Path: <bounces@example.org>", b"From: splash@example.org", b"To: zoe@example.net",
-        b"Subject: Hello there", b"Date: Mon, 23 Nov 2026 12:00:00 +0000", b"Message-ID: <m@example.org>",
+        b"Return-Path: <bounces@example.org>",
+        b"From: splash@example.org",
+        b"To: zoe@example.net",
+        b"Subject: Hello there",
+        b"Date: Mon, 23 Nov 2026 12:00:00 +0000",
+        b"Message-ID: <m@example.org>",
         b"X-Program-ID: 42",
     ]

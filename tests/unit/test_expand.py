@@ -7,17 +7,23 @@ import pytest
 
 from dbmail import wiring
 from dbmail.client import request_status, submit_request
-from dbmail.errors import ExpansionIncomplete
-from dbmail.expand import CHUNK_RECIPIENTS, Outcome
-from dbmail.models import RequestStatus, utcnow
-from dbmail.store import Store
+from dbmail.core.clock import utcnow
+from dbmail.core.errors import ExpansionIncomplete
+from dbmail.core.statuses import RequestStatus
+from dbmail.outgoing.expand import CHUNK_RECIPIENTS, Outcome
+from dbmail.outgoing.store import Store
 from tests.conftest import drain, recipient
 
 
 def submit(n=3, **kwargs):
-    args = dict(subject="Hi {{ user.first_name }}", msgtext="Dear {{ user.first_name }} {{ program.name }}",
-                recipients=[recipient(i) for i in range(1, n + 1)], sendto_fn_name="send_to_self_and_guardian",
-                sender="Splash <splash@example.org>", var_dict={"program": {"name": "Splash"}})
+    args = {
+        "subject": "Hi {{ user.first_name }}",
+        "msgtext": "Dear {{ user.first_name }} {{ program.name }}",
+        "recipients": [recipient(i) for i in range(1, n + 1)],
+        "sendto_fn_name": "send_to_self_and_guardian",
+        "sender": "Splash <splash@example.org>",
+        "var_dict": {"program": {"name": "Splash"}},
+    }
     args.update(kwargs)
     return submit_request(**args)
 
@@ -36,7 +42,12 @@ def test_one_email_per_address_rendered_and_queued(moto_stack):
     assert all(e.msgtext == "Dear Zoë Splash" and e.send_from == "Splash <splash@example.org>" for e in emails)
     assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 5
     status = request_status(rid)
-    assert (status["status"], status["recipients"], status["emails"], status["skipped_no_address"]) == ("processed", 3, 5, 0)
+    assert (status["status"], status["recipients"], status["emails"], status["skipped_no_address"]) == (
+        "processed",
+        3,
+        5,
+        0,
+    )
 
 
 def test_expanding_again_creates_no_duplicates(moto_stack):
@@ -69,21 +80,26 @@ def test_a_resumed_chunk_does_not_reset_an_email_already_sent(moto_stack):
     wiring.expander().expand(rid, owner="stream:a", takeover=True)
     email = store.get_email(rid, "u0000000001#0")
     store.mark_sent(email, utcnow(), "p-1", "<m@x>")
-    store.models.MessageRequest(rid).update(actions=[
-        store.models.MessageRequest.status.set(RequestStatus.PROCESSING),
-        store.models.MessageRequest.expand_cursor.remove(),
-    ])
+    store.models.MessageRequest(rid).update(
+        actions=[
+            store.models.MessageRequest.status.set(RequestStatus.PROCESSING),
+            store.models.MessageRequest.expand_cursor.remove(),
+        ]
+    )
     # when it is resumed
     wiring.expander().expand(rid, owner="stream:b", takeover=True)
     # then the sent email stays sent
     assert store.get_email(rid, "u0000000001#0").status == "sent"
 
 
-@pytest.mark.parametrize("attribute, value, message", [
-    ("msgtext", "Dear {{ user.first_name ", "body template syntax error"),
-    ("sendto_fn_name", "send_to_parents", "unknown send-to function 'send_to_parents'"),
-    ("recipient_count", 10, "write every recipient before the request item"),
-])
+@pytest.mark.parametrize(
+    "attribute, value, message",
+    [
+        ("msgtext", "Dear {{ user.first_name ", "body template syntax error"),
+        ("sendto_fn_name", "send_to_parents", "unknown send-to function 'send_to_parents'"),
+        ("recipient_count", 10, "write every recipient before the request item"),
+    ],
+)
 def test_a_bad_request_fails_with_the_error_named_and_queues_nothing(moto_stack, attribute, value, message):
     # given a request changed behind the client's validation (as a raw writer could)
     rid = submit()
@@ -122,10 +138,17 @@ def test_a_raw_item_without_status_is_expanded_and_one_without_created_at_fails_
     store = Store(moto_stack.settings)
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     store.put_recipients([store.models.EmailRequest(request_id="raw-1", recipient_key="u1", email="a@example.net")])
-    base = {"request_id": {"S": "raw-1"}, "subject": {"S": "s"}, "msgtext": {"S": "b"},
-            "sender": {"S": "splash@example.org"}, "recipient_count": {"N": "1"}}
-    dynamodb.put_item(TableName=moto_stack.settings.request_table,
-                      Item={**base, "created_at": {"S": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")}})
+    base = {
+        "request_id": {"S": "raw-1"},
+        "subject": {"S": "s"},
+        "msgtext": {"S": "b"},
+        "sender": {"S": "splash@example.org"},
+        "recipient_count": {"N": "1"},
+    }
+    dynamodb.put_item(
+        TableName=moto_stack.settings.request_table,
+        Item={**base, "created_at": {"S": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")}},
+    )
     assert wiring.expander().expand("raw-1", owner="stream:t", takeover=True) == Outcome.PROCESSED
     dynamodb.put_item(TableName=moto_stack.settings.request_table, Item={**base, "request_id": {"S": "raw-2"}})
     assert wiring.expander().expand("raw-2", owner="stream:t", takeover=True) == Outcome.FAILED
@@ -134,10 +157,16 @@ def test_a_raw_item_without_status_is_expanded_and_one_without_created_at_fails_
 
 def test_a_template_that_breaks_a_limit_fails_its_request_alone_and_at_once(moto_stack):
     # given a request whose template is harmless for the sample recipient but explodes for the second one
-    hostile = submit(n=3, sendto_fn_name="", msgtext="{% for i in range(user.loops) %}{% for j in range(user.loops) %}"
-                                                    "{% endfor %}{% endfor %}done",
-                     recipients=[dict(recipient(1), vars={"loops": 2}), dict(recipient(2), vars={"loops": 99999}),
-                                 dict(recipient(3), vars={"loops": 2})])
+    hostile = submit(
+        n=3,
+        sendto_fn_name="",
+        msgtext="{% for i in range(user.loops) %}{% for j in range(user.loops) %}{% endfor %}{% endfor %}done",
+        recipients=[
+            dict(recipient(1), vars={"loops": 2}),
+            dict(recipient(2), vars={"loops": 99999}),
+            dict(recipient(3), vars={"loops": 2}),
+        ],
+    )
     normal = submit(n=2, sendto_fn_name="")
     # when both are expanded
     assert wiring.expander().expand(hostile, owner="stream:t", takeover=True) == Outcome.FAILED
@@ -149,13 +178,17 @@ def test_a_template_that_breaks_a_limit_fails_its_request_alone_and_at_once(moto
     assert request_status(normal)["emails_by_status"] == {"queued": 2}
 
 
-@pytest.mark.parametrize("msgtext", [
-    "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
-    "{{ 'x' * 10**9 }}",
-    "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
-], ids=["nested loops", "huge string", "recursive macro"])
+@pytest.mark.parametrize(
+    "msgtext",
+    [
+        "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 10**9 }}",
+        "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    ],
+    ids=["nested loops", "huge string", "recursive macro"],
+)
 def test_submit_refuses_a_template_that_breaks_a_limit_and_writes_nothing(moto_stack, msgtext):
-    from dbmail.errors import TemplateLimitExceeded
+    from dbmail.core.errors import TemplateLimitExceeded
 
     with pytest.raises(TemplateLimitExceeded, match="limit"):
         submit(n=5, msgtext=msgtext)
@@ -166,10 +199,20 @@ def test_submit_refuses_a_template_that_breaks_a_limit_and_writes_nothing(moto_s
 def test_a_request_item_that_cannot_be_read_is_recorded_failed_not_retried(moto_stack):
     # given a raw request item whose special_headers is not JSON
     table = moto_stack.template.physical_name("MessageRequestTable")
-    boto3.client("dynamodb", region_name="us-east-1").put_item(TableName=table, Item={
-        "request_id": {"S": "raw-bad"}, "created_at": {"S": utcnow().isoformat()}, "status": {"S": "queued"},
-        "special_headers": {"S": "{not json"}, "subject": {"S": "s"}, "msgtext": {"S": "b"}})
+    boto3.client("dynamodb", region_name="us-east-1").put_item(
+        TableName=table,
+        Item={
+            "request_id": {"S": "raw-bad"},
+            "created_at": {"S": utcnow().isoformat()},
+            "status": {"S": "queued"},
+            "special_headers": {"S": "{not json"},
+            "subject": {"S": "s"},
+            "msgtext": {"S": "b"},
+        },
+    )
     # when it is expanded, the expansion returns (the stream record succeeds) with the request failed
     assert wiring.expander().expand("raw-bad", owner="stream:t", takeover=True) == Outcome.FAILED
-    item = boto3.client("dynamodb", region_name="us-east-1").get_item(TableName=table, Key={"request_id": {"S": "raw-bad"}})["Item"]
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=table, Key={"request_id": {"S": "raw-bad"}}
+    )["Item"]
     assert item["status"]["S"] == "failed" and "malformed request item" in item["error"]["S"]

@@ -1,15 +1,15 @@
 """The scheduled sweep: scheduled requests expand when due; stale mail is expired, not sent."""
 
 import email
-from datetime import timedelta
+from datetime import UTC, timedelta
 from email import policy
 
 from dbmail import wiring
 from dbmail.client import request_status
-from dbmail.errors import DeliveryError, FailureKind
-from dbmail.expand import Outcome
-from dbmail.models import utcnow
-from dbmail.store import Store
+from dbmail.core.clock import utcnow
+from dbmail.core.errors import DeliveryError, FailureKind
+from dbmail.outgoing.expand import Outcome
+from dbmail.outgoing.store import Store
 from tests.conftest import drain
 from tests.unit.test_expand import submit
 
@@ -64,13 +64,15 @@ def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
     # given a request whose two emails the provider refuses for good, one before and one after a sweep
     from moto.ses.models import ses_backends
 
-    from dbmail.queue import QueuedEmail
+    from dbmail.outgoing.queue import QueuedEmail
     from tests.unit.test_send import RecordingTransport, sender
 
     rid = submit(n=2, sendto_fn_name="")
     wiring.expander().expand(rid, owner="stream:t", takeover=True)
-    refusing = sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: Address blacklisted",
-                                                                   kind=FailureKind.PERMANENT)))
+    refusing = sender(
+        moto_stack,
+        RecordingTransport(DeliveryError("MessageRejected: Address blacklisted", kind=FailureKind.PERMANENT)),
+    )
     ses = ses_backends["123456789012"]["us-east-1"]
     before = len(ses.sent_messages)
     refusing.deliver(QueuedEmail(rid, "u0000000002#0"), claim_id="m", receive_count=1)
@@ -128,8 +130,8 @@ def test_a_busy_queue_delays_the_sweep_but_never_forever(moto_stack):
 
 
 def test_an_email_under_a_lapsed_claim_is_queued_again_and_sent_once(moto_stack):
-    from dbmail.queue import QueuedEmail
-    from dbmail.send import CLAIM_LEASE
+    from dbmail.outgoing.queue import QueuedEmail
+    from dbmail.outgoing.send import CLAIM_LEASE
     from tests.unit.test_send import RecordingTransport, sender
 
     # given an email whose sender died holding its claim, and whose message is gone
@@ -153,22 +155,26 @@ def test_an_email_under_a_lapsed_claim_is_queued_again_and_sent_once(moto_stack)
 
 def test_resend_delivers_each_failed_email_once_with_the_same_message_id(moto_stack, capsys):
     from dbmail.cli import main
-    from dbmail.queue import QueuedEmail
+    from dbmail.outgoing.queue import QueuedEmail
     from tests.unit.test_send import RecordingTransport, sender
 
     # given a request both of whose emails were refused (an unverified identity, since fixed)
     rid = submit(n=2, sendto_fn_name="")
     wiring.expander().expand(rid, owner="stream:t", takeover=True)
     lose_queue_messages(moto_stack)
-    refusing = sender(moto_stack, RecordingTransport(DeliveryError("MessageRejected: not verified", kind=FailureKind.PERMANENT)))
+    refusing = sender(
+        moto_stack, RecordingTransport(DeliveryError("MessageRejected: not verified", kind=FailureKind.PERMANENT))
+    )
     for key in ("u0000000001#0", "u0000000002#0"):
         refusing.deliver(QueuedEmail(rid, key), claim_id="m", receive_count=1)
     assert wiring.expirer().run(owner="schedule:1") == {"failure_reports": 1, "requests_settled": 1}
     # when the operator resends, twice by mistake
     assert main(["resend", rid]) == 0
     assert main(["resend", rid]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"2 emails of request {rid} queued again",
-                                                    f"0 emails of request {rid} queued again"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"2 emails of request {rid} queued again",
+        f"0 emails of request {rid} queued again",
+    ]
     # then each email is queued once and delivered once, with its original Message-ID
     messages = drain(moto_stack.sqs, moto_stack.settings.send_queue_url)
     assert len(messages) == 2
@@ -176,9 +182,11 @@ def test_resend_delivers_each_failed_email_once_with_the_same_message_id(moto_st
     for message in messages + messages:  # every message delivered twice
         sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), message["MessageId"] + "x", 1)
     assert len(transport.sent) == 2
-    from dbmail.expand import message_id_for
+    from dbmail.outgoing.expand import message_id_for
+
     assert {m.message_id for m in transport.sent} == {
-        message_id_for(rid, key, "Splash <splash@example.org>") for key in ("u0000000001#0", "u0000000002#0")}
+        message_id_for(rid, key, "Splash <splash@example.org>") for key in ("u0000000001#0", "u0000000002#0")
+    }
     status = request_status(rid)
     assert status["emails_by_status"] == {"sent": 2} and status["resent"] == 2
     # and the request settles again without a second report
@@ -207,14 +215,21 @@ def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
 
 
 def test_a_report_of_many_failures_lists_a_thousand_and_counts_the_rest():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    from dbmail.report import MAX_LISTED, failure_report
+    from dbmail.outgoing.report import MAX_LISTED, failure_report
 
     failures = [(f"user{i}@example.net", "DeliveryError: MessageRejected") for i in range(MAX_LISTED + 250)]
-    report = failure_report(request_id="r1", request_subject="Big", failures=failures, report_from="info@example.org",
-                            report_to=["splash@example.org"], site_url="https://esp.example.org",
-                            date=datetime(2026, 12, 1, tzinfo=timezone.utc), envelope_sender="bounces@example.org")
+    report = failure_report(
+        request_id="r1",
+        request_subject="Big",
+        failures=failures,
+        report_from="info@example.org",
+        report_to=["splash@example.org"],
+        site_url="https://esp.example.org",
+        date=datetime(2026, 12, 1, tzinfo=UTC),
+        envelope_sender="bounces@example.org",
+    )
     assert report.text.startswith(f"{MAX_LISTED + 250} email(s)")
     assert "user999@example.net" in report.text and "user1000@example.net" not in report.text
     assert "... and 250 more (dbmail status r1)" in report.text

@@ -17,21 +17,47 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from dbmail import forward
-from dbmail.errors import DeliveryError
-from dbmail.forward import (ADDED, BEEN_THERE, LOOP_HEADER, ORIGINAL_TO, STRIPPED, been_there, encode_text,
-                            format_addresses, header_text, is_automatic, is_list_mail,
-                            original_sender, parse, parse_mailboxes, rewrite, split_forwards)
-from dbmail.routing import EmailListRule, Person, Route
-from dbmail.transports import SesTransport
+from dbmail.core.errors import DeliveryError
+from dbmail.core.transports import SesTransport
+from dbmail.inbound import forward
+from dbmail.inbound.forward import (
+    ADDED,
+    BEEN_THERE,
+    LOOP_HEADER,
+    ORIGINAL_TO,
+    STRIPPED,
+    been_there,
+    encode_text,
+    format_addresses,
+    header_text,
+    is_automatic,
+    is_list_mail,
+    original_sender,
+    parse,
+    parse_mailboxes,
+    rewrite,
+    split_forwards,
+)
+from dbmail.inbound.routing import EmailListRule, Person, Route
 from tests.corpus import corpus_message, corpus_messages
 
 CLASS_RULE = EmailListRule("default-class", r"^\w(\d+)-(class|teachers|students)$", 20, "ClassList")
-CC_ALL_RULE = EmailListRule("cc-all", r"^\w(\d+)-(class)$", 1, "ClassList", cc_all=True,
-                            from_email="Splash Lists <lists@example.org>", subject_prefix="[Splash]")
+CC_ALL_RULE = EmailListRule(
+    "cc-all",
+    r"^\w(\d+)-(class)$",
+    1,
+    "ClassList",
+    cc_all=True,
+    from_email="Splash Lists <lists@example.org>",
+    subject_prefix="[Splash]",
+)
 USER_RULE = EmailListRule("default-user", r"^(.*)$", 40, "UserEmail")
-PEOPLE = (Person("Splash 2026 Directors", "directors@example.org"), Person("Tea Cher", "teacher@example.net"),
-          Person("Zoë Ng, Jr.", "s1@example.net"), Person(None, "s2@example.net"))
+PEOPLE = (
+    Person("Splash 2026 Directors", "directors@example.org"),
+    Person("Tea Cher", "teacher@example.net"),
+    Person("Zoë Ng, Jr.", "s1@example.net"),
+    Person(None, "s2@example.net"),
+)
 ROUTES = {
     "class": Route(CLASS_RULE, PEOPLE, group=True, subject_tag="E1234"),
     "cc_all": Route(CC_ALL_RULE, PEOPLE, group=True, subject_tag="M77"),
@@ -54,7 +80,7 @@ def names(message) -> list[str]:
 
 def good_names(message) -> set[str]:
     """The original's header names that a forward could carry (not empty, not absurdly long)."""
-    return {n.lower() for n in message.keys() if forward._good_name(n)}  # noqa: SLF001
+    return {n.lower() for n in message.keys() if forward._good_name(n)}
 
 
 def header_block(raw: bytes) -> list[bytes]:
@@ -105,7 +131,8 @@ def check_forward(raw: bytes, fw: forward.Forward, route: Route) -> None:
     for name in modern.keys():
         assert not re.search(r"[\x00-\x08\x0a-\x1f\x7f]", str(modern[name])), name
     assert [a.addr_spec for a in modern["From"].addresses] == (
-        ["lists@example.org"] if route.rule.from_email else [f"noreply@{DOMAIN}"])
+        ["lists@example.org"] if route.rule.from_email else [f"noreply@{DOMAIN}"]
+    )
     # attachments and bodies: the same bytes once decoded
     before, after = leaves(original), leaves(back)
     assert len(before) == len(after)
@@ -153,10 +180,21 @@ def test_every_corpus_message_forwards_cleanly(name, route_name):
 
 # -- 1. header injection --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["injection-subject-q.eml", "injection-subject-b.eml",
-                                  "injection-subject-nul-c1.eml", "injection-from-name.eml",
-                                  "injection-reply-to-and-x-header.eml", "injection-filename.eml",
-                                  "bare-cr-and-lf.eml", "nul-bytes.eml", "attached-message-8bit.eml"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "injection-subject-q.eml",
+        "injection-subject-b.eml",
+        "injection-subject-nul-c1.eml",
+        "injection-from-name.eml",
+        "injection-reply-to-and-x-header.eml",
+        "injection-filename.eml",
+        "bare-cr-and-lf.eml",
+        "nul-bytes.eml",
+        "attached-message-8bit.eml",
+    ],
+)
 @pytest.mark.parametrize("route_name", sorted(ROUTES))
 def test_encoded_control_characters_never_make_a_header(name, route_name):
     raw = corpus_message(f"hostile/{name}")
@@ -196,10 +234,31 @@ def test_header_text_sanitises_and_never_raises():
     assert header_text(Broken(), "Subject") == ""
 
 
-CHARSETS = ["utf-8", "iso-8859-1", "windows-1252", "gb2312", "gbk", "big5", "shift_jis", "euc-jp", "iso-2022-jp",
-            "koi8-r", "windows-1251", "ks_c_5601-1987", "euc-kr", "utf-16", "utf-7", "x-unknown", "unknown-8bit",
-            "us-ascii", "rot13", "unicode_escape", "idna", "undefined"]
-CONTROL_TEXT = st.text(alphabet=st.sampled_from(list("aZ é中\r\n\t\0\x1c\x85\u2028:<>,@\"()=?_;\\")), max_size=30)
+CHARSETS = [
+    "utf-8",
+    "iso-8859-1",
+    "windows-1252",
+    "gb2312",
+    "gbk",
+    "big5",
+    "shift_jis",
+    "euc-jp",
+    "iso-2022-jp",
+    "koi8-r",
+    "windows-1251",
+    "ks_c_5601-1987",
+    "euc-kr",
+    "utf-16",
+    "utf-7",
+    "x-unknown",
+    "unknown-8bit",
+    "us-ascii",
+    "rot13",
+    "unicode_escape",
+    "idna",
+    "undefined",
+]
+CONTROL_TEXT = st.text(alphabet=st.sampled_from(list('aZ é中\r\n\t\0\x1c\x85\u2028:<>,@"()=?_;\\')), max_size=30)
 ANY_TEXT = st.one_of(CONTROL_TEXT, st.text(max_size=40))
 
 
@@ -208,36 +267,74 @@ def encoded_word(draw) -> bytes:
     charset = draw(st.sampled_from(CHARSETS))
     text = draw(ANY_TEXT)
     try:
-        data = text.encode(forward._codec(charset) or "utf-8")  # noqa: SLF001
+        data = text.encode(forward._codec(charset) or "utf-8")
     except (UnicodeError, LookupError):
         data = text.encode("utf-8")
     data = draw(st.one_of(st.just(data), st.binary(max_size=20)))
     if draw(st.booleans()):
         return b"=?" + charset.encode() + b"?B?" + base64.b64encode(data) + b"?="
-    q = b"".join(bytes([c]) if 0x21 <= c <= 0x7e and c not in b"=?_ " else b"=%02X" % c for c in data)
+    q = b"".join(bytes([c]) if 0x21 <= c <= 0x7E and c not in b"=?_ " else b"=%02X" % c for c in data)
     return b"=?" + charset.encode() + b"?Q?" + q + b"?="
 
 
 RAW_PIECE = st.one_of(
     encoded_word(),
-    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20).map(str.encode),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20).map(str.encode),
     st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),  # raw 8-bit and controls
-    st.sampled_from([b" ", b"\r\n ", b"\r\n\t", b", ", b"<a@example.net>", b'"quoted, name"', b"(comment)",
-                     b"boss@example.org", b"<attacker@evil.example>", b"\r\n", b"\r", b"\n"]),  # folds and breaks
+    st.sampled_from(
+        [
+            b" ",
+            b"\r\n ",
+            b"\r\n\t",
+            b", ",
+            b"<a@example.net>",
+            b'"quoted, name"',
+            b"(comment)",
+            b"boss@example.org",
+            b"<attacker@evil.example>",
+            b"\r\n",
+            b"\r",
+            b"\n",
+        ]
+    ),  # folds and breaks
 )
 RAW_VALUE = st.lists(RAW_PIECE, max_size=8).map(b"".join)
-HEADER_NAME = st.sampled_from(["Subject", "From", "Reply-To", "To", "Cc", "X-Custom", "Comments", "Keywords",
-                               "References", "List-Id", "Thread-Topic", "Organization", "X-BeenThere",
-                               "Content-Type", "Content-Disposition", "Date", "Message-ID", "Sender", "Bcc"])
+HEADER_NAME = st.sampled_from(
+    [
+        "Subject",
+        "From",
+        "Reply-To",
+        "To",
+        "Cc",
+        "X-Custom",
+        "Comments",
+        "Keywords",
+        "References",
+        "List-Id",
+        "Thread-Topic",
+        "Organization",
+        "X-BeenThere",
+        "Content-Type",
+        "Content-Disposition",
+        "Date",
+        "Message-ID",
+        "Sender",
+        "Bcc",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(headers=st.lists(st.tuples(HEADER_NAME, RAW_VALUE), min_size=1, max_size=6),
-       body=st.binary(max_size=60), route_name=st.sampled_from(sorted(ROUTES)))
+@given(
+    headers=st.lists(st.tuples(HEADER_NAME, RAW_VALUE), min_size=1, max_size=6),
+    body=st.binary(max_size=60),
+    route_name=st.sampled_from(sorted(ROUTES)),
+)
 @example(headers=[("Subject", b"=?utf-8?q?Hi=0D=0ABcc:_victim@evil.example?=")], body=b"x", route_name="class")
 @example(headers=[("From", b"=?iso-8859-1?Q?M=FCller=2C_Hans?= <hans@example.net>")], body=b"", route_name="user")
-@example(headers=[("Content-Disposition", b'attachment; filename="=?utf-8?q?a=0D=0AB:_c?="')], body=b"",
-         route_name="cc_all")
+@example(
+    headers=[("Content-Disposition", b'attachment; filename="=?utf-8?q?a=0D=0AB:_c?="')], body=b"", route_name="cc_all"
+)
 def test_no_header_input_starts_a_header_line(headers, body, route_name):
     raw = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers) + b"\r\n" + body
     route = ROUTES[route_name]
@@ -261,8 +358,11 @@ def test_encoded_text_decodes_to_the_sanitised_text(text, used):
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(name=ANY_TEXT, charset=st.sampled_from(["utf-8", "iso-8859-1", "gb18030", "shift_jis"]),
-       encoding=st.sampled_from("QB"))
+@given(
+    name=ANY_TEXT,
+    charset=st.sampled_from(["utf-8", "iso-8859-1", "gb18030", "shift_jis"]),
+    encoding=st.sampled_from("QB"),
+)
 @example(name="Müller, Hans", charset="iso-8859-1", encoding="Q")
 @example(name="boss@example.org <boss@example.org>", charset="utf-8", encoding="Q")
 def test_original_sender_is_the_angle_address_whatever_the_encoded_name(name, charset, encoding):
@@ -276,8 +376,13 @@ def test_original_sender_is_the_angle_address_whatever_the_encoded_name(name, ch
     if encoding == "B":
         word = b"=?" + charset.encode() + b"?B?" + base64.b64encode(data) + b"?="
     else:
-        word = b"=?" + charset.encode() + b"?Q?" + b"".join(
-            bytes([c]) if c < 128 and chr(c).isalnum() else b"=%02X" % c for c in data) + b"?="
+        word = (
+            b"=?"
+            + charset.encode()
+            + b"?Q?"
+            + b"".join(bytes([c]) if c < 128 and chr(c).isalnum() else b"=%02X" % c for c in data)
+            + b"?="
+        )
     message = parse(b"From: " + word + b" <hans@example.net>\r\n\r\n")
     got_name, address = original_sender(message)
     assert address == "hans@example.net"
@@ -310,8 +415,10 @@ def test_attachment_names_survive_as_rfc2231(filename, raw8):
     out = forward.safe_header("Content-Disposition", header)
     assert out.isascii() and all(len(line) <= 998 for line in out.split("\r\n"))
     raw = b"Content-Disposition: " + out.encode() + b"\r\n\r\n"
-    readers = {forward.sanitize(email.message_from_bytes(raw, policy=p).get_filename() or "").strip()
-               for p in (policy.default, policy.compat32)}
+    readers = {
+        forward.sanitize(email.message_from_bytes(raw, policy=p).get_filename() or "").strip()
+        for p in (policy.default, policy.compat32)
+    }
     # the stdlib's readers differ on names in <...> or quotes (and strip white space): one of them must agree
     assert forward.sanitize(filename).strip() in readers or re.search('[<>"]', filename)
     if not forward.sanitize(filename).isascii():
@@ -327,6 +434,7 @@ def _utf8(data: bytes) -> bool:
 
 
 # -- 2. real charsets -------------------------------------------------------------------------------
+
 
 def test_a_gbk_subject_in_folded_gb2312_words_forwards_as_utf8():
     raw = corpus_message("hostile/gbk-folded-subject.eml")
@@ -349,19 +457,29 @@ def test_a_raw_utf8_filename_becomes_rfc2231_utf8():
             back = email.message_from_bytes(fw.raw, policy=policy.default)
             attachment = next(p for p in back.walk() if p.get_filename())
             assert attachment.get_filename() == "résumé 履歴書.pdf"
-            assert attachment.get_content() == email.message_from_bytes(raw, policy=policy.default).get_payload()[1].get_content()
+            assert (
+                attachment.get_content()
+                == email.message_from_bytes(raw, policy=policy.default).get_payload()[1].get_content()
+            )
 
 
-@pytest.mark.parametrize(("name", "subject", "filenames"), [
-    ("hostile/japanese-iso-2022-jp.eml", "会議のお知らせ", ["資料.pdf", "議事録.pdf"]),
-    ("hostile/korean-ks_c_5601.eml", "똠방각하 회의", []),
-    ("hostile/raw-8bit-filename-latin1.eml", "latin-1 name", ["café menü.bin"]),
-    ("hostile/rfc2231-continuations.eml", "continued filename", ["文件名….pdf"]),
-    # white space between encoded words is no text (RFC 2047 6.2)
-    ("hostile/mislabelled-charsets.eml", "\u201cQuoted\u201d \u2013 café✓ okcafé", []),
-    ("hostile/raw-8bit-headers.eml", "Réunion – café", []),
-    ("clients/django-mailbox-message_with_utf8_attachment.eml", None, ["piłkochwyty.jpg", "odpowiedź Burmistrza.jpg"]),
-])
+@pytest.mark.parametrize(
+    ("name", "subject", "filenames"),
+    [
+        ("hostile/japanese-iso-2022-jp.eml", "会議のお知らせ", ["資料.pdf", "議事録.pdf"]),
+        ("hostile/korean-ks_c_5601.eml", "똠방각하 회의", []),
+        ("hostile/raw-8bit-filename-latin1.eml", "latin-1 name", ["café menü.bin"]),
+        ("hostile/rfc2231-continuations.eml", "continued filename", ["文件名….pdf"]),
+        # white space between encoded words is no text (RFC 2047 6.2)
+        ("hostile/mislabelled-charsets.eml", "\u201cQuoted\u201d \u2013 café✓ okcafé", []),
+        ("hostile/raw-8bit-headers.eml", "Réunion – café", []),
+        (
+            "clients/django-mailbox-message_with_utf8_attachment.eml",
+            None,
+            ["piłkochwyty.jpg", "odpowiedź Burmistrza.jpg"],
+        ),
+    ],
+)
 def test_legacy_and_mislabelled_charsets_are_read(name, subject, filenames):
     raw = corpus_message(name)
     if subject is not None:
@@ -388,19 +506,26 @@ def test_raw_8bit_header_names_are_decoded_for_reply_to_and_x_esp_sender():
     assert back["From"].addresses[0].display_name == "José García via ESP Website"
     (fw,) = forwards_of(raw, ROUTES["user"])
     to = email.message_from_bytes(fw.raw, policy=policy.default)["To"]
-    assert [(a.display_name, a.addr_spec) for a in to.addresses] == [("Zoë", "zoe@example.org"), ("Ærø", "aero@example.org")]
+    assert [(a.display_name, a.addr_spec) for a in to.addresses] == [
+        ("Zoë", "zoe@example.org"),
+        ("Ærø", "aero@example.org"),
+    ]
 
 
 # -- 3. addresses -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "sender"), [
-    ("hostile/from-comma-in-encoded-name.eml", ("Müller, Hans", "hans@example.net")),
-    ("hostile/from-address-as-display-name.eml", ("boss@example.org", "attacker@evil.example")),
-    ("hostile/from-angle-in-encoded-name.eml", ("boss@example.org <boss@example.org>", "attacker@evil.example")),
-    ("hostile/injection-from-name.eml", ("Evil Bcc: victim@evil.example", "evil@example.net")),
-    ("clients/mail-parser-mail_test_18.eml", None),
-    ("clients/mail-parser-mail_test_19.eml", None),
-])
+
+@pytest.mark.parametrize(
+    ("name", "sender"),
+    [
+        ("hostile/from-comma-in-encoded-name.eml", ("Müller, Hans", "hans@example.net")),
+        ("hostile/from-address-as-display-name.eml", ("boss@example.org", "attacker@evil.example")),
+        ("hostile/from-angle-in-encoded-name.eml", ("boss@example.org <boss@example.org>", "attacker@evil.example")),
+        ("hostile/injection-from-name.eml", ("Evil Bcc: victim@evil.example", "evil@example.net")),
+        ("clients/mail-parser-mail_test_18.eml", None),
+        ("clients/mail-parser-mail_test_19.eml", None),
+    ],
+)
 def test_original_sender_reads_the_raw_header(name, sender):
     message = parse(corpus_message(name))
     got = original_sender(message)
@@ -412,13 +537,18 @@ def test_original_sender_reads_the_raw_header(name, sender):
     (fw, *_) = forwards_of(corpus_message(name), ROUTES["class"])
     reply_to = email.message_from_bytes(fw.raw, policy=policy.default)["Reply-To"]
     chosen = forward.raw_header(message, "Reply-To")  # the sender's own Reply-To, if any, is kept
-    assert [(a.display_name, a.addr_spec) for a in reply_to.addresses] == (
-        parse_mailboxes(chosen) if chosen else [got])
+    assert [(a.display_name, a.addr_spec) for a in reply_to.addresses] == (parse_mailboxes(chosen) if chosen else [got])
 
 
 def test_addresses_round_trip_through_format_and_parse():
-    people = [("Müller, Hans", "hans@example.net"), ('Say "hi"', "a@example.net"), ("", "b@example.net"),
-              ("x" * 300, "c@example.net"), ("中文 名字", "d@example.net"), ("Bad", "not an address")]
+    people = [
+        ("Müller, Hans", "hans@example.net"),
+        ('Say "hi"', "a@example.net"),
+        ("", "b@example.net"),
+        ("x" * 300, "c@example.net"),
+        ("中文 名字", "d@example.net"),
+        ("Bad", "not an address"),
+    ]
     value = format_addresses(people, len("To: "))
     assert value.isascii() and all(len(line) <= 78 for line in value.split("\r\n"))
     assert parse_mailboxes(value) == people[:5]
@@ -426,6 +556,7 @@ def test_addresses_round_trip_through_format_and_parse():
 
 
 # -- 4. Date, Message-ID and the SES recipient limit -------------------------------------------------
+
 
 def test_every_forward_has_a_date_and_a_message_id():
     raw = corpus_message("hostile/no-date-no-message-id.eml")
@@ -459,16 +590,21 @@ def test_a_user_forward_of_mail_to_60_people_keeps_them_out_of_the_ses_count():
     assert len(parse_mailboxes(back["X-DBMail-Original-Cc"])) == 5
     # a short To stays as it was
     (fw,) = forwards_of(corpus_message("clients/talon-gmail.eml"), ROUTES["user"])
-    assert email.message_from_bytes(fw.raw, policy=policy.compat32)["To"] == parse(
-        corpus_message("clients/talon-gmail.eml"))["To"]
+    assert (
+        email.message_from_bytes(fw.raw, policy=policy.compat32)["To"]
+        == parse(corpus_message("clients/talon-gmail.eml"))["To"]
+    )
 
 
 def test_moto_counts_header_recipients_even_with_explicit_destinations(monkeypatch):
     """What moto 5 does (moto/ses/models.py send_raw_email): it adds every address in the To, Cc
     and Bcc headers to the explicit destinations and refuses more than 50. So a forward that
     kept a 60-address To would fail there with "Too many recipients"; ours goes through."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     raw = corpus_message("hostile/to-60-addresses.eml")
     with mock_aws():
@@ -486,35 +622,44 @@ def test_moto_counts_header_recipients_even_with_explicit_destinations(monkeypat
 
 # -- 5. loops -----------------------------------------------------------------------------------------
 
+
 def test_x_beenthere_is_added_after_the_ones_already_there():
     raw = corpus_message("hostile/been-there.eml")
     assert been_there(parse(raw)) == ["e1234-class@example.org", "other-list@lists.example.net"]
     (fw, *_) = forwards_of(raw, ROUTES["class"], list_address="E1234-Teachers@example.org")
     back = parse(fw.raw)
-    assert back.get_all(BEEN_THERE) == ["E1234-class@example.org", "<other-list@lists.example.net>",
-                                        "E1234-Teachers@example.org"]
+    assert back.get_all(BEEN_THERE) == [
+        "E1234-class@example.org",
+        "<other-list@lists.example.net>",
+        "E1234-Teachers@example.org",
+    ]
     assert been_there(back) == ["e1234-class@example.org", "other-list@lists.example.net", "e1234-teachers@example.org"]
     assert back.get_all(LOOP_HEADER) == [DOMAIN]
     assert been_there(parse(corpus_message("clients/talon-gmail.eml"))) == []
 
 
 def test_rewrite_without_a_list_address_adds_no_x_beenthere():
-    message = rewrite(corpus_message("clients/talon-gmail.eml"), ROUTES["class"], site_name="ESP",
-                      chapter_domain=DOMAIN)
+    message = rewrite(
+        corpus_message("clients/talon-gmail.eml"), ROUTES["class"], site_name="ESP", chapter_domain=DOMAIN
+    )
     assert message.get_all(BEEN_THERE) is None and message[LOOP_HEADER] == DOMAIN
 
 
 # -- 6. subject tags ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("subject", "route_name", "expected"), [
-    (b"Re: [E1234] Trip", "class", "Re: [E1234] Trip"),
-    (b"Re: [e1234]   Trip", "class", "Re: [e1234]   Trip"),
-    (b"=?utf-8?q?RE=3A_=5Be1234=5D_Fahrt_nach_M=C3=BCnchen?=", "class", "RE: [e1234] Fahrt nach München"),
-    (b"Trip", "class", "[E1234] Trip"),
-    (b"Re: [M77] Trip", "cc_all", "[Splash] Re: [M77] Trip"),
-    (b"Re: [M77] [splash] Trip", "cc_all", "Re: [M77] [splash] Trip"),
-    (b"Trip", "cc_all", "[M77] [Splash] Trip"),
-])
+
+@pytest.mark.parametrize(
+    ("subject", "route_name", "expected"),
+    [
+        (b"Re: [E1234] Trip", "class", "Re: [E1234] Trip"),
+        (b"Re: [e1234]   Trip", "class", "Re: [e1234]   Trip"),
+        (b"=?utf-8?q?RE=3A_=5Be1234=5D_Fahrt_nach_M=C3=BCnchen?=", "class", "RE: [e1234] Fahrt nach München"),
+        (b"Trip", "class", "[E1234] Trip"),
+        (b"Re: [M77] Trip", "cc_all", "[Splash] Re: [M77] Trip"),
+        (b"Re: [M77] [splash] Trip", "cc_all", "Re: [M77] [splash] Trip"),
+        (b"Trip", "cc_all", "[M77] [Splash] Trip"),
+    ],
+)
 def test_a_tag_already_in_the_subject_is_not_added_again(subject, route_name, expected):
     raw = b"From: a@example.net\r\nSubject: " + subject + b"\r\n\r\nbody\r\n"
     (fw, *_) = forwards_of(raw, ROUTES[route_name])
@@ -529,19 +674,23 @@ def test_an_untouched_subject_keeps_its_raw_value():
 
 # -- 7. automatic mail ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "automatic", "listed"), [
-    (corpus_message("hostile/auto-reply.eml"), True, False),
-    (corpus_message("hostile/auto-response-suppress.eml"), True, False),
-    (corpus_message("hostile/list-mail.eml"), True, True),
-    (corpus_message("clients/talon-gmail.eml"), False, False),
-    (b"Auto-Submitted: no\r\n\r\nx", False, False),
-    (b"Auto-Submitted: auto-generated\r\n\r\nx", True, False),
-    (b"Precedence: BULK\r\n\r\nx", True, False),
-    (b"Precedence: junk (spam)\r\n\r\nx", True, False),
-    (b"Precedence: first-class\r\n\r\nx", False, False),
-    (b"X-Autoreply: yes\r\n\r\nx", True, False),
-    (b"List-Id: <x.example.net>\r\n\r\nx", True, True),
-])
+
+@pytest.mark.parametrize(
+    ("raw", "automatic", "listed"),
+    [
+        (corpus_message("hostile/auto-reply.eml"), True, False),
+        (corpus_message("hostile/auto-response-suppress.eml"), True, False),
+        (corpus_message("hostile/list-mail.eml"), True, True),
+        (corpus_message("clients/talon-gmail.eml"), False, False),
+        (b"Auto-Submitted: no\r\n\r\nx", False, False),
+        (b"Auto-Submitted: auto-generated\r\n\r\nx", True, False),
+        (b"Precedence: BULK\r\n\r\nx", True, False),
+        (b"Precedence: junk (spam)\r\n\r\nx", True, False),
+        (b"Precedence: first-class\r\n\r\nx", False, False),
+        (b"X-Autoreply: yes\r\n\r\nx", True, False),
+        (b"List-Id: <x.example.net>\r\n\r\nx", True, True),
+    ],
+)
 def test_automatic_mail_is_recognised(raw, automatic, listed):
     message = parse(raw)
     assert is_automatic(message) is automatic
@@ -549,6 +698,7 @@ def test_automatic_mail_is_recognised(raw, automatic, listed):
 
 
 # -- bodies -------------------------------------------------------------------------------------------
+
 
 def test_overlong_and_8bit_bodies_are_base64_with_the_same_bytes():
     raw = corpus_message("hostile/overlong-lines.eml")

@@ -12,25 +12,20 @@ import boto3
 import pytest
 
 from dbmail import wiring
-from dbmail.inbound_client import add_email_list, install_default_email_lists, publish_directory, set_plain_redirect
-from dbmail.models import InboundStatus
-from tests.conftest import DIRECTORY, inbound_message as message
+from dbmail.client import add_email_list, publish_directory, set_plain_redirect
+from dbmail.core.statuses import InboundStatus
+from tests.conftest import DIRECTORY
+from tests.conftest import inbound_message as message
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "cpython"
-
-@pytest.fixture
-def inbound(moto_stack):
-    install_default_email_lists()
-    publish_directory(**DIRECTORY)
-    set_plain_redirect("directors", "dir1@example.net, Dir Two <dir2@example.net>")
-    return moto_stack
 
 
 def receive(stack, raw: bytes, recipients=("E1234-class@example.org",), spam="PASS", virus="PASS"):
     """What SES's receipt rule does: store the raw mail in S3, then invoke the router."""
     message_id = uuid.uuid4().hex
     boto3.client("s3", region_name="us-east-1").put_object(
-        Bucket=stack.settings.inbound_bucket, Key=f"{stack.settings.inbound_prefix}{message_id}", Body=raw)
+        Bucket=stack.settings.inbound_bucket, Key=f"{stack.settings.inbound_prefix}{message_id}", Body=raw
+    )
     status = wiring.inbound_router().handle(message_id, list(recipients), spam, virus)
     return message_id, status
 
@@ -41,7 +36,7 @@ class Outbox:
 
     def __init__(self):
         self.calls = []
-        ses = wiring.inbound_router().transport._ses  # noqa: SLF001 - observing the real client
+        ses = wiring.inbound_router().transport._ses
         ses.meta.events.register("provide-client-params.sesv2.SendEmail", self._capture)
 
     def _capture(self, params, **_):
@@ -49,7 +44,9 @@ class Outbox:
         if "Destination" in params:
             destinations = list(params["Destination"]["ToAddresses"])
         else:  # SES takes them from the headers
-            destinations = [a.addr_spec for h in ("To", "Cc", "Bcc") for a in (message[h].addresses if message[h] else ())]
+            destinations = [
+                a.addr_spec for h in ("To", "Cc", "Bcc") for a in (message[h].addresses if message[h] else ())
+            ]
         self.calls.append((destinations, message))
 
     def sent(self):
@@ -95,7 +92,7 @@ def test_a_section_list_and_a_redirect_and_a_teacher(inbound):
     outbox = Outbox()
     raw = message(to="tcher@example.org", Cc="someone@example.net")
     receive(inbound, raw, recipients=["tcher@example.org"])
-    (destinations, forwarded), = outbox.sent()
+    ((destinations, forwarded),) = outbox.sent()
     assert destinations == ["teacher@example.net"]
     # UserEmail keeps the headers (To, Cc, Subject, Message-ID) unchanged
     original = email.message_from_bytes(raw, policy=policy.default)
@@ -110,16 +107,33 @@ def test_a_student_username_is_not_forwarded_without_a_list_id(inbound):
     assert status == InboundStatus.UNDELIVERABLE
     assert all("kid@example.net" not in d for d, _ in outbox.sent())
     outbox = Outbox()
-    _, status = receive(inbound, message(to="kid@example.org", List_Id="<news.example.net>"), recipients=["kid@example.org"])
+    _, status = receive(
+        inbound, message(to="kid@example.org", List_Id="<news.example.net>"), recipients=["kid@example.org"]
+    )
     assert status == InboundStatus.FORWARDED and recipients_of(outbox.sent()) == ["kid@example.net"]
 
 
 def test_cc_all_sends_one_message_with_everyone_in_to_in_batches_of_50(inbound):
     students = [{"name": f"S{i}", "email": f"s{i}@example.net"} for i in range(120)]
-    publish_directory(classes=[{**DIRECTORY["classes"][0], "class_id": 77, "emailcode": "M77",
-                                "sections": [{"index": 1, "emailcode": "M77s1", "students": students}]}])
-    add_email_list(r"^\w(\d+)-(class|teachers|students)$", "ClassList", seq=1, cc_all=True, from_email="lists@example.org",
-                   subject_prefix="[Splash]", list_id="cc-all-classes")
+    publish_directory(
+        classes=[
+            {
+                **DIRECTORY["classes"][0],
+                "class_id": 77,
+                "emailcode": "M77",
+                "sections": [{"index": 1, "emailcode": "M77s1", "students": students}],
+            }
+        ]
+    )
+    add_email_list(
+        r"^\w(\d+)-(class|teachers|students)$",
+        "ClassList",
+        seq=1,
+        cc_all=True,
+        from_email="lists@example.org",
+        subject_prefix="[Splash]",
+        list_id="cc-all-classes",
+    )
     outbox = Outbox()
     receive(inbound, message(to="M77-students@example.org"), recipients=["M77-students@example.org"])
     sent = outbox.sent()
@@ -135,7 +149,7 @@ def test_an_unknown_address_from_a_known_sender_gets_one_notice(inbound):
     outbox = Outbox()
     _, status = receive(inbound, message(to="nobody@example.org"), recipients=["nobody@example.org"])
     assert status == InboundStatus.UNDELIVERABLE
-    (destinations, notice), = outbox.sent()
+    ((destinations, notice),) = outbox.sent()
     assert destinations == ["parent@example.net"]
     assert notice["Subject"] == "Undeliverable mail" and notice["Auto-Submitted"] == "auto-replied"
     assert "nobody@example.org" in notice.get_content()
@@ -204,7 +218,7 @@ def test_virus_is_dropped_and_spam_is_held_then_released_by_a_moderator(inbound)
     assert status == InboundStatus.DROPPED and outbox.sent() == []
     message_id, status = receive(inbound, message(), spam="FAIL")
     assert status == InboundStatus.HELD
-    (destinations, note), = outbox.sent()
+    ((destinations, note),) = outbox.sent()
     assert destinations == [inbound.settings.moderator_address] and message_id in note.get_content()
     router = wiring.inbound_router()
     assert [i.message_id for i in router.store.with_status(InboundStatus.HELD)] == [message_id]
@@ -217,13 +231,17 @@ def test_admin_hold_keeps_the_raw_message_and_reject_ends_it(inbound):
     add_email_list(r"^(all-announce)$", "PlainList", seq=1, admin_hold=True, list_id="announce")
     set_plain_redirect("all-announce", "everyone@example.net")
     outbox = Outbox()
-    message_id, status = receive(inbound, message(to="all-announce@example.org"), recipients=["all-announce@example.org"])
+    message_id, status = receive(
+        inbound, message(to="all-announce@example.org"), recipients=["all-announce@example.org"]
+    )
     assert status == InboundStatus.HELD
     assert recipients_of(outbox.sent()) == [inbound.settings.moderator_address]
     router = wiring.inbound_router()
     assert router.reject(message_id) == InboundStatus.REJECTED
     item = router.store.get(message_id)
-    assert boto3.client("s3", region_name="us-east-1").get_object(Bucket=inbound.settings.inbound_bucket, Key=item.s3_key)
+    assert boto3.client("s3", region_name="us-east-1").get_object(
+        Bucket=inbound.settings.inbound_bucket, Key=item.s3_key
+    )
 
 
 def test_mail_over_40_mb_gets_a_notice_to_a_known_sender_only(inbound):
@@ -238,12 +256,13 @@ def test_mail_over_40_mb_gets_a_notice_to_a_known_sender_only(inbound):
     outbox = Outbox()
     _, status = receive(inbound, raw)
     assert status == InboundStatus.TOO_LARGE
-    (destinations, notice), = outbox.sent()
+    ((destinations, notice),) = outbox.sent()
     assert destinations == ["parent@example.net"] and notice["Subject"] == "Message too large"
 
 
 def ses_down(monkeypatch):
     """Every forward fails as if SES were unreachable, until monkeypatch.undo()."""
+
     def broken(*args, **kwargs):
         raise ConnectionError("SES unreachable")
 
@@ -266,8 +285,8 @@ def test_a_handler_error_leaves_the_message_recorded_and_reprocessable(inbound, 
 def test_the_sweep_processes_again_what_failed_once_it_has_been_quiet_and_gives_up_after_five(inbound, monkeypatch):
     from datetime import timedelta
 
-    from dbmail.inbound import SWEEP_MAX_ATTEMPTS, SWEEP_NOT_BEFORE
-    from dbmail.models import utcnow
+    from dbmail.core.clock import utcnow
+    from dbmail.inbound.router import SWEEP_MAX_ATTEMPTS, SWEEP_NOT_BEFORE
 
     router = wiring.inbound_router()
     # given a message that failed, and one that failed for good (its attempts used up)
@@ -309,7 +328,12 @@ def test_a_retry_after_a_partial_forward_does_not_send_twice(inbound, monkeypatc
         receive(inbound, message())
     (failed,) = list(router.store.with_status(InboundStatus.FAILED))
     router.reprocess(failed.message_id)
-    assert recipients_of(outbox.sent()) == ["directors@example.org", "s1@example.net", "s2@example.net", "teacher@example.net"]
+    assert recipients_of(outbox.sent()) == [
+        "directors@example.org",
+        "s1@example.net",
+        "s2@example.net",
+        "teacher@example.net",
+    ]
 
 
 @pytest.mark.parametrize("sample", sorted(p.name for p in CORPUS.glob("msg_*.txt")))
@@ -324,13 +348,16 @@ def test_real_world_mime_samples_route_without_a_crash(inbound, sample):
         assert status == InboundStatus.DROPPED and item.detail  # recorded with the reason, never silently lost
 
 
-@pytest.mark.parametrize("raw", [
-    b"Subject: no from at all\r\nTo: directors@example.org\r\n\r\nbody\r\n",
-    b"From: =?utf-8?b?Wm/Dqw==?= <zoe@example.net>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nTo: directors@example.org\r\n\r\nbody\r\n",
-    b"From: Jos\xe9 <jose@example.net>\r\nSubject: 8-bit \xff\xfe junk\r\n: empty name\r\nTo: directors@example.org\r\n\r\n\xff\r\n",
-    b"From: a@example.net\r\nSubject: injected\r\n\tBcc: victim@example.com\r\nDelivered-To: x@example.org\r\nDelivered-To: y@example.org\r\n\r\nbody\r\n",
-    b"not a mime message at all",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: no from at all\r\nTo: directors@example.org\r\n\r\nbody\r\n",
+        b"From: =?utf-8?b?Wm/Dqw==?= <zoe@example.net>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nTo: directors@example.org\r\n\r\nbody\r\n",
+        b"From: Jos\xe9 <jose@example.net>\r\nSubject: 8-bit \xff\xfe junk\r\n: empty name\r\nTo: directors@example.org\r\n\r\n\xff\r\n",
+        b"From: a@example.net\r\nSubject: injected\r\n\tBcc: victim@example.com\r\nDelivered-To: x@example.org\r\nDelivered-To: y@example.org\r\n\r\nbody\r\n",
+        b"not a mime message at all",
+    ],
+)
 def test_malformed_and_hostile_mail_is_forwarded_cleanly_or_recorded(inbound, raw):
     outbox = Outbox()
     message_id, status = receive(inbound, raw, recipients=["Directors@example.org"])

@@ -11,15 +11,16 @@ from email import policy
 import boto3
 import pytest
 
-from dbmail import inbound_store, routing, wiring
+from dbmail import wiring
 from dbmail.cli import main
-from dbmail.errors import AddressInvalid
-from dbmail.inbound_client import add_email_list, publish_directory, set_plain_redirect
-from dbmail.inbound_store import InboundStore
-from dbmail.models import InboundStatus
-from dbmail.routing import DEFAULT_RULES, DirectoryInvalid, RedirectInvalid, RuleInvalid, route
+from dbmail.client import add_email_list, publish_directory, set_plain_redirect
+from dbmail.core.errors import AddressInvalid
+from dbmail.core.statuses import InboundStatus
+from dbmail.inbound import routing
+from dbmail.inbound import store as inbound_store
+from dbmail.inbound.routing import DEFAULT_RULES, DirectoryInvalid, RedirectInvalid, RuleInvalid, route
+from dbmail.inbound.store import InboundStore
 from tests.conftest import DIRECTORY, inbound_message
-from tests.unit.test_inbound import inbound  # noqa: F401 - the fixture: defaults, directory, directors redirect
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def put_raw_rule(settings, **attributes):
 
 def receive(stack, to: str):
     """What SES's receipt rule does (the raw mail in S3, then the router); returns (status, destinations)."""
-    ses = wiring.inbound_router().transport._ses  # noqa: SLF001 - observing the real client
+    ses = wiring.inbound_router().transport._ses
     sent = []
 
     def capture(params, **_):
@@ -57,8 +58,10 @@ def receive(stack, to: str):
     ses.meta.events.register("provide-client-params.sesv2.SendEmail", capture)
     message_id = uuid.uuid4().hex
     boto3.client("s3", region_name="us-east-1").put_object(
-        Bucket=stack.settings.inbound_bucket, Key=f"{stack.settings.inbound_prefix}{message_id}",
-        Body=inbound_message(to=to))
+        Bucket=stack.settings.inbound_bucket,
+        Key=f"{stack.settings.inbound_prefix}{message_id}",
+        Body=inbound_message(to=to),
+    )
     status = wiring.inbound_router().handle(message_id, [to], "PASS", "PASS")
     ses.meta.events.unregister("provide-client-params.sesv2.SendEmail", capture)
     return status, sorted(sent)
@@ -66,14 +69,18 @@ def receive(stack, to: str):
 
 # --- addresses in any case, with or without a +suffix ------------------------------------------
 
-@pytest.mark.parametrize("to, expected", [
-    ("E1234-Students@example.org", ["directors@example.org", "s1@example.net", "s2@example.net"]),
-    ("E1234s1-CLASS@example.org", ["directors@example.org", "s1@example.net", "teacher@example.net"]),
-    ("DIRECTORS@example.org", ["dir1@example.net", "dir2@example.net"]),
-    ("directors+trip@example.org", ["dir1@example.net", "dir2@example.net"]),
-    ("Directors+Trip@Example.org", ["dir1@example.net", "dir2@example.net"]),
-    ("TCHER@example.org", ["teacher@example.net"]),
-])
+
+@pytest.mark.parametrize(
+    "to, expected",
+    [
+        ("E1234-Students@example.org", ["directors@example.org", "s1@example.net", "s2@example.net"]),
+        ("E1234s1-CLASS@example.org", ["directors@example.org", "s1@example.net", "teacher@example.net"]),
+        ("DIRECTORS@example.org", ["dir1@example.net", "dir2@example.net"]),
+        ("directors+trip@example.org", ["dir1@example.net", "dir2@example.net"]),
+        ("Directors+Trip@Example.org", ["dir1@example.net", "dir2@example.net"]),
+        ("TCHER@example.org", ["teacher@example.net"]),
+    ],
+)
 def test_case_and_plus_variants_are_forwarded_like_the_canonical_address(inbound, to, expected):
     # given the default rules, the directory and a directors redirect
     # when mail arrives for the address in capitals or with a +suffix
@@ -90,17 +97,25 @@ def test_the_directory_store_answers_routing_case_insensitively(store):
 
 # --- rules are checked when written --------------------------------------------------------------
 
-@pytest.mark.parametrize("regex, handler, problem", [
-    (r"^staff$", "PlainList", r"PlainList needs exactly 1 capture group \(redirect name\) but regex '\^staff\$' has none"),
-    (r"^(sta.*)$", "ClassList", r"ClassList needs exactly 2 capture groups \(class id, audience\) but .* has 1"),
-    (r"^(\w)(\d+)-(class|teachers|students)$", "ClassList", "needs exactly 2 capture groups .* has 3"),
-    (r"^\w(\w+)-(class|teachers|students)$", "ClassList", r"group 1 \(class id\) .* one or more digits"),
-    (r"^\w(\d+)s(\d+)-(everyone)$", "SectionList", r"group 3 \(audience\) .* it also matches 'everyone'"),
-    (r"^(", "PlainList", "does not compile"),
-    (r"^(.*)$", "Mailman", "unknown EmailList handler 'Mailman'"),
-    ("^(" + "x" * 260 + ")$", "PlainList", "at most 256 are allowed"),
-    (r"^(\w+)+$", "UserEmail", "repeat inside a repeat"),
-])
+
+@pytest.mark.parametrize(
+    "regex, handler, problem",
+    [
+        (
+            r"^staff$",
+            "PlainList",
+            r"PlainList needs exactly 1 capture group \(redirect name\) but regex '\^staff\$' has none",
+        ),
+        (r"^(sta.*)$", "ClassList", r"ClassList needs exactly 2 capture groups \(class id, audience\) but .* has 1"),
+        (r"^(\w)(\d+)-(class|teachers|students)$", "ClassList", "needs exactly 2 capture groups .* has 3"),
+        (r"^\w(\w+)-(class|teachers|students)$", "ClassList", r"group 1 \(class id\) .* one or more digits"),
+        (r"^\w(\d+)s(\d+)-(everyone)$", "SectionList", r"group 3 \(audience\) .* it also matches 'everyone'"),
+        (r"^(", "PlainList", "does not compile"),
+        (r"^(.*)$", "Mailman", "unknown EmailList handler 'Mailman'"),
+        ("^(" + "x" * 260 + ")$", "PlainList", "at most 256 are allowed"),
+        (r"^(\w+)+$", "UserEmail", "repeat inside a repeat"),
+    ],
+)
 def test_add_email_list_refuses_a_rule_the_router_cannot_run(store, regex, handler, problem):
     # given the default rules; when a bad rule is added, then it is refused naming the problem
     with pytest.raises(RuleInvalid, match="EmailList rule 'staff': .*" + problem):
@@ -147,6 +162,7 @@ def test_accept_automatic_is_stored_and_read_back(inbound, store):
 
 # --- bad items written raw: skipped at routing, later rules still route ---------------------------
 
+
 def test_bad_raw_rules_are_skipped_with_a_warning_and_mail_still_routes(inbound, store, logged):
     # given raw items: the reported ClassList on ^(sta.*)$, a PlainList without a group, an unknown
     # handler, a regex that does not compile, a seq stored as text, and an item lacking its regex
@@ -181,13 +197,27 @@ def test_a_raw_redirect_with_a_bad_entry_forwards_to_the_valid_ones(inbound, sto
 
 # --- redirects and directory data are checked when written ------------------------------------------
 
-@pytest.mark.parametrize("original, destination, error, problem", [
-    ("office@example.org", "a@example.net", RedirectInvalid, "original is the local part only"),
-    ("dir ectors", "a@example.net", RedirectInvalid, "is not a valid local part"),
-    ("office+trip", "a@example.net", RedirectInvalid, "which starts a subaddress"),
-    ("office", "a@example.net,,nobody", AddressInvalid, "invalid destination entries: '\\(empty entry\\)', 'nobody'"),
-    ("office", ", ".join(f"d{i}@example.net" for i in range(51)), RedirectInvalid, "has 51 destinations; at most 50"),
-])
+
+@pytest.mark.parametrize(
+    "original, destination, error, problem",
+    [
+        ("office@example.org", "a@example.net", RedirectInvalid, "original is the local part only"),
+        ("dir ectors", "a@example.net", RedirectInvalid, "is not a valid local part"),
+        ("office+trip", "a@example.net", RedirectInvalid, "which starts a subaddress"),
+        (
+            "office",
+            "a@example.net,,nobody",
+            AddressInvalid,
+            "invalid destination entries: '\\(empty entry\\)', 'nobody'",
+        ),
+        (
+            "office",
+            ", ".join(f"d{i}@example.net" for i in range(51)),
+            RedirectInvalid,
+            "has 51 destinations; at most 50",
+        ),
+    ],
+)
 def test_set_plain_redirect_refuses_bad_redirects(store, original, destination, error, problem):
     # given a redirect the router could not use; when it is set, then it is refused naming the problem
     with pytest.raises(error, match=problem):
@@ -206,21 +236,35 @@ def test_set_plain_redirect_stores_the_lower_cased_original(store):
 
 def test_publish_directory_refuses_bad_entries_and_writes_nothing(moto_stack):
     # given users and classes with several problems, among good entries
-    users = [{"username": "good", "email": "good@example.net"},
-             {"username": "bad", "email": "not an address"},
-             {"email": "nameless@example.net"}]
-    classes = [{"class_id": "12x", "emailcode": "E12", "program_name": "P", "directors_email": "d@example.org"},
-               {"class_id": 7, "emailcode": "E7", "program_name": "P", "directors_email": "directors"},
-               {"class_id": 8, "program_name": "P", "directors_email": "d@example.org"},
-               {"class_id": 9, "emailcode": "E9", "program_name": "P", "directors_email": "d@example.org",
-                "sections": [{"index": 1, "emailcode": "E9s1", "students": [{"name": "S", "email": "s@"}]}]}]
+    users = [
+        {"username": "good", "email": "good@example.net"},
+        {"username": "bad", "email": "not an address"},
+        {"email": "nameless@example.net"},
+    ]
+    classes = [
+        {"class_id": "12x", "emailcode": "E12", "program_name": "P", "directors_email": "d@example.org"},
+        {"class_id": 7, "emailcode": "E7", "program_name": "P", "directors_email": "directors"},
+        {"class_id": 8, "program_name": "P", "directors_email": "d@example.org"},
+        {
+            "class_id": 9,
+            "emailcode": "E9",
+            "program_name": "P",
+            "directors_email": "d@example.org",
+            "sections": [{"index": 1, "emailcode": "E9s1", "students": [{"name": "S", "email": "s@"}]}],
+        },
+    ]
     # when published, then one error names every bad entry
     with pytest.raises(DirectoryInvalid) as caught:
         publish_directory(users=users, classes=classes)
     message = str(caught.value)
-    for problem in ("users[1].email 'not an address' is not a valid email address", "users[2] lacks 'username'",
-                    "classes[0].class_id must be a whole number", "classes[1].directors_email 'directors'",
-                    "classes[2] lacks 'emailcode'", "classes[3].sections[0].students[0].email 's@'"):
+    for problem in (
+        "users[1].email 'not an address' is not a valid email address",
+        "users[2] lacks 'username'",
+        "classes[0].class_id must be a whole number",
+        "classes[1].directors_email 'directors'",
+        "classes[2] lacks 'emailcode'",
+        "classes[3].sections[0].students[0].email 's@'",
+    ):
         assert problem in message
     # and nothing was written, not even the good user
     store = InboundStore(moto_stack.settings)

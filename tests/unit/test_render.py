@@ -1,16 +1,20 @@
-import pytest
-
 import resource
 import time
 
-from dbmail.errors import TemplateInvalid, TemplateLimitExceeded
-from dbmail.render import UserContext, build_context, compile_message, is_html
+import pytest
+
+from dbmail.core.errors import TemplateInvalid, TemplateLimitExceeded
+from dbmail.outgoing.render import UserContext, build_context, compile_message, is_html
 
 
 def render(subject, body, user=None, message_vars=None, user_vars=None):
     compiled = compile_message(subject, body)
-    context = build_context(UserContext(user or {"first_name": "Zoë", "last_name": "Ng"}, user_vars),
-                            {"id": "r1", "public_url": "https://site/email/r1"}, "info@site.org", message_vars)
+    context = build_context(
+        UserContext(user or {"first_name": "Zoë", "last_name": "Ng"}, user_vars),
+        {"id": "r1", "public_url": "https://site/email/r1"},
+        "info@site.org",
+        message_vars,
+    )
     return compiled.render(context)
 
 
@@ -25,8 +29,7 @@ def test_the_original_context_is_available():
     )
     # then every name resolves
     assert subject == "Welcome to Splash 2026"
-    assert body == ("Dear Zoë, see https://site/email/r1 or write info@site.org. "
-                    "Confirm: https://site/confirm/abc")
+    assert body == ("Dear Zoë, see https://site/email/r1 or write info@site.org. Confirm: https://site/confirm/abc")
 
 
 def test_a_syntax_error_names_the_template_and_line():
@@ -53,12 +56,15 @@ def test_html_bodies_are_autoescaped_but_text_bodies_are_not():
     assert text == "Tom & Jerry"
 
 
-@pytest.mark.parametrize("body, expected", [
-    ("<html><p>x</p></html>", True),
-    ('<HTML lang="en"><p>x</p></HTML>', True),
-    ("<htmlish> not html", False),
-    ("plain text mentioning html", False),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("<html><p>x</p></html>", True),
+        ('<HTML lang="en"><p>x</p></HTML>', True),
+        ("<htmlish> not html", False),
+        ("plain text mentioning html", False),
+    ],
+)
 def test_html_detection_matches_the_original_rule(body, expected):
     assert is_html(body) is expected
 
@@ -68,8 +74,15 @@ def test_missing_variables_render_empty_as_in_django():
     assert subject == "Hi !"
 
 
-@pytest.mark.parametrize("template", ["{{ nosuch.attr }}", "{{ user.nickname.first }}", "{{ program.missing.deeper.still }}",
-                                      "{{ nosuch['key'].attr }}"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ nosuch.attr }}",
+        "{{ user.nickname.first }}",
+        "{{ program.missing.deeper.still }}",
+        "{{ nosuch['key'].attr }}",
+    ],
+)
 def test_a_missing_chain_renders_empty_as_in_django(template):
     # given a chain whose first link is missing
     _, body = render("s", f"<{template}>", message_vars={"program": {"name": "Splash"}})
@@ -80,8 +93,12 @@ def test_a_missing_chain_renders_empty_as_in_django(template):
 def test_user_name_is_the_full_name_and_user_exposes_fields_only():
     # given a recipient with a guardian, and a template probing user's methods and mapping API
     user = {"first_name": "Zoë", "last_name": "Ng", "email": "zoe@example.net", "guardian_email": "mai@example.net"}
-    _, body = render("s", "{{ user.name }}|{{ user }}|{{ user.items }}|{{ user.keys }}|{{ user.values }}|{{ user.get }}"
-                          "|{{ user.field }}|{{ user|pprint }}|{{ user.__dict__ }}", user=user)
+    _, body = render(
+        "s",
+        "{{ user.name }}|{{ user }}|{{ user.items }}|{{ user.keys }}|{{ user.values }}|{{ user.get }}"
+        "|{{ user.field }}|{{ user|pprint }}|{{ user.__dict__ }}",
+        user=user,
+    )
     # then name is the full name, {{ user }} is the name, and nothing else of the recipient shows
     assert body == "Zoë Ng|Zoë Ng||||||<user>|"
     assert "mai@example.net" not in body and "zoe@" not in body
@@ -101,7 +118,7 @@ def test_a_template_cannot_change_shared_values_for_the_next_recipient():
 ATTACKS = {
     "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
     "nested loops over strings": "{% for a in 'x' * 1000 %}{% for b in 'x' * 1000 %}{% for c in 'x' * 1000 %}"
-                                 "{% endfor %}{% endfor %}{% endfor %}",
+    "{% endfor %}{% endfor %}{% endfor %}",
     "huge repeat": "{{ 'x' * 10**9 }}",
     "huge list": "{{ [0] * 10**9 }}",
     "huge power": "{{ 9 ** 9999999 }}",
@@ -138,18 +155,25 @@ def test_a_hostile_template_breaks_a_named_limit_quickly_and_in_little_memory(te
 
 def test_a_slow_template_breaks_the_time_limit():
     # given a template that stays within the iteration limit but does slow work per iteration
-    from dbmail.render import RenderLimits
-    compiled = compile_message("s", "{% for i in range(100000) %}{{ (i|string)|replace('1', '22')|center(50) }}{% endfor %}",
-                               limits=RenderLimits(seconds=0.05, output_chars=10**7))
+    from dbmail.outgoing.render import RenderLimits
+
+    compiled = compile_message(
+        "s",
+        "{% for i in range(100000) %}{{ (i|string)|replace('1', '22')|center(50) }}{% endfor %}",
+        limits=RenderLimits(seconds=0.05, output_chars=10**7),
+    )
     with pytest.raises(TemplateLimitExceeded, match="time limit"):
         compiled.render(build_context(UserContext({}, None), {}, "", None))
 
 
 def test_ordinary_loops_filters_and_joins_still_work():
-    _, body = render("s", "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }} {% endfor %}"
-                          "{{ [1, 2, 3]|join(',') }} {{ 'a' ~ 'b' }} {{ '%05.1f'|format(3.14159) }} {{ 'ab'|center(6) }}"
-                          "{% for k, v in program|dictsort %} {{ k }}={{ v }}{% endfor %}",
-                     message_vars={"program": {"name": "Splash", "year": 2026}})
+    _, body = render(
+        "s",
+        "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }} {% endfor %}"
+        "{{ [1, 2, 3]|join(',') }} {{ 'a' ~ 'b' }} {{ '%05.1f'|format(3.14159) }} {{ 'ab'|center(6) }}"
+        "{% for k, v in program|dictsort %} {{ k }}={{ v }}{% endfor %}",
+        message_vars={"program": {"name": "Splash", "year": 2026}},
+    )
     assert body == "1/3 2/3 3/3 1,2,3 ab 003.1   ab   name=Splash year=2026"
 
 

@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from dbmail import routing
-from dbmail.errors import AddressInvalid, RequestInvalid
-from dbmail.routing import (
+from dbmail.core.errors import AddressInvalid, RequestInvalid
+from dbmail.inbound import routing
+from dbmail.inbound.routing import (
     DEFAULT_RULES,
     ClassInfo,
     DirectoryInvalid,
@@ -29,10 +29,15 @@ from dbmail.routing import (
 )
 
 CLASS = ClassInfo(
-    class_id=1234, emailcode="E1234", program_name="Splash 2026", directors_email="directors@example.org",
+    class_id=1234,
+    emailcode="E1234",
+    program_name="Splash 2026",
+    directors_email="directors@example.org",
     teachers=(Person("Tea Cher", "teacher@example.net"), Person("Co Teach", "co@example.net")),
-    sections=(Section(1, "E1234s1", (Person("Stu One", "s1@example.net"), Person("Tea Cher", "teacher@example.net"))),
-              Section(2, "E1234s2", (Person("Stu Two", "s2@example.net"),))),
+    sections=(
+        Section(1, "E1234s1", (Person("Stu One", "s1@example.net"), Person("Tea Cher", "teacher@example.net"))),
+        Section(2, "E1234s2", (Person("Stu Two", "s2@example.net"),)),
+    ),
 )
 
 
@@ -58,11 +63,17 @@ def emails(result):
     return [p.email for p in result.route.recipients]
 
 
-@pytest.mark.parametrize("local, expected", [
-    ("E1234-class", ["directors@example.org", "teacher@example.net", "co@example.net", "s1@example.net", "s2@example.net"]),
-    ("E1234-teachers", ["directors@example.org", "teacher@example.net", "co@example.net"]),
-    ("E1234-students", ["directors@example.org", "s1@example.net", "teacher@example.net", "s2@example.net"]),
-])
+@pytest.mark.parametrize(
+    "local, expected",
+    [
+        (
+            "E1234-class",
+            ["directors@example.org", "teacher@example.net", "co@example.net", "s1@example.net", "s2@example.net"],
+        ),
+        ("E1234-teachers", ["directors@example.org", "teacher@example.net", "co@example.net"]),
+        ("E1234-students", ["directors@example.org", "s1@example.net", "teacher@example.net", "s2@example.net"]),
+    ],
+)
 def test_class_lists_reach_directors_plus_the_audience_without_duplicates(local, expected):
     result = route(local, DEFAULT_RULES, Tables(), has_list_id=False)
     assert result.route.rule.handler == "ClassList" and result.route.group
@@ -90,10 +101,18 @@ def test_plain_redirect_is_case_insensitive():
 
 
 def test_user_email_reaches_a_teacher_only_or_with_a_list_id():
-    tables = Tables(users=[User("tcher", "teacher@example.net", "Tea", "Cher", is_teacher=True),
-                           User("kid", "kid@example.net", "Ki", "D", is_teacher=False)])
+    tables = Tables(
+        users=[
+            User("tcher", "teacher@example.net", "Tea", "Cher", is_teacher=True),
+            User("kid", "kid@example.net", "Ki", "D", is_teacher=False),
+        ]
+    )
     teacher = route("TCher", DEFAULT_RULES, tables, has_list_id=False)
-    assert teacher.route.rule.handler == "UserEmail" and not teacher.route.group and emails(teacher) == ["teacher@example.net"]
+    assert (
+        teacher.route.rule.handler == "UserEmail"
+        and not teacher.route.group
+        and emails(teacher) == ["teacher@example.net"]
+    )
     assert route("kid", DEFAULT_RULES, tables, has_list_id=False).route is None
     assert emails(route("kid", DEFAULT_RULES, tables, has_list_id=True)) == ["kid@example.net"]
 
@@ -119,11 +138,14 @@ def test_subject_prefix_of_the_rule_follows_the_code():
     assert result.route.subject_prefix == "[E1234] [Splash]"
 
 
-@pytest.mark.parametrize("destination, bad", [
-    ("a@example.net,,b@example.net", "(empty entry)"),
-    ("a@example.net, not-an-address", "not-an-address"),
-    ("", "(empty entry)"),
-])
+@pytest.mark.parametrize(
+    "destination, bad",
+    [
+        ("a@example.net,,b@example.net", "(empty entry)"),
+        ("a@example.net, not-an-address", "not-an-address"),
+        ("", "(empty entry)"),
+    ],
+)
 def test_plain_redirect_validation_names_the_bad_entries(destination, bad):
     with pytest.raises(AddressInvalid, match=bad.replace("(", r"\(").replace(")", r"\)")):
         parse_destinations(destination)
@@ -138,26 +160,31 @@ def test_rules_are_checked_when_written():
 
 # --- case and subaddresses: every form of an address routes like its canonical form -------------
 
-TEACHERS = Tables(users=[User("tcher", "teacher@example.net", "Tea", "Cher", is_teacher=True)],
-                  redirects={"directors": "a@example.net, B <b@example.net>"})
+TEACHERS = Tables(
+    users=[User("tcher", "teacher@example.net", "Tea", "Cher", is_teacher=True)],
+    redirects={"directors": "a@example.net, B <b@example.net>"},
+)
 
 
 def summary(result):
     return result.route.rule.list_id, result.route.recipients, result.route.subject_prefix, result.route.group
 
 
-@pytest.mark.parametrize("written, canonical", [
-    ("E1234-Students", "e1234-students"),
-    ("E1234-CLASS", "e1234-class"),
-    ("E1234s1-CLASS", "e1234s1-class"),
-    ("e1234S2-Teachers", "e1234s2-teachers"),
-    ("DIRECTORS", "directors"),
-    ("directors+trip", "directors"),
-    ("Directors+Trip", "directors"),
-    ("E1234-students+parents", "e1234-students"),
-    ("TCHER", "tcher"),
-    ("TCher+Office", "tcher"),
-])
+@pytest.mark.parametrize(
+    "written, canonical",
+    [
+        ("E1234-Students", "e1234-students"),
+        ("E1234-CLASS", "e1234-class"),
+        ("E1234s1-CLASS", "e1234s1-class"),
+        ("e1234S2-Teachers", "e1234s2-teachers"),
+        ("DIRECTORS", "directors"),
+        ("directors+trip", "directors"),
+        ("Directors+Trip", "directors"),
+        ("E1234-students+parents", "e1234-students"),
+        ("TCHER", "tcher"),
+        ("TCher+Office", "tcher"),
+    ],
+)
 def test_case_and_plus_variants_route_like_the_canonical_form(written, canonical):
     # given the default rules, a class, a redirect and a teacher
     # when an address is written in capitals or with a +suffix
@@ -176,13 +203,16 @@ def test_a_capitalised_audience_reaches_the_audience_not_only_the_directors():
     assert emails(result) == ["directors@example.org", "s1@example.net", "teacher@example.net", "s2@example.net"]
 
 
-@pytest.mark.parametrize("local, expected", [
-    ("Directors+Trip", "directors"),
-    ("a+b+c", "a"),
-    ("directors+", "directors"),
-    ("+trip", "+trip"),  # nothing would be left: kept whole
-    ("  Mixed.Case  ", "mixed.case"),
-])
+@pytest.mark.parametrize(
+    "local, expected",
+    [
+        ("Directors+Trip", "directors"),
+        ("a+b+c", "a"),
+        ("directors+", "directors"),
+        ("+trip", "+trip"),  # nothing would be left: kept whole
+        ("  Mixed.Case  ", "mixed.case"),
+    ],
+)
 def test_canonical_local_part(local, expected):
     assert canonical_local_part(local) == expected
 
@@ -212,42 +242,60 @@ def test_an_overlong_local_part_is_not_routed():
 
 # --- rules are checked: each bad rule is refused with the problem named ---------------------------
 
-@pytest.mark.parametrize("regex, handler, problem", [
-    (r"^staff$", "PlainList", r"PlainList needs exactly 1 capture group \(redirect name\) but regex '\^staff\$' has none"),
-    (r"^staff$", "UserEmail", r"UserEmail needs exactly 1 capture group \(username\) but .* has none"),
-    (r"^(sta.*)$", "ClassList", r"ClassList needs exactly 2 capture groups \(class id, audience\) but .* has 1"),
-    (r"^\w(\d+)-(class|teachers|students)$", "SectionList",
-     r"SectionList needs exactly 3 capture groups \(class id, section index, audience\) but .* has 2"),
-    (r"^(\w)(\d+)-(class|teachers|students)$", "ClassList", "needs exactly 2 capture groups .* has 3; use \\(\\?:"),
-    (r"^(a)(b)$", "PlainList", "needs exactly 1 capture group .* has 2"),
-    (r"^\w(\w+)-(class|teachers|students)$", "ClassList", r"group 1 \(class id\) .* must match one or more digits"),
-    (r"^\w(\d*)-(class|teachers|students)$", "ClassList", r"group 1 \(class id\) .* must match one or more digits"),
-    (r"^\w(\d+)s(.+)-(class|teachers|students)$", "SectionList", r"group 2 \(section index\) .* digits"),
-    (r"^\w(\d+)-(\w+)$", "ClassList", r"group 2 \(audience\) .* must match only class, teachers, students"),
-    (r"^\w(\d+)-(class|teachers|students|all)$", "ClassList", "it also matches 'all'"),
-    (r"^(", "PlainList", "does not compile"),
-    (r"^(x)a{99999999999}$", "PlainList", "does not compile: OverflowError"),
-    (r"^(.*)$", "Mailman", "unknown EmailList handler 'Mailman'; known: SectionList, ClassList, PlainList, UserEmail"),
-    ("^(" + "a" * 300 + ")$", "PlainList", "the regex is 304 characters long; at most 256"),
-    (r"^((a+)+)$", "PlainList", r"repeat inside a repeat"),
-    ("", "PlainList", "the regex is empty"),
-])
+
+@pytest.mark.parametrize(
+    "regex, handler, problem",
+    [
+        (
+            r"^staff$",
+            "PlainList",
+            r"PlainList needs exactly 1 capture group \(redirect name\) but regex '\^staff\$' has none",
+        ),
+        (r"^staff$", "UserEmail", r"UserEmail needs exactly 1 capture group \(username\) but .* has none"),
+        (r"^(sta.*)$", "ClassList", r"ClassList needs exactly 2 capture groups \(class id, audience\) but .* has 1"),
+        (
+            r"^\w(\d+)-(class|teachers|students)$",
+            "SectionList",
+            r"SectionList needs exactly 3 capture groups \(class id, section index, audience\) but .* has 2",
+        ),
+        (r"^(\w)(\d+)-(class|teachers|students)$", "ClassList", "needs exactly 2 capture groups .* has 3; use \\(\\?:"),
+        (r"^(a)(b)$", "PlainList", "needs exactly 1 capture group .* has 2"),
+        (r"^\w(\w+)-(class|teachers|students)$", "ClassList", r"group 1 \(class id\) .* must match one or more digits"),
+        (r"^\w(\d*)-(class|teachers|students)$", "ClassList", r"group 1 \(class id\) .* must match one or more digits"),
+        (r"^\w(\d+)s(.+)-(class|teachers|students)$", "SectionList", r"group 2 \(section index\) .* digits"),
+        (r"^\w(\d+)-(\w+)$", "ClassList", r"group 2 \(audience\) .* must match only class, teachers, students"),
+        (r"^\w(\d+)-(class|teachers|students|all)$", "ClassList", "it also matches 'all'"),
+        (r"^(", "PlainList", "does not compile"),
+        (r"^(x)a{99999999999}$", "PlainList", "does not compile: OverflowError"),
+        (
+            r"^(.*)$",
+            "Mailman",
+            "unknown EmailList handler 'Mailman'; known: SectionList, ClassList, PlainList, UserEmail",
+        ),
+        ("^(" + "a" * 300 + ")$", "PlainList", "the regex is 304 characters long; at most 256"),
+        (r"^((a+)+)$", "PlainList", r"repeat inside a repeat"),
+        ("", "PlainList", "the regex is empty"),
+    ],
+)
 def test_each_bad_rule_is_refused_naming_the_problem(regex, handler, problem):
     # given a rule the router could not run, when it is checked, then the error names rule and problem
     with pytest.raises(RuleInvalid, match="EmailList rule 'bad': " + ".*" + problem):
         check_rule(EmailListRule("bad", regex, 1, handler))
 
 
-@pytest.mark.parametrize("changes, problem", [
-    ({"seq": "ten"}, "seq must be a whole number, not 'ten'"),
-    ({"seq": 2.5}, "seq must be a whole number"),
-    ({"seq": True}, "seq must be a whole number"),
-    ({"from_email": "not an address"}, "from_email: not a single valid email address"),
-    ({"subject_prefix": "[x]\r\nBcc: victim@example.com"}, "subject_prefix may not contain CR or LF"),
-    ({"admin_hold": "yes"}, "admin_hold must be true or false"),
-    ({"accept_automatic": 1}, "accept_automatic must be true or false"),
-    ({"list_id": ""}, "list_id must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"seq": "ten"}, "seq must be a whole number, not 'ten'"),
+        ({"seq": 2.5}, "seq must be a whole number"),
+        ({"seq": True}, "seq must be a whole number"),
+        ({"from_email": "not an address"}, "from_email: not a single valid email address"),
+        ({"subject_prefix": "[x]\r\nBcc: victim@example.com"}, "subject_prefix may not contain CR or LF"),
+        ({"admin_hold": "yes"}, "admin_hold must be true or false"),
+        ({"accept_automatic": 1}, "accept_automatic must be true or false"),
+        ({"list_id": ""}, "list_id must be a non-empty string"),
+    ],
+)
 def test_other_rule_fields_are_checked(changes, problem):
     with pytest.raises(RuleInvalid, match=problem):
         check_rule(replace(DEFAULT_RULES[2], **changes))
@@ -262,7 +310,9 @@ def test_good_rules_pass_and_come_back_normalised():
     assert check_rule(EmailListRule("o", r"^(?>(\w+))$", 1, "UserEmail"))
     # and a seq DynamoDB returned as 15.0, or empty optional fields, are normalised
     checked = check_rule(replace(DEFAULT_RULES[2], seq=15.0, from_email="", subject_prefix=""))
-    assert (checked.seq, checked.from_email, checked.subject_prefix) == (15, None, None) and isinstance(checked.seq, int)
+    assert (checked.seq, checked.from_email, checked.subject_prefix) == (15, None, None) and isinstance(
+        checked.seq, int
+    )
 
 
 def test_broadcasts_is_true_for_class_and_section_lists_only():
@@ -272,6 +322,7 @@ def test_broadcasts_is_true_for_class_and_section_lists_only():
 
 
 # --- bad rules at routing time: skipped with a warning, never raised ---------------------------
+
 
 @pytest.fixture
 def logged(monkeypatch):
@@ -284,11 +335,13 @@ def test_bad_rules_given_to_the_router_are_skipped_and_later_rules_still_route(l
     # given rules written raw, past the checks: the reported ClassList on ^(sta.*)$, a PlainList
     # without a group, an unknown handler, a regex that does not compile and a seq that is not a number
     tables = Tables(redirects={"staff": "staff@example.net"})
-    raw = [EmailListRule("sta-class", r"^(sta.*)$", 1, "ClassList"),
-           EmailListRule("no-group", r"^staff$", 2, "PlainList"),
-           EmailListRule("mailman", r"^(.*)$", 3, "Mailman"),
-           EmailListRule("broken", r"^(", 4, "PlainList"),
-           EmailListRule("bad-seq", r"^(.*)$", None, "PlainList")]
+    raw = [
+        EmailListRule("sta-class", r"^(sta.*)$", 1, "ClassList"),
+        EmailListRule("no-group", r"^staff$", 2, "PlainList"),
+        EmailListRule("mailman", r"^(.*)$", 3, "Mailman"),
+        EmailListRule("broken", r"^(", 4, "PlainList"),
+        EmailListRule("bad-seq", r"^(.*)$", None, "PlainList"),
+    ]
     # when mail comes for staff@
     result = route("staff", [*raw, *DEFAULT_RULES], tables, has_list_id=False)
     # then the default redirect rule sends it, and each bad rule was named in a warning
@@ -321,6 +374,7 @@ def test_a_stored_redirect_with_a_bad_entry_forwards_to_the_valid_ones(logged):
 
 
 # --- one copy per person ---------------------------------------------------------------------
+
 
 def people(*addresses):
     return tuple(Person(None, a) for a in addresses)
@@ -368,15 +422,19 @@ def test_merge_routes_drops_repeats_and_empty_routes():
 
 # --- redirects and directory data are checked when written ------------------------------------
 
-@pytest.mark.parametrize("original, problem", [
-    ("directors@example.org", "original is the local part only"),
-    ("", "original is the local part only"),
-    ("dir ectors", "is not a valid local part"),
-    ("a..b", "is not a valid local part"),
-    (".directors", "is not a valid local part"),
-    ("x" * 65, "is not a valid local part"),
-    ("directors+trip", "contains '\\+', which starts a subaddress: mail to it is routed as 'directors'"),
-])
+
+@pytest.mark.parametrize(
+    "original, problem",
+    [
+        ("directors@example.org", "original is the local part only"),
+        ("", "original is the local part only"),
+        ("dir ectors", "is not a valid local part"),
+        ("a..b", "is not a valid local part"),
+        (".directors", "is not a valid local part"),
+        ("x" * 65, "is not a valid local part"),
+        ("directors+trip", "contains '\\+', which starts a subaddress: mail to it is routed as 'directors'"),
+    ],
+)
 def test_a_redirect_original_must_be_a_reachable_local_part(original, problem):
     with pytest.raises(RedirectInvalid, match=problem):
         check_redirect(original, "a@example.net")
@@ -393,28 +451,34 @@ def test_a_redirect_has_1_to_50_valid_destinations():
     assert check_redirect("a+b", "a@example.net", subaddress_separator=None) == ("a+b", "a@example.net")
 
 
-@pytest.mark.parametrize("user, problem", [
-    (User("", "a@example.net"), r"users\[0\].username must be a non-empty string"),
-    (User("kid", "not an address"), r"users\[0\].email 'not an address' is not a valid email address"),
-    (User("kid", "Ki D <kid@example.net>"), "must be the bare address"),
-    (User("kid", None), "must be an email address"),
-    (User("kid\n", "kid@example.net"), "on one line"),
-])
+@pytest.mark.parametrize(
+    "user, problem",
+    [
+        (User("", "a@example.net"), r"users\[0\].username must be a non-empty string"),
+        (User("kid", "not an address"), r"users\[0\].email 'not an address' is not a valid email address"),
+        (User("kid", "Ki D <kid@example.net>"), "must be the bare address"),
+        (User("kid", None), "must be an email address"),
+        (User("kid\n", "kid@example.net"), "on one line"),
+    ],
+)
 def test_directory_users_are_checked(user, problem):
     with pytest.raises(DirectoryInvalid, match=problem):
         check_user(user, "users[0]")
 
 
-@pytest.mark.parametrize("changes, problem", [
-    ({"class_id": "12a"}, r"classes\[0\].class_id must be a whole number"),
-    ({"class_id": True}, "class_id must be a whole number"),
-    ({"class_id": -1}, "class_id must not be negative"),
-    ({"emailcode": ""}, "emailcode must be a non-empty string"),
-    ({"directors_email": "directors"}, "directors_email 'directors' is not a valid email address"),
-    ({"teachers": (Person("T", "t@"),)}, r"classes\[0\].teachers\[0\].email"),
-    ({"sections": (Section(1, "E1s1"), Section(1, "E1s1b"))}, r"sections\[1\].index 1 appears twice"),
-    ({"sections": (Section(1, "E1s1", (Person("S", "bad"),)),)}, r"sections\[0\].students\[0\].email 'bad'"),
-])
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"class_id": "12a"}, r"classes\[0\].class_id must be a whole number"),
+        ({"class_id": True}, "class_id must be a whole number"),
+        ({"class_id": -1}, "class_id must not be negative"),
+        ({"emailcode": ""}, "emailcode must be a non-empty string"),
+        ({"directors_email": "directors"}, "directors_email 'directors' is not a valid email address"),
+        ({"teachers": (Person("T", "t@"),)}, r"classes\[0\].teachers\[0\].email"),
+        ({"sections": (Section(1, "E1s1"), Section(1, "E1s1b"))}, r"sections\[1\].index 1 appears twice"),
+        ({"sections": (Section(1, "E1s1", (Person("S", "bad"),)),)}, r"sections\[0\].students\[0\].email 'bad'"),
+    ],
+)
 def test_directory_classes_are_checked(changes, problem):
     with pytest.raises(DirectoryInvalid, match=problem):
         check_class(replace(CLASS, **changes), "classes[0]")

@@ -5,13 +5,12 @@ from datetime import timedelta
 import pytest
 
 from dbmail import wiring
-from dbmail.compose import OutgoingEmail
-from dbmail.errors import DeliveryError, FailureKind
-from dbmail.models import utcnow
-from dbmail.queue import QueuedEmail
-from dbmail.send import CLAIM_LEASE, EmailSender, SendOutcome
-from dbmail.store import Store
-from tests.conftest import recipient
+from dbmail.core.clock import utcnow
+from dbmail.core.compose import OutgoingEmail
+from dbmail.core.errors import DeliveryError, FailureKind
+from dbmail.outgoing.queue import QueuedEmail
+from dbmail.outgoing.send import CLAIM_LEASE, EmailSender, SendOutcome
+from dbmail.outgoing.store import Store
 from tests.unit.test_expand import submit
 from tests.unit.test_transports import hostile  # noqa: F401 - a fixture
 
@@ -38,8 +37,9 @@ def expanded(moto_stack):
 
 
 def sender(moto_stack, transport):
-    return EmailSender(store=Store(moto_stack.settings), transport=transport, queue=wiring.send_queue(),
-                       settings=moto_stack.settings)
+    return EmailSender(
+        store=Store(moto_stack.settings), transport=transport, queue=wiring.send_queue(), settings=moto_stack.settings
+    )
 
 
 def test_delivery_through_ses_records_sent_and_clears_the_body(moto_stack, expanded):
@@ -67,7 +67,9 @@ def test_an_email_claimed_by_another_live_receive_is_not_sent_twice(moto_stack, 
     assert store.claim_email(email, "receipt-1", utcnow(), utcnow() + CLAIM_LEASE)
     transport = RecordingTransport()
     # when a second receive (a duplicate delivery) tries it, it is dropped
-    assert sender(moto_stack, transport).deliver(expanded, claim_id="receipt-2", receive_count=1) == SendOutcome.DUPLICATE
+    assert (
+        sender(moto_stack, transport).deliver(expanded, claim_id="receipt-2", receive_count=1) == SendOutcome.DUPLICATE
+    )
     assert transport.sent == []
     # but once the holder's lease has lapsed (it died), a redelivery sends it
     late = sender(moto_stack, transport)
@@ -126,7 +128,7 @@ def test_throttles_never_use_up_the_tries(moto_stack, expanded):
 
 
 def test_retry_delays_grow_and_stay_within_the_cap():
-    from dbmail.send import retry_delay
+    from dbmail.outgoing.send import retry_delay
 
     throttles = [retry_delay(FailureKind.THROTTLED, n, 900) for n in range(12)]
     assert all(1 <= delay <= 900 for delay in throttles) and throttles[-1] > throttles[0]
@@ -141,7 +143,9 @@ def test_an_unforeseen_error_releases_the_claim_and_lets_sqs_retry(moto_stack, e
     # then the email is not left processing: the redelivered message can claim it at once
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
     assert (email.status, email.claimed_until, email.tries) == ("queued", None, 1)
-    assert sender(moto_stack, RecordingTransport()).deliver(expanded, claim_id="m2", receive_count=2) == SendOutcome.SENT
+    assert (
+        sender(moto_stack, RecordingTransport()).deliver(expanded, claim_id="m2", receive_count=2) == SendOutcome.SENT
+    )
 
 
 def test_a_permanent_refusal_is_recorded_without_retrying(moto_stack, expanded):
@@ -164,9 +168,10 @@ def test_an_email_past_its_sent_by_is_expired_not_sent(moto_stack):
 
 def test_a_message_naming_no_email_is_dropped_with_an_error_logged(moto_stack):
     transport = RecordingTransport()
-    assert sender(moto_stack, transport).deliver(QueuedEmail("nope", "u1#0"), claim_id="m", receive_count=1) == SendOutcome.UNKNOWN
-
-
+    assert (
+        sender(moto_stack, transport).deliver(QueuedEmail("nope", "u1#0"), claim_id="m", receive_count=1)
+        == SendOutcome.UNKNOWN
+    )
 
 
 def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded, capsys):
@@ -180,18 +185,22 @@ def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded,
     # when the operator redrives the DLQ
     assert main(["redrive", "--dlq-url", moto_stack.dlq_url]) == 0
     assert "1 messages moved" in capsys.readouterr().out
-    (message,) = moto_stack.sqs.receive_message(QueueUrl=moto_stack.settings.send_queue_url,
-                                                AttributeNames=["All"])["Messages"]
+    (message,) = moto_stack.sqs.receive_message(QueueUrl=moto_stack.settings.send_queue_url, AttributeNames=["All"])[
+        "Messages"
+    ]
     # then the email is sent on its next delivery
     transport = RecordingTransport()
-    outcome = sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), claim_id="r4",
-                                                    receive_count=int(message["Attributes"]["ApproximateReceiveCount"]))
+    outcome = sender(moto_stack, transport).deliver(
+        QueuedEmail.from_body(message["Body"]),
+        claim_id="r4",
+        receive_count=int(message["Attributes"]["ApproximateReceiveCount"]),
+    )
     assert outcome == SendOutcome.SENT and len(transport.sent) == 1
     assert moto_stack.sqs.receive_message(QueueUrl=moto_stack.dlq_url).get("Messages") is None
 
 
 def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_stack, expanded, hostile):
-    from dbmail.transports import SendGridTransport
+    from dbmail.core.transports import SendGridTransport
     from tests.fakes.sendgrid import FakeSendGrid
 
     # given SendGrid hanging up in the middle of its answer

@@ -26,8 +26,7 @@ def valid_body() -> dict:
     return {
         "personalizations": [
             {
-                "to": [{"email": "zoë@example.org", "name": "Zoë Ångström"},
-                       {"email": "bob@example.org"}],
+                "to": [{"email": "zoë@example.org", "name": "Zoë Ångström"}, {"email": "bob@example.org"}],
                 "cc": [{"email": "carol@example.org", "name": '"Doe, Carol"'}],
                 "bcc": [{"email": "archive@example.net"}],
                 "subject": "Grüße aus Köln — 会议",
@@ -46,8 +45,9 @@ def valid_body() -> dict:
             {"type": "text/html", "value": "<p>Hallo Zoë</p>"},
             {"type": "text/calendar", "value": "BEGIN:VCALENDAR"},
         ],
-        "attachments": [{"content": "aGVsbG8=", "filename": "a.txt", "type": "text/plain",
-                         "disposition": "attachment"}],
+        "attachments": [
+            {"content": "aGVsbG8=", "filename": "a.txt", "type": "text/plain", "disposition": "attachment"}
+        ],
         "headers": {"List-Unsubscribe": "<mailto:unsub@esp.example.org>", "X-Entity-Ref-ID": "1"},
         "custom_args": {"env": "test"},
         "categories": ["dbmail", "outgoing"],
@@ -62,6 +62,7 @@ def fields(errors: list[dict]) -> set:
 
 # ---------------------------------------------------------------- validate_mail_send ---
 
+
 def test_valid_body_has_no_errors():
     # given a request using text+html, headers, custom_args, reply_to and non-ASCII text
     body = valid_body()
@@ -71,15 +72,31 @@ def test_valid_body_has_no_errors():
     assert errors == []
 
 
-@pytest.mark.parametrize("body", [
-    {"personalizations": [{"to": [{"email": "a@example.org"}]}], "from": {"email": "b@example.org"},
-     "subject": "s", "content": [{"type": "text/plain", "value": "x"}]},
-    {"personalizations": [{"to": [{"email": "a@example.org"}]}], "from": {"email": "b@example.org"},
-     "template_id": "d-123"},
-    {"personalizations": [{"to": [{"email": "a@example.org"}], "subject": "one"},
-                          {"to": [{"email": "a@example.org"}], "subject": "two"}],
-     "from": {"email": "b@example.org"}, "content": [{"type": "text/html", "value": "<p>x</p>"}]},
-], ids=["minimal", "template-needs-no-subject-or-content", "subject-in-every-personalization"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "personalizations": [{"to": [{"email": "a@example.org"}]}],
+            "from": {"email": "b@example.org"},
+            "subject": "s",
+            "content": [{"type": "text/plain", "value": "x"}],
+        },
+        {
+            "personalizations": [{"to": [{"email": "a@example.org"}]}],
+            "from": {"email": "b@example.org"},
+            "template_id": "d-123",
+        },
+        {
+            "personalizations": [
+                {"to": [{"email": "a@example.org"}], "subject": "one"},
+                {"to": [{"email": "a@example.org"}], "subject": "two"},
+            ],
+            "from": {"email": "b@example.org"},
+            "content": [{"type": "text/html", "value": "<p>x</p>"}],
+        },
+    ],
+    ids=["minimal", "template-needs-no-subject-or-content", "subject-in-every-personalization"],
+)
 def test_other_valid_shapes_have_no_errors(body):
     # given a minimal, a template, or a per-personalization-subject request
     # when it is validated
@@ -89,6 +106,7 @@ def test_other_valid_shapes_have_no_errors(body):
 
 def _set(path: str, value):
     """A mutation that sets body[path] (dotted, with list indices) to value."""
+
     def mutate(body):
         *parents, last = path.split(".")
         node = body
@@ -98,6 +116,7 @@ def _set(path: str, value):
             node[int(last)] = value
         else:
             node[last] = value
+
     return mutate
 
 
@@ -108,13 +127,13 @@ def _delete(path: str):
         for part in parents:
             node = node[int(part)] if part.isdigit() else node[part]
         del node[last]
+
     return mutate
 
 
 def _many_recipients(body):
     body["personalizations"] = [
-        {"to": [{"email": f"r{i}-{j}@example.org"} for j in range(500)], "subject": "s"}
-        for i in range(2)
+        {"to": [{"email": f"r{i}-{j}@example.org"} for j in range(500)], "subject": "s"} for i in range(2)
     ]
     body["personalizations"][1]["to"].append({"email": "one-too-many@example.org"})
 
@@ -133,76 +152,157 @@ VIOLATIONS = [
     ("P1-missing", _delete("personalizations"), {"personalizations"}, "at least one personalization"),
     ("P1-empty", _set("personalizations", []), {"personalizations"}, "at least one personalization"),
     ("P1-not-array", _set("personalizations", {"to": []}), {"personalizations"}, "must be an array"),
-    ("P1-too-many",
-     _set("personalizations", [{"to": [{"email": f"u{i}@example.org"}], "subject": "s"}
-                               for i in range(1001)]),
-     {"personalizations"}, "limited to 1000 personalizations"),
+    (
+        "P1-too-many",
+        _set("personalizations", [{"to": [{"email": f"u{i}@example.org"}], "subject": "s"} for i in range(1001)]),
+        {"personalizations"},
+        "limited to 1000 personalizations",
+    ),
     ("P2-to-missing", _delete("personalizations.0.to"), {"personalizations.0.to"}, "to parameter is required"),
     ("P2-to-empty", _set("personalizations.0.to", []), {"personalizations.0.to"}, "at least one recipient"),
     ("P2-cc-empty", _set("personalizations.0.cc", []), {"personalizations.0.cc"}, "at least one recipient"),
-    ("P2-to-not-object", _set("personalizations.0.to.1", "bob@example.org"),
-     {"personalizations.0.to.1"}, "must be an object"),
-    ("P3-invalid-email", _set("personalizations.0.to.1.email", "bob.example.org"),
-     {"personalizations.0.to.1.email"}, "valid address"),
-    ("P3-email-with-space", _set("personalizations.0.bcc.0.email", "ar chive@example.net"),
-     {"personalizations.0.bcc.0.email"}, "valid address"),
-    ("P3-email-missing", _set("personalizations.0.to.1", {"name": "Bob"}),
-     {"personalizations.0.to.1.email"}, "valid address"),
-    ("P3-email-too-long", _set("personalizations.0.to.1.email", "b" * 310 + "@example.org"),
-     {"personalizations.0.to.1.email"}, "320 characters"),
-    ("P3-name-with-comma", _set("personalizations.0.cc.0.name", "Doe, Carol"),
-     {"personalizations.0.cc.0.name"}, "may not contain"),
-    ("P3-name-not-string", _set("personalizations.0.to.0.name", 7),
-     {"personalizations.0.to.0.name"}, "must be a string"),
+    (
+        "P2-to-not-object",
+        _set("personalizations.0.to.1", "bob@example.org"),
+        {"personalizations.0.to.1"},
+        "must be an object",
+    ),
+    (
+        "P3-invalid-email",
+        _set("personalizations.0.to.1.email", "bob.example.org"),
+        {"personalizations.0.to.1.email"},
+        "valid address",
+    ),
+    (
+        "P3-email-with-space",
+        _set("personalizations.0.bcc.0.email", "ar chive@example.net"),
+        {"personalizations.0.bcc.0.email"},
+        "valid address",
+    ),
+    (
+        "P3-email-missing",
+        _set("personalizations.0.to.1", {"name": "Bob"}),
+        {"personalizations.0.to.1.email"},
+        "valid address",
+    ),
+    (
+        "P3-email-too-long",
+        _set("personalizations.0.to.1.email", "b" * 310 + "@example.org"),
+        {"personalizations.0.to.1.email"},
+        "320 characters",
+    ),
+    (
+        "P3-name-with-comma",
+        _set("personalizations.0.cc.0.name", "Doe, Carol"),
+        {"personalizations.0.cc.0.name"},
+        "may not contain",
+    ),
+    (
+        "P3-name-not-string",
+        _set("personalizations.0.to.0.name", 7),
+        {"personalizations.0.to.0.name"},
+        "must be a string",
+    ),
     ("P4-too-many-recipients", _many_recipients, {"personalizations"}, "1000 total recipients"),
-    ("P5-duplicate-address", _set("personalizations.0.cc.0.email", "BOB@example.org"),
-     {"personalizations.0.cc.0.email"}, "only be included once"),
+    (
+        "P5-duplicate-address",
+        _set("personalizations.0.cc.0.email", "BOB@example.org"),
+        {"personalizations.0.cc.0.email"},
+        "only be included once",
+    ),
     ("F1-from-missing", _delete("from"), {"from"}, "must be provided"),
     ("F1-from-not-object", _set("from", "noreply@esp.example.org"), {"from"}, "must be an object"),
     ("F1-from-invalid", _set("from.email", "noreply@"), {"from.email"}, "valid address"),
     ("R1-reply-to-invalid", _set("reply_to.email", "chapter"), {"reply_to.email"}, "valid address"),
-    ("R1-reply-to-list-invalid", _set("reply_to_list", [{"email": "x"}]),
-     {"reply_to_list.0.email"}, "valid address"),
+    ("R1-reply-to-list-invalid", _set("reply_to_list", [{"email": "x"}]), {"reply_to_list.0.email"}, "valid address"),
     ("S1-empty-subject", _set("subject", ""), {"subject"}, "at least one character"),
     ("S1-subject-not-string", _set("subject", 5), {"subject"}, "at least one character"),
-    ("S1-empty-personalization-subject", _set("personalizations.0.subject", ""),
-     {"personalizations.0.subject"}, "at least one character"),
+    (
+        "S1-empty-personalization-subject",
+        _set("personalizations.0.subject", ""),
+        {"personalizations.0.subject"},
+        "at least one character",
+    ),
     ("S2-subject-required", _drop_personalization_subjects_and_top, {"subject"}, "subject is required"),
     ("C1-content-missing", _delete("content"), {"content"}, "content param is required"),
     ("C1-content-empty", _set("content", []), {"content"}, "at least one defined content block"),
     ("C2-empty-value", _set("content.1.value", ""), {"content.1.value"}, "at least one character"),
     ("C2-empty-type", _set("content.0.type", ""), {"content.0.type"}, "length of at least one"),
-    ("C2-type-with-semicolon", _set("content.2.type", "text/calendar; method=REQUEST"),
-     {"content.2.type"}, "Cannot contain"),
-    ("C3-html-before-plain",
-     _set("content", [{"type": "text/html", "value": "<p>x</p>"}, {"type": "text/plain", "value": "x"}]),
-     {"content"}, "text/plain needs to be first"),
-    ("C3-other-before-html",
-     _set("content", [{"type": "text/plain", "value": "x"}, {"type": "text/calendar", "value": "c"},
-                      {"type": "text/html", "value": "<p>x</p>"}]),
-     {"content"}, "text/plain needs to be first"),
-    ("C3-plain-twice",
-     _set("content", [{"type": "text/plain", "value": "x"}, {"type": "text/plain", "value": "y"}]),
-     {"content"}, "text/plain needs to be first"),
-    ("C4-duplicate-type",
-     _set("content", [{"type": "text/plain", "value": "x"}, {"type": "text/calendar", "value": "c"},
-                      {"type": "TEXT/CALENDAR", "value": "again"}]),
-     {"content.2.type"}, "may only be included once"),
+    (
+        "C2-type-with-semicolon",
+        _set("content.2.type", "text/calendar; method=REQUEST"),
+        {"content.2.type"},
+        "Cannot contain",
+    ),
+    (
+        "C3-html-before-plain",
+        _set("content", [{"type": "text/html", "value": "<p>x</p>"}, {"type": "text/plain", "value": "x"}]),
+        {"content"},
+        "text/plain needs to be first",
+    ),
+    (
+        "C3-other-before-html",
+        _set(
+            "content",
+            [
+                {"type": "text/plain", "value": "x"},
+                {"type": "text/calendar", "value": "c"},
+                {"type": "text/html", "value": "<p>x</p>"},
+            ],
+        ),
+        {"content"},
+        "text/plain needs to be first",
+    ),
+    (
+        "C3-plain-twice",
+        _set("content", [{"type": "text/plain", "value": "x"}, {"type": "text/plain", "value": "y"}]),
+        {"content"},
+        "text/plain needs to be first",
+    ),
+    (
+        "C4-duplicate-type",
+        _set(
+            "content",
+            [
+                {"type": "text/plain", "value": "x"},
+                {"type": "text/calendar", "value": "c"},
+                {"type": "TEXT/CALENDAR", "value": "again"},
+            ],
+        ),
+        {"content.2.type"},
+        "may only be included once",
+    ),
     ("D1-header-value-not-string", _set("headers.X-Entity-Ref-ID", 1), {"headers"}, "must be strings"),
     ("D1-header-key-with-space", _set("headers.X Bad", "v"), {"headers"}, "non-ASCII characters or empty spaces"),
     ("D1-header-key-non-ascii", _set("headers.X-Grüße", "v"), {"headers"}, "non-ASCII characters or empty spaces"),
-    ("D1-header-duplicate-key", _set("headers.list-unsubscribe", "<mailto:x@example.org>"),
-     {"headers"}, "duplicate keys"),
-    ("D1-personalization-header-reserved", _set("personalizations.0.headers.Reply-To", "x@example.org"),
-     {"personalizations.0.headers"}, "reserved keys"),
+    (
+        "D1-header-duplicate-key",
+        _set("headers.list-unsubscribe", "<mailto:x@example.org>"),
+        {"headers"},
+        "duplicate keys",
+    ),
+    (
+        "D1-personalization-header-reserved",
+        _set("personalizations.0.headers.Reply-To", "x@example.org"),
+        {"personalizations.0.headers"},
+        "reserved keys",
+    ),
     ("D1-headers-not-object", _set("headers", ["X-A: b"]), {"headers"}, "must be an object"),
     ("A1-custom-arg-not-string", _set("custom_args.env", 1), {"custom_args"}, "must be strings"),
     ("A1-custom-args-empty", _set("custom_args", {}), {"custom_args"}, "cannot be empty"),
-    ("A1-personalization-custom-arg-not-string", _set("personalizations.0.custom_args.message_request", 42),
-     {"personalizations.0.custom_args"}, "must be strings"),
+    (
+        "A1-personalization-custom-arg-not-string",
+        _set("personalizations.0.custom_args.message_request", 42),
+        {"personalizations.0.custom_args"},
+        "must be strings",
+    ),
     ("A1-custom-args-too-big", _big_custom_args, {"personalizations.0.custom_args"}, "10,000 bytes"),
-    ("K1-too-many-categories", _set("categories", [f"c{i}" for i in range(11)]), {"categories"},
-     "limit of 10 categories"),
+    (
+        "K1-too-many-categories",
+        _set("categories", [f"c{i}" for i in range(11)]),
+        {"categories"},
+        "limit of 10 categories",
+    ),
     ("K1-category-not-string", _set("categories", ["ok", 3]), {"categories"}, "array of strings"),
     ("K1-category-too-long", _set("categories.0", "c" * 256), {"categories.0"}, "255 characters"),
     ("K1-category-non-ascii", _set("categories.0", "grüße"), {"categories.0"}, "non-ASCII"),
@@ -211,27 +311,47 @@ VIOLATIONS = [
     ("T1-send-at-float", _set("send_at", NOW + 0.5), {"send_at"}, "as an integer"),
     ("T1-send-at-bool", _set("send_at", True), {"send_at"}, "as an integer"),
     ("T1-send-at-too-far", _set("send_at", NOW + 72 * 3600 + 1), {"send_at"}, "72 hours"),
-    ("T1-personalization-send-at", _set("personalizations.0.send_at", "soon"),
-     {"personalizations.0.send_at"}, "as an integer"),
-    ("M1-attachment-not-base64", _set("attachments.0.content", "not base64!"),
-     {"attachments.0.content"}, "base64"),
-    ("M1-attachment-no-filename", _delete("attachments.0.filename"), {"attachments.0.filename"},
-     "filename is required"),
-    ("M1-attachment-bad-disposition", _set("attachments.0.disposition", "download"),
-     {"attachments.0.disposition"}, "inline"),
+    (
+        "T1-personalization-send-at",
+        _set("personalizations.0.send_at", "soon"),
+        {"personalizations.0.send_at"},
+        "as an integer",
+    ),
+    ("M1-attachment-not-base64", _set("attachments.0.content", "not base64!"), {"attachments.0.content"}, "base64"),
+    (
+        "M1-attachment-no-filename",
+        _delete("attachments.0.filename"),
+        {"attachments.0.filename"},
+        "filename is required",
+    ),
+    (
+        "M1-attachment-bad-disposition",
+        _set("attachments.0.disposition", "download"),
+        {"attachments.0.disposition"},
+        "inline",
+    ),
     ("M2-template-id-not-string", _set("template_id", 123), {"template_id"}, "must be a string"),
-    ("M2-substitution-not-string", _set("personalizations.0.substitutions.-name-", 1),
-     {"personalizations.0.substitutions"}, "must be strings"),
+    (
+        "M2-substitution-not-string",
+        _set("personalizations.0.substitutions.-name-", 1),
+        {"personalizations.0.substitutions"},
+        "must be strings",
+    ),
     ("M2-asm-not-object", _set("asm", 5), {"asm"}, "must be an object"),
     ("U1-unknown-top-level-key", _set("reply-to", {"email": "x@example.org"}), {"reply-to"}, "Unknown"),
-    ("U1-unknown-personalization-key", _set("personalizations.0.recipients", []),
-     {"personalizations.0.recipients"}, "Unknown"),
+    (
+        "U1-unknown-personalization-key",
+        _set("personalizations.0.recipients", []),
+        {"personalizations.0.recipients"},
+        "Unknown",
+    ),
     ("U1-unknown-content-key", _set("content.0.charset", "utf-8"), {"content.0.charset"}, "Unknown"),
 ]
 
 
-@pytest.mark.parametrize("mutate, expected_fields, fragment",
-                         [v[1:] for v in VIOLATIONS], ids=[v[0] for v in VIOLATIONS])
+@pytest.mark.parametrize(
+    "mutate, expected_fields, fragment", [v[1:] for v in VIOLATIONS], ids=[v[0] for v in VIOLATIONS]
+)
 def test_each_rule_violation_is_reported_on_its_field(mutate, expected_fields, fragment):
     # given a valid request broken in exactly one documented way
     body = valid_body()
@@ -243,8 +363,7 @@ def test_each_rule_violation_is_reported_on_its_field(mutate, expected_fields, f
     assert any(fragment in e["message"] for e in errors), errors
     for e in errors:
         assert set(e) == {"message", "field", "help"}
-        assert e["help"].endswith("#message." + ".".join(
-            p for p in e["field"].split(".") if not p.isdigit()))
+        assert e["help"].endswith("#message." + ".".join(p for p in e["field"].split(".") if not p.isdigit()))
 
 
 @pytest.mark.parametrize("name", sorted(RESERVED_HEADERS) + ["Content-type", "REPLY-TO", "Dkim-Signature"])
@@ -261,10 +380,22 @@ def test_every_reserved_header_is_rejected_in_any_case(name):
 
 def test_reserved_header_list_matches_the_documented_twelve():
     # given the list published on the v3 Mail Send overview and errors pages
-    documented = {"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
-                  "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc"}
+    documented = {
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "content-type",
+        "content-transfer-encoding",
+        "to",
+        "from",
+        "subject",
+        "reply-to",
+        "cc",
+        "bcc",
+    }
     # then the fake reserves exactly those
-    assert RESERVED_HEADERS == documented
+    assert documented == RESERVED_HEADERS
 
 
 def test_every_problem_is_listed_not_only_the_first():
@@ -283,10 +414,12 @@ def test_every_problem_is_listed_not_only_the_first():
 def test_a_body_that_is_not_an_object_is_rejected(body):
     # given a JSON value that is not an object; when validated; then one field-less error
     assert validate_mail_send(body) == [
-        {"message": "The request body must be a JSON object.", "field": None, "help": None}]
+        {"message": "The request body must be a JSON object.", "field": None, "help": None}
+    ]
 
 
 # ---------------------------------------------------------------------- the server ---
+
 
 @pytest.fixture
 def sendgrid():
@@ -294,8 +427,16 @@ def sendgrid():
         yield fake
 
 
-def post(fake: FakeSendGrid, body=None, *, raw: bytes | None = None, key: str | None = "default",
-         content_type: str = "application/json", method: str = "POST", path: str = "/v3/mail/send"):
+def post(
+    fake: FakeSendGrid,
+    body=None,
+    *,
+    raw: bytes | None = None,
+    key: str | None = "default",
+    content_type: str = "application/json",
+    method: str = "POST",
+    path: str = "/v3/mail/send",
+):
     """Send a request; return (status, headers, decoded JSON body or b"")."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(fake.url + path, data=data, method=method)
@@ -326,8 +467,11 @@ def test_valid_request_gets_202_empty_body_and_message_id(sendgrid):
     assert sendgrid.request_count == 1
 
 
-@pytest.mark.parametrize("key", [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz", "Bearer", "SG.fake-key.for-tests"],
-                         ids=["missing", "wrong-key", "basic-scheme", "no-token", "no-scheme"])
+@pytest.mark.parametrize(
+    "key",
+    [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz", "Bearer", "SG.fake-key.for-tests"],
+    ids=["missing", "wrong-key", "basic-scheme", "no-token", "no-scheme"],
+)
 def test_missing_or_invalid_bearer_token_gets_401(sendgrid, key):
     # given a valid body but no usable bearer token
     # when it is posted
@@ -335,8 +479,11 @@ def test_missing_or_invalid_bearer_token_gets_401(sendgrid, key):
     # then 401 with SendGrid's documented error body, and nothing is accepted
     assert status == 401
     assert headers["Content-Type"] == "application/json"
-    assert payload == {"errors": [{"message": "The provided authorization grant is invalid, "
-                                              "expired, or revoked", "field": None, "help": None}]}
+    assert payload == {
+        "errors": [
+            {"message": "The provided authorization grant is invalid, expired, or revoked", "field": None, "help": None}
+        ]
+    }
     assert sendgrid.accepted == []
     assert sendgrid.rejected == [(401, payload["errors"])]
 
@@ -362,12 +509,16 @@ def test_invalid_body_gets_400_listing_every_error(sendgrid):
     assert sendgrid.rejected == [(400, payload["errors"])]
 
 
-@pytest.mark.parametrize("raw, content_type, status, message", [
-    (b'{"a": 1}', "text/plain", 415, "application/json"),
-    (b'{"subject": "\xff"}', "application/json", 415, "Invalid UTF8 in request"),
-    (b'{"personalizations": [', "application/json", 400, "Bad Request"),
-    (b'[1, 2]', "application/json", 400, "must be a JSON object"),
-], ids=["wrong-content-type", "invalid-utf8", "invalid-json", "json-array"])
+@pytest.mark.parametrize(
+    "raw, content_type, status, message",
+    [
+        (b'{"a": 1}', "text/plain", 415, "application/json"),
+        (b'{"subject": "\xff"}', "application/json", 415, "Invalid UTF8 in request"),
+        (b'{"personalizations": [', "application/json", 400, "Bad Request"),
+        (b"[1, 2]", "application/json", 400, "must be a JSON object"),
+    ],
+    ids=["wrong-content-type", "invalid-utf8", "invalid-json", "json-array"],
+)
 def test_unusable_request_bodies_are_rejected(sendgrid, raw, content_type, status, message):
     # given a body SendGrid cannot read as a JSON object
     # when it is posted
@@ -443,10 +594,12 @@ def test_injected_failure_does_not_hide_a_bad_key(sendgrid):
 def test_concurrent_sends_are_all_recorded(sendgrid):
     # given 20 clients sending at once
     statuses = []
+
     def send(i):
         body = valid_body()
         body["custom_args"] = {"n": str(i)}
         statuses.append(post(sendgrid, body)[0])
+
     threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()

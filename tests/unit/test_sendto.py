@@ -2,14 +2,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from dbmail.errors import UnknownSendToFunction
-from dbmail.sendto import SENDTO_FUNCTIONS, get_sendto_function
+from dbmail.core.errors import UnknownSendToFunction
+from dbmail.outgoing.sendto import SENDTO_FUNCTIONS, get_sendto_function
 
 
 def student(**overrides):
-    fields = dict(first_name="Zoë", last_name="Ng", email="zoe@example.net",
-                  guardian_name="Mai Ng", guardian_email="mai@example.net",
-                  emergency_name="Bo Ng", emergency_email="bo@example.net")
+    fields = {
+        "first_name": "Zoë",
+        "last_name": "Ng",
+        "email": "zoe@example.net",
+        "guardian_name": "Mai Ng",
+        "guardian_email": "mai@example.net",
+        "emergency_name": "Bo Ng",
+        "emergency_email": "bo@example.net",
+    }
     fields.update(overrides)
     return SimpleNamespace(**fields)
 
@@ -24,8 +30,10 @@ def student(**overrides):
         ("send_to_self_and_guardian", ['"Zoë Ng" <zoe@example.net>', '"Mai Ng" <mai@example.net>']),
         ("send_to_self_and_emergency", ['"Zoë Ng" <zoe@example.net>', '"Bo Ng" <bo@example.net>']),
         ("send_to_guardian_and_emergency", ['"Mai Ng" <mai@example.net>', '"Bo Ng" <bo@example.net>']),
-        ("send_to_self_and_guardian_and_emergency",
-         ['"Zoë Ng" <zoe@example.net>', '"Mai Ng" <mai@example.net>', '"Bo Ng" <bo@example.net>']),
+        (
+            "send_to_self_and_guardian_and_emergency",
+            ['"Zoë Ng" <zoe@example.net>', '"Mai Ng" <mai@example.net>', '"Bo Ng" <bo@example.net>'],
+        ),
     ],
 )
 def test_each_sendto_function_concatenates_in_the_original_order(name, expected):

@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from dbmail import expand, send
-from dbmail.settings import Settings
+from dbmail.core.settings import Settings
+from dbmail.outgoing import expand, send
 from dbmail_local.cfn import LocalTarget, Template
 
 
@@ -27,7 +27,7 @@ def test_the_send_queue_outlasts_the_claim_which_outlasts_a_send(template):
     # and a live send's claim is never taken from it
     assert visibility >= 6 * send_timeout
     assert visibility > lease > send_timeout
-    assert send.SEND_TIME_RESERVE_SECONDS < send_timeout
+    assert send_timeout > send.SEND_TIME_RESERVE_SECONDS
 
 
 def test_the_queue_gives_each_email_as_many_receives_as_it_has_tries(template):
@@ -38,11 +38,11 @@ def test_the_queue_gives_each_email_as_many_receives_as_it_has_tries(template):
 def test_the_expansion_lease_outlasts_an_expand_invocation(template):
     for function in ("ExpandFunction", "ExpireFunction"):
         timeout = timedelta(seconds=int(function_property(template, function, "Timeout")))
-        assert expand.LEASE > timeout, function
+        assert timeout < expand.LEASE, function
 
 
 def test_an_inbound_message_is_not_swept_while_its_invocation_may_still_run(template):
-    from dbmail import inbound
+    from dbmail.inbound import router as inbound
 
     timeout = timedelta(seconds=int(function_property(template, "InboundFunction", "Timeout")))
-    assert inbound.SWEEP_NOT_BEFORE > timeout and inbound.STUCK_AFTER > timeout
+    assert timeout < inbound.SWEEP_NOT_BEFORE and timeout < inbound.STUCK_AFTER

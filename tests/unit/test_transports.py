@@ -2,11 +2,11 @@
 validates it), SES v2 raw sends (moto, which requires verified identities like SES), and how
 every provider failure is classified (botocore's Stubber; small hostile HTTP servers)."""
 
+import email
 import socket
 import threading
 import time
-from datetime import datetime, timezone
-import email
+from datetime import UTC, datetime
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,10 +18,10 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from moto.ses.models import ses_backends
 
-from dbmail.compose import compose
-from dbmail.errors import DeliveryError, FailureKind
-from dbmail.settings import Settings
-from dbmail.transports import SendGridTransport, SesTransport, make_transport, sendgrid_payload
+from dbmail.core.compose import compose
+from dbmail.core.errors import DeliveryError, FailureKind
+from dbmail.core.settings import Settings
+from dbmail.core.transports import SendGridTransport, SesTransport, make_transport, sendgrid_payload
 from tests.fakes.sendgrid import FakeSendGrid
 
 UNSUBSCRIBE = "https://site.org/unsubscribe/t.s"
@@ -29,9 +29,14 @@ UNSUBSCRIBE = "https://site.org/unsubscribe/t.s"
 
 def outgoing(body="<html><body><p>Dear Zoë</p></body></html>", to=('"Zoë Ng" <zoe@example.net>',)):
     return compose(
-        send_from='"Splash Dïrectors" <splash@example.org>', send_to=list(to), subject="Wëlcome ✨", body=body,
-        message_id="<dbmail.1@example.org>", date=datetime(2026, 11, 23, tzinfo=timezone.utc),
-        envelope_sender="bounces@example.org", special_headers={"Reply-To": "directors@example.org", "X-Program-ID": "7"},
+        send_from='"Splash Dïrectors" <splash@example.org>',
+        send_to=list(to),
+        subject="Wëlcome ✨",
+        body=body,
+        message_id="<dbmail.1@example.org>",
+        date=datetime(2026, 11, 23, tzinfo=UTC),
+        envelope_sender="bounces@example.org",
+        special_headers={"Reply-To": "directors@example.org", "X-Program-ID": "7"},
         unsubscribe_url=UNSUBSCRIBE,
     )
 
@@ -58,21 +63,31 @@ def test_sendgrid_request_satisfies_the_v3_contract(sendgrid):
 def test_sendgrid_payload_carries_a_long_unsubscribe_url_verbatim():
     # given an unsubscribe URL far longer than a header line's 78 columns
     url = "https://site.org/unsubscribe/" + "t" * 250
-    email_ = compose(send_from="splash@example.org", send_to=["zoe@example.net"], subject="Hi", body="x",
-                     message_id="<m@example.org>", date=datetime(2026, 11, 23, tzinfo=timezone.utc),
-                     envelope_sender="bounces@example.org", unsubscribe_url=url)
+    email_ = compose(
+        send_from="splash@example.org",
+        send_to=["zoe@example.net"],
+        subject="Hi",
+        body="x",
+        message_id="<m@example.org>",
+        date=datetime(2026, 11, 23, tzinfo=UTC),
+        envelope_sender="bounces@example.org",
+        unsubscribe_url=url,
+    )
     # then the JSON header value is exactly <url>: not folded, not encoded
     assert sendgrid_payload(email_)["headers"]["List-Unsubscribe"] == f"<{url}>"
 
 
-@pytest.mark.parametrize("status, kind", [
-    (429, FailureKind.THROTTLED),
-    (503, FailureKind.TRANSIENT),
-    (500, FailureKind.TRANSIENT),
-    (400, FailureKind.PERMANENT),
-    (413, FailureKind.PERMANENT),
-    (404, FailureKind.PERMANENT),
-])
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (429, FailureKind.THROTTLED),
+        (503, FailureKind.TRANSIENT),
+        (500, FailureKind.TRANSIENT),
+        (400, FailureKind.PERMANENT),
+        (413, FailureKind.PERMANENT),
+        (404, FailureKind.PERMANENT),
+    ],
+)
 def test_sendgrid_http_errors_are_classified(sendgrid, status, kind):
     # given SendGrid answering the next send with an error status
     sendgrid.fail_next(1, status=status, retry_after=1 if status == 429 else None)
@@ -135,10 +150,13 @@ def hostile():
         server.server_close()
 
 
-@pytest.mark.parametrize("behaviour, error", [
-    ("close", "RemoteDisconnected"),
-    ("truncate", "IncompleteRead"),
-])
+@pytest.mark.parametrize(
+    "behaviour, error",
+    [
+        ("close", "RemoteDisconnected"),
+        ("truncate", "IncompleteRead"),
+    ],
+)
 def test_sendgrid_dropped_connection_is_transient(hostile, behaviour, error):
     # given a server that hangs up without an answer, or in the middle of its body
     url = hostile(behaviour)
@@ -175,30 +193,43 @@ def test_sendgrid_refused_connection_is_transient():
 
 def stubbed_ses():
     """A real sesv2 client with botocore's own retries off, so each stubbed answer is final."""
-    client = boto3.client("sesv2", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test",
-                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    client = boto3.client(
+        "sesv2",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
     return client, Stubber(client)
 
 
-@pytest.mark.parametrize("code, status, message, kind", [
-    ("TooManyRequestsException", 429, "Too many requests", FailureKind.THROTTLED),
-    ("Throttling", 400, "Maximum sending rate exceeded.", FailureKind.THROTTLED),
-    ("ThrottlingException", 400, "Rate exceeded", FailureKind.THROTTLED),
-    ("LimitExceededException", 400, "Daily message quota exceeded", FailureKind.THROTTLED),
-    ("LimitExceeded", 400, "Limit exceeded", FailureKind.THROTTLED),
-    ("SomethingNew", 400, "Maximum sending rate exceeded.", FailureKind.THROTTLED),
-    ("SomethingNew", 429, "slow down", FailureKind.THROTTLED),
-    ("MessageRejected", 400, "Email address is not verified. The following identities failed the check "
-     "in region US-EAST-1: splash@example.org", FailureKind.PERMANENT),
-    ("BadRequestException", 400, "Invalid input", FailureKind.PERMANENT),
-    ("MailFromDomainNotVerifiedException", 400, "not verified", FailureKind.PERMANENT),
-    ("NotFoundException", 404, "Configuration set does not exist", FailureKind.PERMANENT),
-    ("AccountSuspendedException", 400, "suspended", FailureKind.PERMANENT),
-    ("SendingPausedException", 400, "paused", FailureKind.PERMANENT),
-    ("InternalFailure", 500, "Internal error", FailureKind.TRANSIENT),
-    ("ServiceUnavailable", 503, "Service unavailable", FailureKind.TRANSIENT),
-    ("SomethingNew", 400, "never seen", FailureKind.TRANSIENT),
-])
+@pytest.mark.parametrize(
+    "code, status, message, kind",
+    [
+        ("TooManyRequestsException", 429, "Too many requests", FailureKind.THROTTLED),
+        ("Throttling", 400, "Maximum sending rate exceeded.", FailureKind.THROTTLED),
+        ("ThrottlingException", 400, "Rate exceeded", FailureKind.THROTTLED),
+        ("LimitExceededException", 400, "Daily message quota exceeded", FailureKind.THROTTLED),
+        ("LimitExceeded", 400, "Limit exceeded", FailureKind.THROTTLED),
+        ("SomethingNew", 400, "Maximum sending rate exceeded.", FailureKind.THROTTLED),
+        ("SomethingNew", 429, "slow down", FailureKind.THROTTLED),
+        (
+            "MessageRejected",
+            400,
+            "Email address is not verified. The following identities failed the check "
+            "in region US-EAST-1: splash@example.org",
+            FailureKind.PERMANENT,
+        ),
+        ("BadRequestException", 400, "Invalid input", FailureKind.PERMANENT),
+        ("MailFromDomainNotVerifiedException", 400, "not verified", FailureKind.PERMANENT),
+        ("NotFoundException", 404, "Configuration set does not exist", FailureKind.PERMANENT),
+        ("AccountSuspendedException", 400, "suspended", FailureKind.PERMANENT),
+        ("SendingPausedException", 400, "paused", FailureKind.PERMANENT),
+        ("InternalFailure", 500, "Internal error", FailureKind.TRANSIENT),
+        ("ServiceUnavailable", 503, "Service unavailable", FailureKind.TRANSIENT),
+        ("SomethingNew", 400, "never seen", FailureKind.TRANSIENT),
+    ],
+)
 def test_ses_errors_are_classified(code, status, message, kind):
     # given SES answering SendEmail with an error
     client, stubber = stubbed_ses()
@@ -213,15 +244,19 @@ def test_ses_errors_are_classified(code, status, message, kind):
     stubber.assert_no_pending_responses()
 
 
-@pytest.mark.parametrize("error", [
-    EndpointConnectionError(endpoint_url="https://email.us-east-1.amazonaws.com"),
-    ReadTimeoutError(endpoint_url="https://email.us-east-1.amazonaws.com"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        EndpointConnectionError(endpoint_url="https://email.us-east-1.amazonaws.com"),
+        ReadTimeoutError(endpoint_url="https://email.us-east-1.amazonaws.com"),
+    ],
+)
 def test_ses_unreachable_is_transient(error):
     # given a client whose call fails below the HTTP layer
     class Unreachable:
         def send_email(self, **kwargs):
             raise error
+
     # when a message is sent
     with pytest.raises(DeliveryError, match=type(error).__name__) as raised:
         SesTransport(Unreachable()).send(outgoing())
@@ -232,10 +267,19 @@ def test_ses_unreachable_is_transient(error):
 def test_make_transport_builds_an_ses_client_with_adaptive_retries_and_timeouts():
     # given the SES provider
     session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test")
-    settings = Settings(request_table="r", recipient_table="rc", email_table="e", send_queue_url="q",
-                        allowed_sender_domains=("example.org",), default_sender="splash@example.org",
-                        bounces_address="bounces@example.org", email_host_sender="host@example.org",
-                        site_url="https://site.org", region="us-east-1", provider="ses")
+    settings = Settings(
+        request_table="r",
+        recipient_table="rc",
+        email_table="e",
+        send_queue_url="q",
+        allowed_sender_domains=("example.org",),
+        default_sender="splash@example.org",
+        bounces_address="bounces@example.org",
+        email_host_sender="host@example.org",
+        site_url="https://site.org",
+        region="us-east-1",
+        provider="ses",
+    )
     # when the transport is made
     config = make_transport(settings, boto3_session=session)._ses.meta.config
     # then botocore retries adaptively, 3 attempts in all, with timeouts that fit a 30 s Lambda

@@ -6,16 +6,16 @@ from functools import lru_cache
 
 import boto3
 
-from dbmail.expand import Expander
-from dbmail.expire import Expirer
-from dbmail.inbound import InboundRouter
-from dbmail.inbound_store import InboundStore
-from dbmail.queue import SendQueue
-from dbmail.send import EmailSender
-from dbmail.settings import get_settings
-from dbmail.store import Store
-from dbmail.transports import SesTransport, make_transport
-from dbmail.unsubscribe import check_secret
+from dbmail.core.settings import get_settings
+from dbmail.core.transports import SesTransport, make_transport
+from dbmail.core.unsubscribe import check_secret
+from dbmail.inbound.router import InboundRouter
+from dbmail.inbound.store import InboundStore
+from dbmail.outgoing.expand import Expander
+from dbmail.outgoing.expire import Expirer
+from dbmail.outgoing.queue import SendQueue
+from dbmail.outgoing.send import EmailSender
+from dbmail.outgoing.store import Store
 
 
 @lru_cache(maxsize=1)

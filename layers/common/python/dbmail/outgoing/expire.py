@@ -14,15 +14,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
-from dbmail.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
-from dbmail.expand import Expander, expiry_reason, resolve_sender
-from dbmail.models import EmailStatus, RequestStatus, utcnow
-from dbmail.queue import QueuedEmail
-from dbmail.report import failure_report
-from dbmail.transports import Transport
+from dbmail.core.clock import utcnow
+from dbmail.core.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
+from dbmail.core.statuses import EmailStatus, RequestStatus
+from dbmail.outgoing.expand import Expander, expiry_reason, resolve_sender
+from dbmail.outgoing.queue import QueuedEmail
+from dbmail.outgoing.report import failure_report
+
+if TYPE_CHECKING:  # integration types only: the domain never imports boto3
+    from dbmail.core.transports import Transport
 
 logger = Logger(child=True)
 
@@ -87,8 +91,9 @@ class Expirer:
                 try:
                     self._sweep(request, self.clock(), backlog, summary)
                 except Exception:
-                    logger.exception("sweep of a request failed; retried on the next run",
-                                     extra={"request_id": request.request_id})
+                    logger.exception(
+                        "sweep of a request failed; retried on the next run", extra={"request_id": request.request_id}
+                    )
                     summary["sweep_error"] += 1
         logger.info("expire run", extra=dict(summary))
         return dict(summary)
@@ -103,13 +108,19 @@ class Expirer:
                 summary["emails_expired"] += 1
                 continue
             outstanding += 1
-            if (not reason and summary["emails_requeued"] + len(stranded) < MAX_REQUEUES_PER_RUN
-                    and self._stranded(email, now, backlog) and self.store.requeue_email(email, now)):
+            if (
+                not reason
+                and summary["emails_requeued"] + len(stranded) < MAX_REQUEUES_PER_RUN
+                and self._stranded(email, now, backlog)
+                and self.store.requeue_email(email, now)
+            ):
                 stranded.append(QueuedEmail(email.request_id, email.email_key))
         if stranded:
             self.expander.queue.enqueue(stranded)
             summary["emails_requeued"] += len(stranded)
-            logger.warning("stranded emails queued again", extra={"request_id": request.request_id, "emails": len(stranded)})
+            logger.warning(
+                "stranded emails queued again", extra={"request_id": request.request_id, "emails": len(stranded)}
+            )
         if outstanding == 0 and self._report_failures(request, now, summary):
             self.store.mark_settled(request.request_id, now)
             summary["requests_settled"] += 1
@@ -138,17 +149,24 @@ class Expirer:
         except RequestInvalid:
             sender = settings.default_sender
         report = failure_report(
-            request_id=request.request_id, request_subject=request.subject or "", failures=failures,
-            request_error=request_error, report_from=settings.default_sender,
-            report_to=[sender, settings.bounces_address], site_url=settings.site_url, date=now,
+            request_id=request.request_id,
+            request_subject=request.subject or "",
+            failures=failures,
+            request_error=request_error,
+            report_from=settings.default_sender,
+            report_to=[sender, settings.bounces_address],
+            site_url=settings.site_url,
+            date=now,
             envelope_sender=settings.bounces_address,
         )
         try:
             self.transport.send(report)
         except DeliveryError as exc:
             self.store.unmark_failures_reported(request.request_id)
-            logger.warning("failure report not sent; tried again next run",
-                           extra={"request_id": request.request_id, "error": str(exc)})
+            logger.warning(
+                "failure report not sent; tried again next run",
+                extra={"request_id": request.request_id, "error": str(exc)},
+            )
             return False
         summary["failure_reports"] += 1
         logger.info("failure report sent", extra={"request_id": request.request_id, "failures": len(failures)})

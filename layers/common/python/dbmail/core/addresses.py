@@ -7,19 +7,32 @@ from collections.abc import Iterable, Mapping
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
 
-from dbmail.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
+from dbmail.core.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
 
 # The addr-spec we accept: 7-bit local part (SES does not support SMTPUTF8) and a dotted domain.
-_ADDR_SPEC = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_ADDR_SPEC = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' and space (RFC 5322 ftext)
 
 # Headers dbmail writes itself; a request may not set them.
 MANAGED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "MIME-Version",
-        "Content-Type", "Content-Transfer-Encoding", "Return-Path", "Sender",
-        "List-Unsubscribe", "List-Unsubscribe-Post",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Return-Path",
+        "Sender",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
     )
 )
 
@@ -55,9 +68,7 @@ def check_sender(value: str, allowed_domains: Iterable[str]) -> Address:
     for allowed in allowed_domains:
         if domain == allowed or domain.endswith("." + allowed):
             return address
-    raise SenderNotAllowed(
-        f"From domain {domain!r} is not an allowed sender domain ({', '.join(allowed_domains)})"
-    )
+    raise SenderNotAllowed(f"From domain {domain!r} is not an allowed sender domain ({', '.join(allowed_domains)})")
 
 
 def check_special_headers(headers: Mapping[str, str] | None) -> dict[str, str]:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from dbmail.addresses import format_address
-from dbmail.errors import UnknownSendToFunction
+from dbmail.core.addresses import format_address
+from dbmail.core.errors import UnknownSendToFunction
 
 
 class RecipientLike(Protocol):

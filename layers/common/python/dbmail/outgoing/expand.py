@@ -13,17 +13,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
-from dbmail.addresses import check_sender, check_special_headers, format_address
-from dbmail.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid, TemplateLimitExceeded
-from dbmail.models import EmailStatus, MessageRequestBase, RequestStatus, utcnow
-from dbmail.queue import QueuedEmail, SendQueue
-from dbmail.render import DEFAULT_LIMITS, CompiledMessage, RenderLimits, UserContext, build_context, compile_message
-from dbmail.sendto import Destination, get_sendto_function
-from dbmail.settings import Settings
-from dbmail.store import Store
+from dbmail.core.addresses import check_sender, check_special_headers, format_address
+from dbmail.core.clock import utcnow
+from dbmail.core.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid, TemplateLimitExceeded
+from dbmail.core.settings import Settings
+from dbmail.core.statuses import EmailStatus, RequestStatus
+from dbmail.outgoing.queue import QueuedEmail, SendQueue
+from dbmail.outgoing.render import (
+    DEFAULT_LIMITS,
+    CompiledMessage,
+    RenderLimits,
+    UserContext,
+    build_context,
+    compile_message,
+)
+from dbmail.outgoing.sendto import Destination, get_sendto_function
+
+if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
+    from dbmail.core.models import MessageRequestBase
+    from dbmail.outgoing.store import Store
 
 logger = Logger(child=True)
 
@@ -39,8 +51,18 @@ def request_render_budget(recipients: int) -> float:
     stream for hours one allowed second at a time."""
     return 60.0 + 0.005 * recipients
 
-RECIPIENT_FIELDS = ("user_id", "username", "email", "first_name", "last_name",
-                    "guardian_name", "guardian_email", "emergency_name", "emergency_email")
+
+RECIPIENT_FIELDS = (
+    "user_id",
+    "username",
+    "email",
+    "first_name",
+    "last_name",
+    "guardian_name",
+    "guardian_email",
+    "emergency_name",
+    "emergency_email",
+)
 
 
 class Outcome(StrEnum):
@@ -150,13 +172,21 @@ class Counts:
         """The counts checkpointed with the cursor (zero for a fresh expansion)."""
         if not request.expand_cursor:
             return cls()
-        return cls(emails=int(request.email_count or 0), skipped=int(request.skipped_count or 0),
-                   render_failed=int(request.render_failed_count or 0),
-                   render_seconds=float(request.render_seconds or 0))
+        return cls(
+            emails=int(request.email_count or 0),
+            skipped=int(request.skipped_count or 0),
+            render_failed=int(request.render_failed_count or 0),
+            render_seconds=float(request.render_seconds or 0),
+        )
 
     def as_dict(self) -> dict[str, int | float]:
-        return {"recipients": self.recipients, "emails": self.emails, "skipped": self.skipped,
-                "render_failed": self.render_failed, "render_seconds": round(self.render_seconds, 3)}
+        return {
+            "recipients": self.recipients,
+            "emails": self.emails,
+            "skipped": self.skipped,
+            "render_failed": self.render_failed,
+            "render_seconds": round(self.render_seconds, 3),
+        }
 
 
 @dataclass
@@ -166,8 +196,9 @@ class Expander:
     settings: Settings
     clock: Callable[[], datetime] = field(default=utcnow)
 
-    def expand(self, request_id: str, *, owner: str, takeover: bool,
-               time_left: Callable[[], float] = lambda: float("inf")) -> str:
+    def expand(
+        self, request_id: str, *, owner: str, takeover: bool, time_left: Callable[[], float] = lambda: float("inf")
+    ) -> str:
         """Expand one request; ``takeover`` marks the stream trigger (see Store.claim_request)."""
         now = self.clock()
         try:
@@ -182,12 +213,18 @@ class Expander:
         if request.status in RequestStatus.FINAL:
             return Outcome.ALREADY_DONE
         if request.created_at < now - self.settings.max_age:
-            self.store.finish_request(request_id, RequestStatus.EXPIRED, now,
-                                      error=f"older than {self.settings.max_age.days} days when its turn came; never expanded")
+            self.store.finish_request(
+                request_id,
+                RequestStatus.EXPIRED,
+                now,
+                error=f"older than {self.settings.max_age.days} days when its turn came; never expanded",
+            )
             logger.info("request expired", extra={"request_id": request_id})
             return Outcome.EXPIRED
         if request.processed_by is not None and request.processed_by > now:
-            logger.info("request scheduled", extra={"request_id": request_id, "processed_by": str(request.processed_by)})
+            logger.info(
+                "request scheduled", extra={"request_id": request_id, "processed_by": str(request.processed_by)}
+            )
             return Outcome.SCHEDULED
         try:
             prepared = prepare(request, self.settings)
@@ -219,14 +256,18 @@ class Expander:
                 self.store.save_expand_progress(request_id, owner, cursor, counts.as_dict())
         except TemplateLimitExceeded as exc:
             return self._fail(request_id, self.clock(), exc)
-        counts.recipients = request.recipient_count if request.recipient_count is not None else self.store.count_recipients(request_id)
+        counts.recipients = (
+            request.recipient_count if request.recipient_count is not None else self.store.count_recipients(request_id)
+        )
         self.store.finish_request(request_id, RequestStatus.PROCESSED, self.clock(), counts=counts.as_dict())
         logger.info("request processed", extra={"request_id": request_id, **counts.as_dict()})
         return Outcome.PROCESSED
 
     def _fail(self, request_id: str, now: datetime, exc: RequestInvalid) -> str:
         self.store.finish_request(request_id, RequestStatus.FAILED, now, error=f"{type(exc).__name__}: {exc}")
-        logger.warning("request failed", extra={"request_id": request_id, "error_type": type(exc).__name__, "error": str(exc)})
+        logger.warning(
+            "request failed", extra={"request_id": request_id, "error_type": type(exc).__name__, "error": str(exc)}
+        )
         return Outcome.FAILED
 
     def _check_recipients_complete(self, request: MessageRequestBase) -> None:
@@ -240,8 +281,15 @@ class Expander:
                 "write every recipient before the request item"
             )
 
-    def _expand_chunk(self, prepared: PreparedRequest, recipients: list, counts: Counts, careful: bool,
-                      budget: float, out_of_time: Callable[[], bool]) -> None:
+    def _expand_chunk(
+        self,
+        prepared: PreparedRequest,
+        recipients: list,
+        counts: Counts,
+        careful: bool,
+        budget: float,
+        out_of_time: Callable[[], bool],
+    ) -> None:
         """Render, write and queue one chunk. A broken render limit, or the request's rendering
         time passing ``budget``, raises TemplateLimitExceeded before anything of the chunk is written."""
         emails = []
@@ -256,14 +304,26 @@ class Expander:
                 raise
             except TemplateInvalid as exc:
                 counts.render_failed += 1
-                emails.append(self._email(prepared, recipient, 0, recipient.email or "", "", "", now,
-                                          status=EmailStatus.FAILED, error=str(exc)))
+                emails.append(
+                    self._email(
+                        prepared,
+                        recipient,
+                        0,
+                        recipient.email or "",
+                        "",
+                        "",
+                        now,
+                        status=EmailStatus.FAILED,
+                        error=str(exc),
+                    )
+                )
                 continue
             finally:
                 counts.render_seconds += time.monotonic() - started
                 if counts.render_seconds > budget:
                     raise TemplateLimitExceeded(
-                        f"rendering took over {budget:.0f} s for the request (the request's time limit)")
+                        f"rendering took over {budget:.0f} s for the request (the request's time limit)"
+                    )
             if not destinations:
                 counts.skipped += 1
                 continue
@@ -272,7 +332,9 @@ class Expander:
         if careful:
             existing = self.store.email_statuses(prepared.request_id, (e.email_key for e in emails))
             to_write = [e for e in emails if e.email_key not in existing]
-            to_queue = [e for e in emails if existing.get(e.email_key, e.status) in (EmailStatus.QUEUED, EmailStatus.PROCESSING)]
+            to_queue = [
+                e for e in emails if existing.get(e.email_key, e.status) in (EmailStatus.QUEUED, EmailStatus.PROCESSING)
+            ]
         else:
             to_write = emails
             to_queue = [e for e in emails if e.status == EmailStatus.QUEUED]
@@ -280,8 +342,18 @@ class Expander:
         self.queue.enqueue(QueuedEmail(e.request_id, e.email_key) for e in to_queue)
         counts.emails += sum(1 for e in emails if e.status == EmailStatus.QUEUED)
 
-    def _email(self, prepared: PreparedRequest, recipient, index: int, send_to: str, subject: str, body: str,
-               now: datetime, status: str = EmailStatus.QUEUED, error: str | None = None):
+    def _email(
+        self,
+        prepared: PreparedRequest,
+        recipient,
+        index: int,
+        send_to: str,
+        subject: str,
+        body: str,
+        now: datetime,
+        status: str = EmailStatus.QUEUED,
+        error: str | None = None,
+    ):
         return self.store.new_email(
             request_id=prepared.request_id,
             email_key=email_key(recipient.recipient_key, index),

@@ -7,18 +7,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
-from dbmail.compose import compose
-from dbmail.errors import DeliveryError, FailureKind, RequestInvalid
-from dbmail.expand import expiry_reason, message_id_for
-from dbmail.models import utcnow
-from dbmail.queue import QueuedEmail, SendQueue
-from dbmail.settings import Settings
-from dbmail.store import Store
-from dbmail.transports import Transport
-from dbmail.unsubscribe import unsubscribe_url
+from dbmail.core.clock import utcnow
+from dbmail.core.compose import compose
+from dbmail.core.errors import DeliveryError, FailureKind, RequestInvalid
+from dbmail.core.settings import Settings
+from dbmail.core.unsubscribe import unsubscribe_url
+from dbmail.outgoing.expand import expiry_reason, message_id_for
+from dbmail.outgoing.queue import QueuedEmail, SendQueue
+
+if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
+    from dbmail.core.transports import Transport
+    from dbmail.outgoing.store import Store
 
 logger = Logger(child=True)
 
@@ -60,8 +63,13 @@ class EmailSender:
     clock: Callable[[], datetime] = field(default=utcnow)
     _headers_by_request: dict = field(default_factory=dict)
 
-    def deliver(self, queued: QueuedEmail, claim_id: str, receive_count: int,
-                time_left: Callable[[], float] = lambda: float("inf")) -> SendOutcome:
+    def deliver(
+        self,
+        queued: QueuedEmail,
+        claim_id: str,
+        receive_count: int,
+        time_left: Callable[[], float] = lambda: float("inf"),
+    ) -> SendOutcome:
         """Claim, send and record one email. Every provider failure is recorded and the email
         queued again (or failed, when permanent or out of tries), so the SQS message itself
         succeeds; only an unforeseen error is raised, after releasing the claim."""
@@ -97,8 +105,9 @@ class EmailSender:
         except DeliveryError as exc:
             return self._failed(email, exc.kind, exc, log)
         except Exception as exc:
-            self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=False, counts_as_try=True,
-                                      now=self.clock())
+            self.store.record_failure(
+                email, f"{type(exc).__name__}: {exc}", final=False, counts_as_try=True, now=self.clock()
+            )
             logger.exception("unexpected error while sending; the message is retried", extra=log)
             raise
         self.store.mark_sent(email, self.clock(), provider_id, outgoing.message_id)
@@ -109,15 +118,27 @@ class EmailSender:
         throttled = kind is FailureKind.THROTTLED
         tries = int(email.tries or 0) + (0 if throttled else 1)
         final = kind is FailureKind.PERMANENT or (not throttled and tries >= self.settings.max_tries)
-        self.store.record_failure(email, f"{type(exc).__name__}: {exc}", final=final, counts_as_try=not throttled,
-                                  now=self.clock())
-        logger.warning("delivery failed", extra={**log, "error_type": type(exc).__name__, "error": str(exc),
-                                                 "kind": str(kind), "tries": tries, "final": final})
+        self.store.record_failure(
+            email, f"{type(exc).__name__}: {exc}", final=final, counts_as_try=not throttled, now=self.clock()
+        )
+        logger.warning(
+            "delivery failed",
+            extra={
+                **log,
+                "error_type": type(exc).__name__,
+                "error": str(exc),
+                "kind": str(kind),
+                "tries": tries,
+                "final": final,
+            },
+        )
         if final:
             return SendOutcome.FAILED
         attempt = int(email.throttles or 0) if throttled else tries
-        self.queue.enqueue_later(QueuedEmail(email.request_id, email.email_key),
-                                 retry_delay(kind, attempt, self.settings.retry_max_delay_seconds))
+        self.queue.enqueue_later(
+            QueuedEmail(email.request_id, email.email_key),
+            retry_delay(kind, attempt, self.settings.retry_max_delay_seconds),
+        )
         return SendOutcome.THROTTLED if throttled else SendOutcome.RETRYING
 
     def _not_claimed(self, queued: QueuedEmail, log: dict) -> str:
@@ -126,8 +147,9 @@ class EmailSender:
         if email is None:
             logger.error("queued email does not exist; dropping the message", extra=log)
             return SendOutcome.UNKNOWN
-        logger.info("email already final or held by another message; duplicate dropped",
-                    extra={**log, "status": email.status})
+        logger.info(
+            "email already final or held by another message; duplicate dropped", extra={**log, "status": email.status}
+        )
         return SendOutcome.DUPLICATE
 
     def _special_headers(self, request_id: str) -> dict:

@@ -10,19 +10,32 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
-from dbmail.addresses import mask, parse_address
-from dbmail.compose import compose
-from dbmail.errors import NotFound
-from dbmail.forward import (LOOP_HEADER, Forward, been_there, header_text, is_automatic, original_sender, parse,
-                            rewrite, split_forwards)
-from dbmail.inbound_store import InboundStore
-from dbmail.models import InboundStatus, utcnow
-from dbmail.routing import Route, merge_routes, route
-from dbmail.settings import Settings
-from dbmail.transports import MAX_MESSAGE_BYTES, SesTransport
+from dbmail.core.addresses import mask, parse_address
+from dbmail.core.clock import utcnow
+from dbmail.core.compose import MAX_MESSAGE_BYTES, compose
+from dbmail.core.errors import NotFound
+from dbmail.core.settings import Settings
+from dbmail.core.statuses import InboundStatus
+from dbmail.inbound.forward import (
+    LOOP_HEADER,
+    Forward,
+    been_there,
+    header_text,
+    is_automatic,
+    original_sender,
+    parse,
+    rewrite,
+    split_forwards,
+)
+from dbmail.inbound.routing import Route, merge_routes, route
+
+if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
+    from dbmail.core.transports import SesTransport
+    from dbmail.inbound.store import InboundStore
 
 logger = Logger(child=True)
 
@@ -47,13 +60,20 @@ class InboundRouter:
     settings: Settings
     clock: Callable[[], datetime] = field(default=utcnow)
 
-    def handle(self, message_id: str, recipients: list[str], spam_verdict: str = "PASS",
-               virus_verdict: str = "PASS", release: bool = False) -> str:
+    def handle(
+        self,
+        message_id: str,
+        recipients: list[str],
+        spam_verdict: str = "PASS",
+        virus_verdict: str = "PASS",
+        release: bool = False,
+    ) -> str:
         """Process one received message; returns the InboundStatus it ends in."""
         settings = self.settings
         key = f"{settings.inbound_prefix}{message_id}"
-        item = self.store.begin(message_id, key, recipients, self.clock(),
-                                {"spam": spam_verdict, "virus": virus_verdict})
+        item = self.store.begin(
+            message_id, key, recipients, self.clock(), {"spam": spam_verdict, "virus": virus_verdict}
+        )
         if item.status in InboundStatus.FINAL and not release:
             return item.status
         try:
@@ -69,15 +89,16 @@ class InboundRouter:
         message = parse(raw)
         name, sender = original_sender(message)
         subject = header_text(message, "Subject")[:200]
-        summary = dict(sender_domain=sender.rpartition("@")[2].lower() or None, subject=subject)
+        summary = {"sender_domain": sender.rpartition("@")[2].lower() or None, "subject": subject}
         log = {"message_id": item.message_id, "sender": mask(sender), "size": len(raw)}
 
         if virus.upper() == "FAIL":
             return self._finish(item, InboundStatus.DROPPED, "virus verdict FAIL", log, **summary)
         visited = set(been_there(message))
         if len(visited) >= MAX_HOPS:
-            return self._finish(item, InboundStatus.DROPPED, f"forwarding loop: through {len(visited)} lists already",
-                                log, **summary)
+            return self._finish(
+                item, InboundStatus.DROPPED, f"forwarding loop: through {len(visited)} lists already", log, **summary
+            )
         if spam.upper() == "FAIL" and not release:
             if settings.spam_action == "drop":
                 return self._finish(item, InboundStatus.DROPPED, "spam verdict FAIL", log, **summary)
@@ -92,8 +113,14 @@ class InboundRouter:
             local, _, domain = address.rpartition("@")
             if domain.lower() not in settings.chapter_domains:
                 continue
-            result = route(local, rules, self.store, has_list_id=message.get("List-Id") is not None,
-                           domain=domain, subaddress_separator=settings.subaddress_separator)
+            result = route(
+                local,
+                rules,
+                self.store,
+                has_list_id=message.get("List-Id") is not None,
+                domain=domain,
+                subaddress_separator=settings.subaddress_separator,
+            )
             decided = result.route
             if decided is None or any(r.list_address == decided.list_address for r in routes):
                 continue
@@ -107,16 +134,36 @@ class InboundRouter:
             status = InboundStatus.DROPPED
             return self._finish(item, status, "; ".join(refused), log, **summary)
         if not routes:
-            noticed = self._notice_sender(message, sender, recipients, "Undeliverable mail",
-                                          "No list, redirect or user at the address you wrote to accepts mail:")
-            return self._finish(item, InboundStatus.UNDELIVERABLE,
-                                f"no rule sent it; notice {'sent' if noticed else 'not sent'}", log, **summary)
+            noticed = self._notice_sender(
+                message,
+                sender,
+                recipients,
+                "Undeliverable mail",
+                "No list, redirect or user at the address you wrote to accepts mail:",
+            )
+            return self._finish(
+                item,
+                InboundStatus.UNDELIVERABLE,
+                f"no rule sent it; notice {'sent' if noticed else 'not sent'}",
+                log,
+                **summary,
+            )
         if len(raw) > MAX_MESSAGE_BYTES:
-            noticed = self._notice_sender(message, sender, recipients, "Message too large",
-                                          f"Your message ({len(raw) / 2**20:.1f} MB) is over the "
-                                          f"{MAX_MESSAGE_BYTES // 2**20} MB limit and was not forwarded to:")
-            return self._finish(item, InboundStatus.TOO_LARGE,
-                                f"{len(raw)} bytes; notice {'sent' if noticed else 'not sent'}", log, **summary)
+            noticed = self._notice_sender(
+                message,
+                sender,
+                recipients,
+                "Message too large",
+                f"Your message ({len(raw) / 2**20:.1f} MB) is over the "
+                f"{MAX_MESSAGE_BYTES // 2**20} MB limit and was not forwarded to:",
+            )
+            return self._finish(
+                item,
+                InboundStatus.TOO_LARGE,
+                f"{len(raw)} bytes; notice {'sent' if noticed else 'not sent'}",
+                log,
+                **summary,
+            )
         held = [r for r in routes if r.rule.admin_hold]
         if held and not release:
             self._notify_moderator(item, subject, sender, f"list rule {held[0].rule.list_id} holds mail for moderation")
@@ -128,8 +175,13 @@ class InboundRouter:
         sent = 0
         for decided in routes:
             domain = decided.list_address.rpartition("@")[2]
-            rewritten = rewrite(raw, decided, site_name=self._site_name(domain), chapter_domain=domain,
-                                list_address=decided.list_address)
+            rewritten = rewrite(
+                raw,
+                decided,
+                site_name=self._site_name(domain),
+                chapter_domain=domain,
+                list_address=decided.list_address,
+            )
             _, forward_from = original_sender(rewritten)  # the rule's from_email or noreply@domain
             for forward in split_forwards(rewritten, decided, key=f"{decided.rule.list_id}:{decided.list_address}"):
                 if forward.part not in done:
@@ -177,9 +229,12 @@ class InboundRouter:
         if self.store.user_by_email(sender) is None:
             return False
         domain = recipients[0].rpartition("@")[2].lower() if recipients else settings.chapter_domains[0]
-        body = (f"{text}\n\n" + "\n".join(f"  {r}" for r in recipients)
-                + f"\n\nSubject: {header_text(message, 'Subject')}\n"
-                + (f"\nQuestions? Write to {settings.support_address}.\n" if settings.support_address else ""))
+        body = (
+            f"{text}\n\n"
+            + "\n".join(f"  {r}" for r in recipients)
+            + f"\n\nSubject: {header_text(message, 'Subject')}\n"
+            + (f"\nQuestions? Write to {settings.support_address}.\n" if settings.support_address else "")
+        )
         self._send_notice(f"Mail Delivery System <noreply@{domain}>", sender, subject, body, domain)
         return True
 
@@ -188,19 +243,32 @@ class InboundRouter:
         if not settings.moderator_address:
             return
         domain = settings.chapter_domains[0]
-        body = (f"A message was held for moderation ({why}).\n\n"
-                f"  From:    {sender or 'unknown'}\n  To:      {', '.join(item.recipients)}\n"
-                f"  Subject: {subject}\n  Id:      {item.message_id}\n\n"
-                f"Release it:  dbmail held release {item.message_id}\n"
-                f"Reject it:   dbmail held reject {item.message_id}\n")
-        self._send_notice(f"Mail Moderation <noreply@{domain}>", settings.moderator_address,
-                          f"Held for moderation: {subject}", body, domain)
+        body = (
+            f"A message was held for moderation ({why}).\n\n"
+            f"  From:    {sender or 'unknown'}\n  To:      {', '.join(item.recipients)}\n"
+            f"  Subject: {subject}\n  Id:      {item.message_id}\n\n"
+            f"Release it:  dbmail held release {item.message_id}\n"
+            f"Reject it:   dbmail held reject {item.message_id}\n"
+        )
+        self._send_notice(
+            f"Mail Moderation <noreply@{domain}>",
+            settings.moderator_address,
+            f"Held for moderation: {subject}",
+            body,
+            domain,
+        )
 
     def _send_notice(self, send_from: str, to: str, subject: str, body: str, domain: str) -> None:
-        notice = compose(send_from=send_from, send_to=[to], subject=subject, body=body,
-                         message_id=f"<notice.{uuid.uuid4().hex}@{domain}>", date=self.clock(),
-                         envelope_sender=self.settings.bounces_address,
-                         special_headers={"Auto-Submitted": "auto-replied", LOOP_HEADER: domain})
+        notice = compose(
+            send_from=send_from,
+            send_to=[to],
+            subject=subject,
+            body=body,
+            message_id=f"<notice.{uuid.uuid4().hex}@{domain}>",
+            date=self.clock(),
+            envelope_sender=self.settings.bounces_address,
+            special_headers={"Auto-Submitted": "auto-replied", LOOP_HEADER: domain},
+        )
         self.transport.send(notice)
 
     def _finish(self, item, status: str, detail: str, log: dict, **fields) -> str:
@@ -224,7 +292,9 @@ class InboundRouter:
     def unfinished(self, now: datetime) -> list:
         """What needs a person or a reprocess: failed messages, and those stuck in `received`
         (an invocation that timed out or was killed), oldest first."""
-        stuck = [item for item in self.store.with_status(InboundStatus.RECEIVED) if item.received_at < now - STUCK_AFTER]
+        stuck = [
+            item for item in self.store.with_status(InboundStatus.RECEIVED) if item.received_at < now - STUCK_AFTER
+        ]
         return sorted([*self.store.with_status(InboundStatus.FAILED), *stuck], key=lambda item: item.received_at)
 
     def sweep(self, now: datetime) -> dict[str, int]:
@@ -252,4 +322,6 @@ class InboundRouter:
         if item is None:
             raise NotFound(f"no inbound message {message_id!r}")
         verdicts = item.verdicts.as_dict() if item.verdicts else {}
-        return self.handle(message_id, list(item.recipients), verdicts.get("spam", "PASS"), verdicts.get("virus", "PASS"))
+        return self.handle(
+            message_id, list(item.recipients), verdicts.get("spam", "PASS"), verdicts.get("virus", "PASS")
+        )

@@ -9,8 +9,16 @@ from datetime import datetime
 from aws_lambda_powertools import Logger
 from pynamodb.pagination import ResultIterator
 
-from dbmail.models import BoundModels, DirectoryPerson, DirectorySection, InboundMessageBase, bind_models, get_or_none
-from dbmail.routing import (
+from dbmail.core.models import (
+    BoundModels,
+    DirectoryPerson,
+    DirectorySection,
+    InboundMessageBase,
+    bind_models,
+    get_or_none,
+)
+from dbmail.core.settings import Settings
+from dbmail.inbound.routing import (
     SUBADDRESS_SEPARATOR,
     ClassInfo,
     EmailListRule,
@@ -22,13 +30,22 @@ from dbmail.routing import (
     check_rule,
     check_user,
 )
-from dbmail.settings import Settings
 
 logger = Logger(child=True)
 
 MAX_DETAIL_CHARS = 1000
-RULE_FIELDS = ("list_id", "regex", "seq", "handler", "subject_prefix", "admin_hold", "cc_all", "from_email", "description",
-               "accept_automatic")
+RULE_FIELDS = (
+    "list_id",
+    "regex",
+    "seq",
+    "handler",
+    "subject_prefix",
+    "admin_hold",
+    "cc_all",
+    "from_email",
+    "description",
+    "accept_automatic",
+)
 RULE_FLAGS = ("admin_hold", "cc_all", "accept_automatic")
 
 
@@ -62,7 +79,7 @@ class InboundStore:
         deserialised one by one, so that one malformed item (a seq written as a string, say)
         cannot stop the scan."""
         Model = self.models.EmailList
-        raw_items = ResultIterator(Model._get_connection().scan, (), {})  # noqa: SLF001 - raw items, no map_fn
+        raw_items = ResultIterator(Model._get_connection().scan, (), {})
         for raw in raw_items:
             list_id = str(next(iter(raw.get("list_id", {}).values()), "?"))
             try:
@@ -72,7 +89,7 @@ class InboundStore:
                     if fields[flag] is None:
                         fields[flag] = False
                 yield list_id, check_rule(EmailListRule(**fields)), None
-            except Exception as exc:  # noqa: BLE001 - whatever is wrong with the item, the others still route
+            except Exception as exc:
                 yield list_id, None, f"{type(exc).__name__}: {exc}"
 
     def put_rule(self, rule: EmailListRule) -> EmailListRule:
@@ -90,8 +107,9 @@ class InboundStore:
         self.models.EmailList(list_id).delete()
 
     # ---- PlainRedirect -----------------------------------------------------------------
-    def put_redirect(self, original: str, destination: str, *,
-                     subaddress_separator: str | None = SUBADDRESS_SEPARATOR) -> None:
+    def put_redirect(
+        self, original: str, destination: str, *, subaddress_separator: str | None = SUBADDRESS_SEPARATOR
+    ) -> None:
         """Checked first (``check_redirect``): a valid local part, 1 to 50 valid addresses."""
         original, destination = check_redirect(original, destination, subaddress_separator=subaddress_separator)
         self.models.PlainRedirect(original=original, destination=destination).save()
@@ -110,8 +128,13 @@ class InboundStore:
         count = 0
         with Entry.batch_write() as batch:
             for user in users:
-                fields = dict(username=user.username, email=user.email, first_name=user.first_name,
-                              last_name=user.last_name, is_teacher=user.is_teacher)
+                fields = {
+                    "username": user.username,
+                    "email": user.email,
+                    "first_name": user.first_name,
+                    "last_name": user.last_name,
+                    "is_teacher": user.is_teacher,
+                }
                 batch.save(Entry(entry_key=f"user#{user.username.lower()}", **fields))
                 batch.save(Entry(entry_key=f"email#{user.email.strip().lower()}", **fields))
                 count += 1
@@ -123,14 +146,24 @@ class InboundStore:
         count = 0
         with Entry.batch_write() as batch:
             for cls in classes:
-                batch.save(Entry(
-                    entry_key=f"class#{int(cls.class_id)}", class_id=cls.class_id, emailcode=cls.emailcode,
-                    program_name=cls.program_name, directors_email=cls.directors_email,
-                    teachers=[DirectoryPerson(name=p.name, email=p.email) for p in cls.teachers],
-                    sections=[DirectorySection(index=s.index, emailcode=s.emailcode,
-                                               students=[DirectoryPerson(name=p.name, email=p.email) for p in s.students])
-                              for s in cls.sections],
-                ))
+                batch.save(
+                    Entry(
+                        entry_key=f"class#{int(cls.class_id)}",
+                        class_id=cls.class_id,
+                        emailcode=cls.emailcode,
+                        program_name=cls.program_name,
+                        directors_email=cls.directors_email,
+                        teachers=[DirectoryPerson(name=p.name, email=p.email) for p in cls.teachers],
+                        sections=[
+                            DirectorySection(
+                                index=s.index,
+                                emailcode=s.emailcode,
+                                students=[DirectoryPerson(name=p.name, email=p.email) for p in s.students],
+                            )
+                            for s in cls.sections
+                        ],
+                    )
+                )
                 count += 1
         return count
 
@@ -138,8 +171,13 @@ class InboundStore:
         entry = get_or_none(self.models.DirectoryEntry, key)
         if entry is None:
             return None
-        return User(username=entry.username, email=entry.email, first_name=entry.first_name,
-                    last_name=entry.last_name, is_teacher=bool(entry.is_teacher))
+        return User(
+            username=entry.username,
+            email=entry.email,
+            first_name=entry.first_name,
+            last_name=entry.last_name,
+            is_teacher=bool(entry.is_teacher),
+        )
 
     def user_by_username(self, username: str) -> User | None:
         return self._user(f"user#{username.lower()}")
@@ -152,11 +190,15 @@ class InboundStore:
         if entry is None:
             return None
         return ClassInfo(
-            class_id=int(entry.class_id), emailcode=entry.emailcode, program_name=entry.program_name,
+            class_id=int(entry.class_id),
+            emailcode=entry.emailcode,
+            program_name=entry.program_name,
             directors_email=entry.directors_email,
             teachers=tuple(_person(p) for p in entry.teachers or ()),
-            sections=tuple(Section(int(s.index), s.emailcode, tuple(_person(p) for p in s.students or ()))
-                           for s in entry.sections or ()),
+            sections=tuple(
+                Section(int(s.index), s.emailcode, tuple(_person(p) for p in s.students or ()))
+                for s in entry.sections or ()
+            ),
         )
 
     def redirect(self, original: str) -> str | None:
@@ -164,14 +206,14 @@ class InboundStore:
         return redirect.destination if redirect else None
 
     # ---- received messages -------------------------------------------------------------
-    def begin(self, message_id: str, s3_key: str, recipients: list[str], now: datetime,
-              verdicts: dict[str, str]) -> InboundMessageBase:
+    def begin(
+        self, message_id: str, s3_key: str, recipients: list[str], now: datetime, verdicts: dict[str, str]
+    ) -> InboundMessageBase:
         """The message's record, created on first sight; every attempt is counted."""
         Message = self.models.InboundMessage
         item = get_or_none(Message, message_id)
         if item is None:
-            item = Message(message_id=message_id, received_at=now, s3_key=s3_key, recipients=recipients,
-                           detail=None)
+            item = Message(message_id=message_id, received_at=now, s3_key=s3_key, recipients=recipients, detail=None)
             item.save(condition=Message.message_id.does_not_exist())
         actions = [Message.attempts.add(1), Message.attempted_at.set(now)]
         if verdicts:
@@ -194,4 +236,3 @@ class InboundStore:
 
     def with_status(self, status: str) -> Iterator[InboundMessageBase]:
         return self.models.InboundMessage.by_status.query(status)
-

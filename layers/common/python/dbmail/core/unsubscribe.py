@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 
-from dbmail.errors import ConfigurationError, DbmailError
+from dbmail.core.errors import ConfigurationError, DbmailError
 
 MIN_SECRET_LENGTH = 32
 

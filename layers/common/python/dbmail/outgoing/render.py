@@ -25,9 +25,9 @@ from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, soft_str
 
-from dbmail.errors import TemplateInvalid, TemplateLimitExceeded
+from dbmail.core.compose import is_html
+from dbmail.core.errors import TemplateInvalid, TemplateLimitExceeded
 
-HTML_MARKER = re.compile(r"<html[\s>/]", re.IGNORECASE)
 MAX_TEMPLATE_BYTES = 300_000  # request and TextOfEmail items must stay under DynamoDB's 400 KB
 
 
@@ -44,11 +44,6 @@ class RenderLimits:
 
 DEFAULT_LIMITS = RenderLimits()
 MAX_RENDERED_CHARS = DEFAULT_LIMITS.output_chars
-
-
-def is_html(body: str) -> bool:
-    """The original's rule: a body containing an <html> tag (with or without attributes)."""
-    return bool(HTML_MARKER.search(body))
 
 
 # ---- the budget of the render in progress (per thread: the local runner renders in several) ----
@@ -168,8 +163,12 @@ def _check_width(_: Any, width: Any = 0, *__: Any) -> None:
 
 
 _STR_METHOD_CHECKS = {
-    "ljust": _check_width, "rjust": _check_width, "center": _check_width, "zfill": _check_width,
-    "expandtabs": _check_width, "replace": _check_replace,
+    "ljust": _check_width,
+    "rjust": _check_width,
+    "center": _check_width,
+    "zfill": _check_width,
+    "expandtabs": _check_width,
+    "replace": _check_replace,
 }
 
 
@@ -242,7 +241,8 @@ class _CountedLoop:
             budget.iterations += 1
             if budget.iterations > budget.limits.loop_iterations:
                 raise TemplateLimitExceeded(
-                    f"loops ran over {budget.limits.loop_iterations:,} iterations (the iteration limit)")
+                    f"loops ran over {budget.limits.loop_iterations:,} iterations (the iteration limit)"
+                )
             budget.tick()
             yield item
 
@@ -328,7 +328,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
             return obj.field(argument, self.undefined) if isinstance(argument, str) else self.undefined(obj=obj)
         return super().getitem(obj, argument)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.tick()
         args = _check_method_call(__obj, args)
@@ -338,7 +338,9 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         if nested:
             budget.depth += 1
             if budget.depth > budget.limits.call_depth:
-                raise TemplateLimitExceeded(f"macros or loops nested over {budget.limits.call_depth} deep (the recursion limit)")
+                raise TemplateLimitExceeded(
+                    f"macros or loops nested over {budget.limits.call_depth} deep (the recursion limit)"
+                )
         try:
             return _check_value(super().call(__context, __obj, *args, **kwargs))
         finally:
@@ -428,7 +430,9 @@ class CompiledMessage:
         for part in template.generate(context):
             written += len(part)
             if written > self.limits.output_chars:
-                raise TemplateLimitExceeded(f"rendered email is over {self.limits.output_chars} characters (the output limit)")
+                raise TemplateLimitExceeded(
+                    f"rendered email is over {self.limits.output_chars} characters (the output limit)"
+                )
             parts.append(part)
         return "".join(parts)
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from dbmail.addresses import parse_address
-from dbmail.errors import AddressInvalid, RequestInvalid
+from dbmail.core.addresses import parse_address
+from dbmail.core.errors import AddressInvalid, RequestInvalid
 
 logger = Logger(child=True)
 
@@ -146,16 +146,27 @@ class RoutingResult:
 
 
 DEFAULT_RULES = (
-    EmailListRule("default-section", r"^\w(\d+)s(\d+)-(class|teachers|students)$", 10, "SectionList",
-                  description="Section lists: <emailcode>s<n>-class|teachers|students"),
-    EmailListRule("default-class", r"^\w(\d+)-(class|teachers|students)$", 20, "ClassList",
-                  description="Class lists: <emailcode>-class|teachers|students"),
+    EmailListRule(
+        "default-section",
+        r"^\w(\d+)s(\d+)-(class|teachers|students)$",
+        10,
+        "SectionList",
+        description="Section lists: <emailcode>s<n>-class|teachers|students",
+    ),
+    EmailListRule(
+        "default-class",
+        r"^\w(\d+)-(class|teachers|students)$",
+        20,
+        "ClassList",
+        description="Class lists: <emailcode>-class|teachers|students",
+    ),
     EmailListRule("default-redirect", r"^(.*)$", 30, "PlainList", description="PlainRedirect lookup"),
     EmailListRule("default-user", r"^(.*)$", 40, "UserEmail", description="Mail to a teacher by username"),
 )
 
 
 # ---- addresses ------------------------------------------------------------------------------
+
 
 def canonical_local_part(local: str, separator: str | None = SUBADDRESS_SEPARATOR) -> str:
     """The local part rules are applied to: stripped, lower-cased, and cut at the first
@@ -209,6 +220,7 @@ def parse_destinations(destination: str):
 # Each gets the rule, its regex groups already parsed (see _parse_groups), the directory and
 # whether the message has a List-Id; None (or nobody) means it declines to send.
 
+
 def _class_audience(cls: ClassInfo, audience: str, sections: Sequence[Section]) -> tuple[Person, ...]:
     people = [Person(f"{cls.program_name} Directors", cls.directors_email)]
     if audience in ("teachers", "class"):
@@ -250,8 +262,10 @@ def plain_list(rule: EmailListRule, args: Sequence[Any], directory: Directory, h
             continue
         people.append(Person(address.display_name or None, address.addr_spec))
     if bad:
-        logger.warning("PlainRedirect has invalid destination entries; forwarding to the valid ones",
-                       extra={"original": original, "invalid_entries": bad, "valid_entries": len(people)})
+        logger.warning(
+            "PlainRedirect has invalid destination entries; forwarding to the valid ones",
+            extra={"original": original, "invalid_entries": bad, "valid_entries": len(people)},
+        )
     return Route(rule, unique_people(people), group=True) if people else None
 
 
@@ -470,27 +484,38 @@ def compile_rule_regex(regex: str, handler_name: str) -> re.Pattern:
     except (OverflowError, RecursionError, MemoryError, ValueError, TypeError) as exc:
         raise RuleInvalid(f"regex {regex!r} does not compile: {type(exc).__name__}: {exc}") from None
     if _nested_repeat(tree):
-        raise RuleInvalid(f"regex {regex!r} has a repeat inside a repeat (like (a+)+), which can take "
-                          "exponential time to fail; write it without the nesting")
+        raise RuleInvalid(
+            f"regex {regex!r} has a repeat inside a repeat (like (a+)+), which can take "
+            "exponential time to fail; write it without the nesting"
+        )
     wanted = handler.groups
     names = ", ".join(name for name, _ in wanted)
     if pattern.groups != len(wanted):
         has = "none" if pattern.groups == 0 else str(pattern.groups)
         raise RuleInvalid(
             f"{handler_name} needs exactly {_plural(len(wanted), 'capture group')} ({names}) but regex {regex!r} "
-            f"has {has}; use (?:...) for a group the handler should not get")
+            f"has {has}; use (?:...) for a group the handler should not get"
+        )
     for number, (name, kind) in enumerate(wanted, start=1):
         group = _group_tree(tree, number)
         if kind == DIGITS and not (group is not None and _only_digits(group) and group.getwidth()[0] >= 1):
-            raise RuleInvalid(f"{handler_name} group {number} ({name}) of regex {regex!r} must match one or "
-                              r"more digits and nothing else, e.g. (\d+)")
+            raise RuleInvalid(
+                f"{handler_name} group {number} ({name}) of regex {regex!r} must match one or "
+                r"more digits and nothing else, e.g. (\d+)"
+            )
         if kind == AUDIENCE:
             strings = _strings(group) if group is not None else None
             words = None if strings is None else {s.lower() for s in strings}
             if not words or not words <= set(AUDIENCES):
-                extra = "" if not words else "; it also matches " + ", ".join(repr(w) for w in sorted(words - set(AUDIENCES)))
-                raise RuleInvalid(f"{handler_name} group {number} ({name}) of regex {regex!r} must match only "
-                                  f"{', '.join(AUDIENCES)}, e.g. (class|teachers|students){extra}")
+                extra = (
+                    ""
+                    if not words
+                    else "; it also matches " + ", ".join(repr(w) for w in sorted(words - set(AUDIENCES)))
+                )
+                raise RuleInvalid(
+                    f"{handler_name} group {number} ({name}) of regex {regex!r} must match only "
+                    f"{', '.join(AUDIENCES)}, e.g. (class|teachers|students){extra}"
+                )
     return pattern
 
 
@@ -503,8 +528,10 @@ def check_rule(rule: EmailListRule) -> EmailListRule:
     naming the rule and what is wrong with it."""
     name = rule.list_id
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_LIST_ID_CHARS or _has_crlf(name):
-        raise RuleInvalid(f"EmailList rule {name!r}: list_id must be a non-empty string of at most "
-                          f"{MAX_LIST_ID_CHARS} characters on one line")
+        raise RuleInvalid(
+            f"EmailList rule {name!r}: list_id must be a non-empty string of at most "
+            f"{MAX_LIST_ID_CHARS} characters on one line"
+        )
 
     def invalid(problem: str) -> RuleInvalid:
         return RuleInvalid(f"EmailList rule {name!r}: {problem}")
@@ -526,9 +553,12 @@ def check_rule(rule: EmailListRule) -> EmailListRule:
     except RuleInvalid as exc:
         raise invalid(str(exc)) from None
     prefix = rule.subject_prefix or None
-    if prefix is not None and (not isinstance(prefix, str) or _has_crlf(prefix) or len(prefix) > MAX_SUBJECT_PREFIX_CHARS):
-        raise invalid(f"subject_prefix may not contain CR or LF and must be at most {MAX_SUBJECT_PREFIX_CHARS} "
-                      "characters")
+    if prefix is not None and (
+        not isinstance(prefix, str) or _has_crlf(prefix) or len(prefix) > MAX_SUBJECT_PREFIX_CHARS
+    ):
+        raise invalid(
+            f"subject_prefix may not contain CR or LF and must be at most {MAX_SUBJECT_PREFIX_CHARS} characters"
+        )
     from_email = rule.from_email or None
     if from_email is not None:
         try:
@@ -551,16 +581,26 @@ def runnable_rules(rules: Iterable[EmailListRule]) -> list[EmailListRule]:
     for rule in rules:
         try:
             good.append(check_rule(rule))
-        except Exception as exc:  # noqa: BLE001 - whatever is wrong with a raw rule, the others still run
-            logger.warning("EmailList rule skipped: it cannot be run",
-                           extra={"list_id": str(getattr(rule, "list_id", None)), "error": str(exc)})
+        except Exception as exc:
+            logger.warning(
+                "EmailList rule skipped: it cannot be run",
+                extra={"list_id": str(getattr(rule, "list_id", None)), "error": str(exc)},
+            )
     return sorted(good, key=lambda r: (r.seq, r.list_id))
 
 
 # ---- routing --------------------------------------------------------------------------------
 
-def route(local_part: str, rules: Iterable[EmailListRule], directory: Directory, has_list_id: bool, *,
-          domain: str = "", subaddress_separator: str | None = SUBADDRESS_SEPARATOR) -> RoutingResult:
+
+def route(
+    local_part: str,
+    rules: Iterable[EmailListRule],
+    directory: Directory,
+    has_list_id: bool,
+    *,
+    domain: str = "",
+    subaddress_separator: str | None = SUBADDRESS_SEPARATOR,
+) -> RoutingResult:
     """The first matching rule whose handler sends; ``matched_rules`` tells what matched but declined.
 
     The local part is canonicalised first (``canonical_local_part``). A rule matches when its regex
@@ -613,8 +653,9 @@ def merge_routes(routes: Iterable[Route]) -> list[Route]:
 _LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 
 
-def check_redirect(original: str, destination: str, *,
-                   subaddress_separator: str | None = SUBADDRESS_SEPARATOR) -> tuple[str, str]:
+def check_redirect(
+    original: str, destination: str, *, subaddress_separator: str | None = SUBADDRESS_SEPARATOR
+) -> tuple[str, str]:
     """A PlainRedirect as stored: (the lower-cased original, the trimmed destination).
 
     The original is one valid local part (no domain) of at most 64 characters that routing can
@@ -624,19 +665,25 @@ def check_redirect(original: str, destination: str, *,
         raise RedirectInvalid(f"original is the local part only, e.g. 'directors', not {original!r}")
     key = original.strip().lower()
     if len(key) > MAX_LOCAL_PART_CHARS or not _LOCAL_PART.match(key):
-        raise RedirectInvalid(f"redirect original {original!r} is not a valid local part (letters, digits and "
-                              f"!#$%&'*+/=?^_`{{|}}~.- only, no leading, trailing or double dot, at most "
-                              f"{MAX_LOCAL_PART_CHARS} characters)")
+        raise RedirectInvalid(
+            f"redirect original {original!r} is not a valid local part (letters, digits and "
+            f"!#$%&'*+/=?^_`{{|}}~.- only, no leading, trailing or double dot, at most "
+            f"{MAX_LOCAL_PART_CHARS} characters)"
+        )
     if subaddress_separator and subaddress_separator.lower() in key:
-        raise RedirectInvalid(f"redirect original {original!r} contains {subaddress_separator!r}, which starts a "
-                              f"subaddress: mail to it is routed as {canonical_local_part(key, subaddress_separator)!r}, "
-                              "so this redirect could never be used")
+        raise RedirectInvalid(
+            f"redirect original {original!r} contains {subaddress_separator!r}, which starts a "
+            f"subaddress: mail to it is routed as {canonical_local_part(key, subaddress_separator)!r}, "
+            "so this redirect could never be used"
+        )
     if not isinstance(destination, str):
         raise AddressInvalid("invalid destination entries: the destination must be a string of addresses")
     addresses = parse_destinations(destination)
     if len(addresses) > MAX_REDIRECT_DESTINATIONS:
-        raise RedirectInvalid(f"redirect {key!r} has {len(addresses)} destinations; at most "
-                              f"{MAX_REDIRECT_DESTINATIONS} are allowed (use a class list or a mailing list for more)")
+        raise RedirectInvalid(
+            f"redirect {key!r} has {len(addresses)} destinations; at most "
+            f"{MAX_REDIRECT_DESTINATIONS} are allowed (use a class list or a mailing list for more)"
+        )
     return key, destination.strip()
 
 
@@ -657,14 +704,19 @@ def _one_line(value: Any, where: str, max_chars: int, required: bool = True) -> 
     if value is None and not required:
         return None
     if not isinstance(value, str) or (required and not value.strip()) or _has_crlf(value) or len(value) > max_chars:
-        raise DirectoryInvalid(f"{where} must be a {'non-empty ' if required else ''}string of at most "
-                               f"{max_chars} characters on one line, not {value!r}")
+        raise DirectoryInvalid(
+            f"{where} must be a {'non-empty ' if required else ''}string of at most "
+            f"{max_chars} characters on one line, not {value!r}"
+        )
     return value
 
 
 def _whole(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (
-            isinstance(value, str) and not (value.strip().isascii() and value.strip().isdigit())):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or (isinstance(value, str) and not (value.strip().isascii() and value.strip().isdigit()))
+    ):
         raise DirectoryInvalid(f"{where} must be a whole number, not {value!r}")
     number = int(value)
     if number < 0:
@@ -675,8 +727,10 @@ def _whole(value: Any, where: str) -> int:
 def _person(person: Any, where: str) -> Person:
     if not isinstance(person, Person):
         raise DirectoryInvalid(f"{where} must be a person with an email")
-    return Person(_one_line(person.name, f"{where}.name", 200, required=False) or None,
-                  _bare_email(person.email, f"{where}.email"))
+    return Person(
+        _one_line(person.name, f"{where}.name", 200, required=False) or None,
+        _bare_email(person.email, f"{where}.email"),
+    )
 
 
 def check_user(user: User, where: str = "user") -> User:
@@ -685,8 +739,9 @@ def check_user(user: User, where: str = "user") -> User:
     email = _bare_email(user.email, f"{where}.email")
     first = _one_line(user.first_name, f"{where}.first_name", 200, required=False)
     last = _one_line(user.last_name, f"{where}.last_name", 200, required=False)
-    return User(username=username.strip(), email=email, first_name=first, last_name=last,
-                is_teacher=bool(user.is_teacher))
+    return User(
+        username=username.strip(), email=email, first_name=first, last_name=last, is_teacher=bool(user.is_teacher)
+    )
 
 
 def check_class(cls: ClassInfo, where: str = "class") -> ClassInfo:
@@ -704,7 +759,18 @@ def check_class(cls: ClassInfo, where: str = "class") -> ClassInfo:
         if index in indexes:
             raise DirectoryInvalid(f"{here}.index {index} appears twice in {where}")
         indexes.add(index)
-        sections.append(Section(index, _one_line(section.emailcode, f"{here}.emailcode", MAX_EMAILCODE_CHARS).strip(),
-                                tuple(_person(p, f"{here}.students[{i}]") for i, p in enumerate(section.students or ()))))
-    return ClassInfo(class_id=class_id, emailcode=emailcode, program_name=program_name, directors_email=directors,
-                     teachers=teachers, sections=tuple(sections))
+        sections.append(
+            Section(
+                index,
+                _one_line(section.emailcode, f"{here}.emailcode", MAX_EMAILCODE_CHARS).strip(),
+                tuple(_person(p, f"{here}.students[{i}]") for i, p in enumerate(section.students or ())),
+            )
+        )
+    return ClassInfo(
+        class_id=class_id,
+        emailcode=emailcode,
+        program_name=program_name,
+        directors_email=directors,
+        teachers=teachers,
+        sections=tuple(sections),
+    )

@@ -12,23 +12,29 @@ from typing import Protocol
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dbmail.compose import OutgoingEmail, to_mime
-from dbmail.errors import ConfigurationError, DeliveryError, FailureKind
-from dbmail.settings import Settings
+from dbmail.core.compose import MAX_MESSAGE_BYTES, OutgoingEmail, to_mime
+from dbmail.core.errors import ConfigurationError, DeliveryError, FailureKind
+from dbmail.core.settings import Settings
 
 # SES error codes that retrying will not fix. SendingPausedException (SendEmail's documented
 # "the account's ability to send email is currently paused") needs an operator or AWS to lift
 # the pause; the minutes of SQS retries would only spend the tries, so it fails at once.
 SES_PERMANENT = frozenset(
-    {"MessageRejected", "BadRequestException", "MailFromDomainNotVerifiedException", "NotFoundException",
-     "AccountSuspendedException", "InvalidParameterValue", "SendingPausedException"}
+    {
+        "MessageRejected",
+        "BadRequestException",
+        "MailFromDomainNotVerifiedException",
+        "NotFoundException",
+        "AccountSuspendedException",
+        "InvalidParameterValue",
+        "SendingPausedException",
+    }
 )
 # SES's "slow down" answers (SendEmail documents TooManyRequestsException, HTTP 429, and
 # LimitExceededException; SES v1 and the query protocol say Throttling / LimitExceeded).
 SES_THROTTLED = frozenset(
     {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException", "LimitExceeded"}
 )
-MAX_MESSAGE_BYTES = 40 * 1024 * 1024  # SES v2's limit for a raw message
 # botocore retries throttles, 5xx and dropped connections itself (adaptive mode also slows the
 # client down) before we classify what is left. 3 attempts in all ("max_attempts" would count
 # retries: 3 means 4 tries); a hung SES costs at most 3 x (3 + 5) s, inside a 30 s invocation.
@@ -68,15 +74,22 @@ class SesTransport:
         self._configuration_set = configuration_set
 
     def send(self, email: OutgoingEmail) -> str:
-        return self.send_raw(to_mime(email), email.sender.addr_spec, [a.addr_spec for a in email.to],
-                             feedback_address=email.envelope_sender)
+        return self.send_raw(
+            to_mime(email),
+            email.sender.addr_spec,
+            [a.addr_spec for a in email.to],
+            feedback_address=email.envelope_sender,
+        )
 
-    def send_raw(self, raw: bytes, from_address: str, destinations: list[str] | None,
-                 feedback_address: str | None = None) -> str:
+    def send_raw(
+        self, raw: bytes, from_address: str, destinations: list[str] | None, feedback_address: str | None = None
+    ) -> str:
         """Send MIME bytes as they are (also used to forward inbound mail). Without
         ``destinations`` SES sends to the addresses in the To, Cc and Bcc headers."""
         if len(raw) > MAX_MESSAGE_BYTES:
-            raise DeliveryError(f"message is {len(raw)} bytes, over SES's {MAX_MESSAGE_BYTES}", kind=FailureKind.PERMANENT)
+            raise DeliveryError(
+                f"message is {len(raw)} bytes, over SES's {MAX_MESSAGE_BYTES}", kind=FailureKind.PERMANENT
+            )
         kwargs = {"FromEmailAddress": from_address, "Content": {"Raw": {"Data": raw}}}
         if destinations:
             kwargs["Destination"] = {"ToAddresses": destinations}
@@ -88,8 +101,10 @@ class SesTransport:
             return self._ses.send_email(**kwargs)["MessageId"]
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            raise DeliveryError(f"SES {error.get('Code', 'ClientError')}: {_redact(error.get('Message', ''))}",
-                                kind=ses_failure_kind(exc)) from exc
+            raise DeliveryError(
+                f"SES {error.get('Code', 'ClientError')}: {_redact(error.get('Message', ''))}",
+                kind=ses_failure_kind(exc),
+            ) from exc
         except BotoCoreError as exc:  # connection errors, timeouts, retries exhausted on the wire
             raise DeliveryError(f"SES unreachable: {type(exc).__name__}", kind=FailureKind.TRANSIENT) from exc
 
@@ -140,14 +155,17 @@ class SendGridTransport:
                 response.read()  # to the end, so that a truncated answer is noticed
                 return response.headers.get("X-Message-Id", "")
         except urllib.error.HTTPError as exc:
-            raise DeliveryError(f"SendGrid HTTP {exc.code}: {_error_detail(exc)}",
-                                kind=sendgrid_failure_kind(exc.code)) from exc
+            raise DeliveryError(
+                f"SendGrid HTTP {exc.code}: {_error_detail(exc)}", kind=sendgrid_failure_kind(exc.code)
+            ) from exc
         except urllib.error.URLError as exc:  # DNS, refused or failed connect, TLS, a timed-out send
             raise DeliveryError(f"SendGrid unreachable: {exc.reason}", kind=FailureKind.TRANSIENT) from exc
         except (OSError, http.client.HTTPException) as exc:
             # urllib raises getresponse() and read() errors raw: RemoteDisconnected, a reset,
             # a read timeout, IncompleteRead (a truncated body), a garbled status line
-            raise DeliveryError(f"SendGrid connection failed: {type(exc).__name__}", kind=FailureKind.TRANSIENT) from exc
+            raise DeliveryError(
+                f"SendGrid connection failed: {type(exc).__name__}", kind=FailureKind.TRANSIENT
+            ) from exc
 
 
 def sendgrid_failure_kind(status: int) -> FailureKind:

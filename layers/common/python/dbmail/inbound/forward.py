@@ -26,7 +26,7 @@ from email import policy
 from email.message import Message
 from email.utils import formatdate, getaddresses
 
-from dbmail.routing import Route
+from dbmail.inbound.routing import Route
 
 LOOP_HEADER = "X-DBMail-Forwarded"
 BEEN_THERE = "X-BeenThere"  # Mailman's loop marker: one per list or redirect the message went through
@@ -41,30 +41,112 @@ MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 FOLD_AT = 78
 
 # Dropped from every forward: SES sets its own, and a forward must not claim the original's.
-STRIPPED = frozenset(h.lower() for h in ("Return-Path", "Sender", "DKIM-Signature", "X-SES-Receipt",
-                                          "X-SES-DKIM-Signature", "Bcc"))
+STRIPPED = frozenset(
+    h.lower() for h in ("Return-Path", "Sender", "DKIM-Signature", "X-SES-Receipt", "X-SES-DKIM-Signature", "Bcc")
+)
 # At most one of each may appear (RFC 5322, and SES refuses repeats such as Delivered-To).
-SINGLE = frozenset(h.lower() for h in ("Date", "From", "Reply-To", "To", "Cc", "Message-ID", "In-Reply-To",
-                                        "References", "Subject", "Delivered-To", "MIME-Version",
-                                        "Content-Type", "Content-Transfer-Encoding", "List-Id"))
+SINGLE = frozenset(
+    h.lower()
+    for h in (
+        "Date",
+        "From",
+        "Reply-To",
+        "To",
+        "Cc",
+        "Message-ID",
+        "In-Reply-To",
+        "References",
+        "Subject",
+        "Delivered-To",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "List-Id",
+    )
+)
 # Headers a forward may have that the original did not (besides the original's own).
-ADDED = frozenset(h.lower() for h in ("X-ESP-SENDER", BEEN_THERE, LOOP_HEADER, "Message-ID", "Date", "Reply-To",
-                                       "From", "To", "Subject", "MIME-Version", "Content-Type",
-                                       "Content-Transfer-Encoding", ORIGINAL_TO, ORIGINAL_CC))
+ADDED = frozenset(
+    h.lower()
+    for h in (
+        "X-ESP-SENDER",
+        BEEN_THERE,
+        LOOP_HEADER,
+        "Message-ID",
+        "Date",
+        "Reply-To",
+        "From",
+        "To",
+        "Subject",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        ORIGINAL_TO,
+        ORIGINAL_CC,
+    )
+)
 
-ADDRESS_HEADERS = frozenset(h.lower() for h in (
-    "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc",
-    "Resent-Bcc", "Resent-Reply-To", "Disposition-Notification-To", "Return-Receipt-To", "Errors-To",
-    "Mail-Followup-To", "Mail-Reply-To", "Apparently-To", "X-ESP-SENDER", BEEN_THERE))
+ADDRESS_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From",
+        "Sender",
+        "Reply-To",
+        "To",
+        "Cc",
+        "Bcc",
+        "Resent-From",
+        "Resent-Sender",
+        "Resent-To",
+        "Resent-Cc",
+        "Resent-Bcc",
+        "Resent-Reply-To",
+        "Disposition-Notification-To",
+        "Return-Receipt-To",
+        "Errors-To",
+        "Mail-Followup-To",
+        "Mail-Reply-To",
+        "Apparently-To",
+        "X-ESP-SENDER",
+        BEEN_THERE,
+    )
+)
 PARAMETER_HEADERS = frozenset(("content-type", "content-disposition"))
 # Structured headers whose text is tokens, ids, dates or URLs: never RFC 2047 text.
-TOKEN_HEADERS = frozenset(h.lower() for h in (
-    "Date", "Resent-Date", "Message-ID", "Resent-Message-ID", "In-Reply-To", "References", "Content-ID",
-    "Content-Transfer-Encoding", "MIME-Version", "Received", "Return-Path", "List-Id", "List-Unsubscribe",
-    "List-Unsubscribe-Post", "List-Post", "List-Help", "List-Subscribe", "List-Owner", "List-Archive",
-    "Authentication-Results", "ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results",
-    "Received-SPF", "DKIM-Signature", "DomainKey-Signature", "Auto-Submitted", "Precedence",
-    "Content-Language", LOOP_HEADER))
+TOKEN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Date",
+        "Resent-Date",
+        "Message-ID",
+        "Resent-Message-ID",
+        "In-Reply-To",
+        "References",
+        "Content-ID",
+        "Content-Transfer-Encoding",
+        "MIME-Version",
+        "Received",
+        "Return-Path",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Post",
+        "List-Help",
+        "List-Subscribe",
+        "List-Owner",
+        "List-Archive",
+        "Authentication-Results",
+        "ARC-Seal",
+        "ARC-Message-Signature",
+        "ARC-Authentication-Results",
+        "Received-SPF",
+        "DKIM-Signature",
+        "DomainKey-Signature",
+        "Auto-Submitted",
+        "Precedence",
+        "Content-Language",
+        LOOP_HEADER,
+    )
+)
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators (str.splitlines
 # breaks lines at several of these, so the email package would too).
@@ -77,28 +159,62 @@ _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _PHRASE_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _QUOTED_LOCAL = re.compile(r'"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
-_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
+_DOMAIN = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
+)
 _DOMAIN_LITERAL = re.compile(r"\[[\x21-\x5a\x5e-\x7e]*\]")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 2045 token (no tspecials)
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")  # RFC 2047 5(3)
 _PCT_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~")  # RFC 2231
 
 # Charsets that mail says but Python spells differently, and the superset each is really sent in.
-_CHARSET_ALIASES = {"gb_2312-80": "gb18030", "x-gbk": "gb18030", "x-sjis": "cp932", "windows-31j": "cp932",
-                    "x-euc-jp": "euc_jp", "windows-874": "cp874", "x-mac-roman": "mac_roman",
-                    "iso-8859-8-i": "iso8859_8", "iso-8859-6-i": "iso8859_6", "ks_c_5601-1987": "cp949",
-                    "ks_c_5601": "cp949", "x-windows-949": "cp949", "unicode-1-1-utf-8": "utf-8"}
-_SUPERSETS = {"gb2312": ("gb18030",), "gbk": ("gb18030",), "euc_kr": ("cp949",), "shift_jis": ("cp932",),
-              "iso8859-1": ("cp1252",), "ascii": ("utf-8",), "big5": ("big5hkscs", "cp950"),
-              "tis-620": ("cp874",), "iso8859-9": ("cp1254",), "euc_jp": ("euc_jis_2004", "cp932"),
-              # a Japanese message's raw 8-bit bytes (filenames) are Shift_JIS far more often than not
-              "iso2022_jp": ("iso2022_jp_ext", "iso2022_jp_2", "cp932", "euc_jp")}
+_CHARSET_ALIASES = {
+    "gb_2312-80": "gb18030",
+    "x-gbk": "gb18030",
+    "x-sjis": "cp932",
+    "windows-31j": "cp932",
+    "x-euc-jp": "euc_jp",
+    "windows-874": "cp874",
+    "x-mac-roman": "mac_roman",
+    "iso-8859-8-i": "iso8859_8",
+    "iso-8859-6-i": "iso8859_6",
+    "ks_c_5601-1987": "cp949",
+    "ks_c_5601": "cp949",
+    "x-windows-949": "cp949",
+    "unicode-1-1-utf-8": "utf-8",
+}
+_SUPERSETS = {
+    "gb2312": ("gb18030",),
+    "gbk": ("gb18030",),
+    "euc_kr": ("cp949",),
+    "shift_jis": ("cp932",),
+    "iso8859-1": ("cp1252",),
+    "ascii": ("utf-8",),
+    "big5": ("big5hkscs", "cp950"),
+    "tis-620": ("cp874",),
+    "iso8859-9": ("cp1254",),
+    "euc_jp": ("euc_jis_2004", "cp932"),
+    # a Japanese message's raw 8-bit bytes (filenames) are Shift_JIS far more often than not
+    "iso2022_jp": ("iso2022_jp_ext", "iso2022_jp_2", "cp932", "euc_jp"),
+}
 # Text codecs that are not charsets (or never decode): a header must not pick them.
-_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined", "mbcs", "oem",
-                           "charmap", "unicode-internal"})
+_NOT_CHARSETS = frozenset(
+    {
+        "unicode-escape",
+        "raw-unicode-escape",
+        "punycode",
+        "idna",
+        "undefined",
+        "mbcs",
+        "oem",
+        "charmap",
+        "unicode-internal",
+    }
+)
 
 
 # -- decoding -----------------------------------------------------------------------------------
+
 
 def sanitize(text: str) -> str:
     """Control characters (CR, LF, NUL, C1, U+2028/9...) become spaces."""
@@ -182,7 +298,7 @@ def decode_words(value: str, hint: str | None = None) -> str:
         data = _word_bytes(match.group(2), match.group(3))
         if data is None:
             continue
-        between = value[position:match.start()]
+        between = value[position : match.start()]
         if between and not (between.isspace() and pieces and pieces[-1][0] is not None):
             pieces.append((None, between))
         charset = match.group(1).split("*", 1)[0].lower()
@@ -193,8 +309,7 @@ def decode_words(value: str, hint: str | None = None) -> str:
         position = match.end()
     if position < len(value):
         pieces.append((None, value[position:]))
-    return "".join(_raw_text(p, hint) if charset is None else decode_bytes(p, charset)
-                   for charset, p in pieces)
+    return "".join(_raw_text(p, hint) if charset is None else decode_bytes(p, charset) for charset, p in pieces)
 
 
 def _charset_hint(message: Message) -> str | None:
@@ -204,7 +319,7 @@ def _charset_hint(message: Message) -> str | None:
             charset = _codec(part.get_param("charset"))
             if charset and charset not in ("ascii", "utf-8"):
                 return charset
-    except Exception:  # noqa: BLE001 - a hint only
+    except Exception:
         return None
     return None
 
@@ -230,14 +345,15 @@ def header_text(message: Message, name: str) -> str:
         if value is None:
             return ""
         return sanitize(decode_words(str(value), _charset_hint(message))).strip()
-    except Exception:  # noqa: BLE001 - whatever the header, the caller gets text
+    except Exception:
         try:
             return sanitize(str(message.get(name, "")).encode("ascii", "replace").decode("ascii")).strip()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return ""
 
 
 # -- addresses ------------------------------------------------------------------------------------
+
 
 def _split_top_level(value: str) -> list[tuple[str, str]]:
     """An address list cut into mailbox texts at top-level commas (outside quotes, comments,
@@ -390,7 +506,7 @@ def parse_mailboxes(raw: str, hint: str | None = None) -> list[tuple[str, str]]:
         bare, comment = _strip_comments(item)
         angle = _angle_at(bare)
         if angle >= 0:
-            phrase, rest = bare[:angle], bare[angle + 1:]
+            phrase, rest = bare[:angle], bare[angle + 1 :]
             address = rest.split(">", 1)[0]
             address = address.rpartition(":")[2] if address.startswith("@") else address  # obsolete route
             name = _unquote_phrase(phrase) or comment.strip()
@@ -417,7 +533,7 @@ def original_sender(message: Message) -> tuple[str, str]:
         if value is None:
             return ("", "")
         mailboxes = parse_mailboxes(value, _charset_hint(message))
-    except Exception:  # noqa: BLE001 - an unreadable From is no sender
+    except Exception:
         return ("", "")
     return mailboxes[0] if mailboxes else ("", "")
 
@@ -428,7 +544,7 @@ def been_there(message: Message) -> list[str]:
     for value in raw_headers(message, BEEN_THERE):
         try:
             found = parse_mailboxes(value)
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         for _, address in found:
             if address.lower() not in seen:
@@ -464,6 +580,7 @@ def is_automatic(message: Message) -> bool:
 
 
 # -- encoding -----------------------------------------------------------------------------------
+
 
 def _q_encode(data: bytes) -> str:
     return "".join("_" if b == 0x20 else chr(b) if b in _Q_SAFE else f"={b:02X}" for b in data)
@@ -597,7 +714,7 @@ def _param_tokens(name: str, value: str) -> list[str]:
     pieces, start = [], 0
     while start < len(encoded):
         end = min(start + 50, len(encoded))
-        while end < len(encoded) and "%" in encoded[end - 2:end]:  # never cut a %XX
+        while end < len(encoded) and "%" in encoded[end - 2 : end]:  # never cut a %XX
             end -= 1
         pieces.append(encoded[start:end])
         start = end
@@ -674,8 +791,9 @@ def encode_parameters(name: str, raw: str, hint: str | None = None) -> str:
     params: list[list[str]] = []
     for base in order:
         chunks = groups[base.lower()]
-        raw_chunks = [f"{base}{'*' + str(i) if len(chunks) > 1 or i else ''}{'*' if enc else ''}={val}"
-                      for i, enc, val in chunks]
+        raw_chunks = [
+            f"{base}{'*' + str(i) if len(chunks) > 1 or i else ''}{'*' if enc else ''}={val}" for i, enc, val in chunks
+        ]
         raw_ok = all(_safe_value(c) and len(c) <= 900 for c in raw_chunks)
         if raw_ok and base.lower() == "boundary":  # never decoded (see _safe_boundaries)
             params.append(raw_chunks)
@@ -758,6 +876,7 @@ def safe_header(name: str, raw, hint: str | None = None) -> str:
 
 # -- the message --------------------------------------------------------------------------------
 
+
 def parse(raw: bytes) -> Message:
     """Lenient parse: whatever the bytes, a Message comes back (defects are recorded, not raised)."""
     return email.message_from_bytes(raw, policy=policy.compat32)
@@ -770,23 +889,24 @@ def _good_name(name: str) -> bool:
 def _clean_headers(message: Message) -> None:
     seen: set[str] = set()
     kept = []
-    for name, value in message._headers:  # noqa: SLF001 - compat32 keeps raw headers in order
+    for name, value in message._headers:
         key = name.strip().lower()
         if not _good_name(name) or key in STRIPPED or (key in SINGLE and key in seen):
             continue
         seen.add(key)
         kept.append((name, value))
-    message._headers = kept  # noqa: SLF001
+    message._headers = kept
 
 
 def _safe_headers(message: Message, hint: str | None) -> None:
     """Every header of every part (attached messages too) made safe to write back."""
     for part in message.walk():
-        part._headers = [(name, safe_header(name, value, hint))  # noqa: SLF001
-                         for name, value in part._headers if _good_name(name)]  # noqa: SLF001
+        part._headers = [(name, safe_header(name, value, hint)) for name, value in part._headers if _good_name(name)]
 
 
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=?! #$%&*;<>@\[\]^`{|}~]{0,199}[0-9A-Za-z'()+_,\-./:=?!#$%&*;<>@\[\]^`{|}~]")
+_BOUNDARY = re.compile(
+    r"[0-9A-Za-z'()+_,\-./:=?! #$%&*;<>@\[\]^`{|}~]{0,199}[0-9A-Za-z'()+_,\-./:=?!#$%&*;<>@\[\]^`{|}~]"
+)
 
 
 def _safe_boundaries(message: Message) -> None:
@@ -802,16 +922,16 @@ def _safe_boundaries(message: Message) -> None:
 def _replace(message: Message, name: str, value: str) -> None:
     """Set a header (an already encoded, folded ASCII value) where the first one was, or at the end."""
     key = name.lower()
-    headers = message._headers  # noqa: SLF001
+    headers = message._headers
     index = next((i for i, (n, _) in enumerate(headers) if n.lower() == key), len(headers))
     rest = [(n, v) for n, v in headers if n.lower() != key]
     index = min(index, len(rest))
     rest.insert(index, (name, value))
-    message._headers = rest  # noqa: SLF001
+    message._headers = rest
 
 
 def _add(message: Message, name: str, value: str) -> None:
-    message._headers.append((name, value))  # noqa: SLF001
+    message._headers.append((name, value))
 
 
 def _ascii_lines(text: str | None) -> str | None:
@@ -821,7 +941,7 @@ def _ascii_lines(text: str | None) -> str | None:
     text = re.sub(r"[^\x01-\x7f]", "?", text)
     lines = []
     for line in _LINEBREAK.split(text):
-        lines.extend(line[i:i + MAX_LINE] for i in range(0, max(len(line), 1), MAX_LINE))
+        lines.extend(line[i : i + MAX_LINE] for i in range(0, max(len(line), 1), MAX_LINE))
     return "\n".join(lines)
 
 
@@ -839,7 +959,7 @@ def _seven_bit_bodies(message: Message) -> None:
             part.preamble = _ascii_lines(part.preamble)
             part.epilogue = _ascii_lines(part.epilogue)
             continue
-        payload = part._payload  # noqa: SLF001
+        payload = part._payload
         if not isinstance(payload, str):
             continue
         unparsed = part.get_content_maintype() in ("multipart", "message")
@@ -923,8 +1043,9 @@ def _first_sender(message: Message, hint: str | None) -> tuple[str, str]:
     return original_sender(message)
 
 
-def rewrite(raw: bytes, route: Route, *, site_name: str, chapter_domain: str,
-            list_address: str | None = None) -> Message:
+def rewrite(
+    raw: bytes, route: Route, *, site_name: str, chapter_domain: str, list_address: str | None = None
+) -> Message:
     """The message as it will be forwarded for ``route`` (before per-recipient addressing).
     ``list_address`` (the list's or redirect's own address, e.g. e1234-class@example.org) is
     added as an X-BeenThere header, after any the message already has."""
@@ -937,8 +1058,9 @@ def rewrite(raw: bytes, route: Route, *, site_name: str, chapter_domain: str,
     if route.group:
         for header in ("To", "Cc"):
             del message[header]
-        _replace(message, "X-ESP-SENDER",
-                 _format_mailbox(name, address, len("X-ESP-SENDER: ")) if address else "unknown")
+        _replace(
+            message, "X-ESP-SENDER", _format_mailbox(name, address, len("X-ESP-SENDER: ")) if address else "unknown"
+        )
         subject = prefixed_subject(header_text(message, "Subject"), route)
         if subject is not None or message.get("Subject") is None:
             _replace(message, "Subject", encode_text(subject or "", len("Subject: ")))
@@ -997,7 +1119,7 @@ LARGE_MESSAGE_BYTES = 1_000_000
 
 def _head_and_body(raw: bytes) -> tuple[bytes, bytes]:
     end = raw.find(b"\r\n\r\n")
-    return (raw, b"") if end < 0 else (raw[:end + 2], raw[end + 2:])
+    return (raw, b"") if end < 0 else (raw[: end + 2], raw[end + 2 :])
 
 
 def split_forwards(message: Message, route: Route, key: str) -> list[Forward]:
@@ -1010,10 +1132,16 @@ def split_forwards(message: Message, route: Route, key: str) -> list[Forward]:
         # one message (same Message-ID), each naming its 50.
         forwards = []
         for i in range(0, len(recipients), SES_MAX_RECIPIENTS):
-            batch = recipients[i:i + SES_MAX_RECIPIENTS]
+            batch = recipients[i : i + SES_MAX_RECIPIENTS]
             _replace(message, "To", format_addresses([(p.name or "", p.email) for p in batch], len("To: ")))
-            forwards.append(Forward(*_head_and_body(to_bytes(message)), tuple(p.email for p in batch),
-                                    f"{key}:all:{i}", addressed_by_headers=True))
+            forwards.append(
+                Forward(
+                    *_head_and_body(to_bytes(message)),
+                    tuple(p.email for p in batch),
+                    f"{key}:all:{i}",
+                    addressed_by_headers=True,
+                )
+            )
         return forwards
     if not route.group:
         _fit_header_recipients(message, 1)
@@ -1026,16 +1154,31 @@ def split_forwards(message: Message, route: Route, key: str) -> list[Forward]:
         # copies to up to 49 recipients each, To naming the list (as Mailman sends list mail).
         head = head.replace(_TO_PLACEHOLDER.encode("ascii"), route.list_address.encode("ascii"), 1)
         size = SES_MAX_RECIPIENTS - 1  # the To address counts too
-        return [Forward(head, body, tuple(p.email for p in recipients[i:i + size]), f"{key}:bulk:{i}")
-                for i in range(0, len(recipients), size)]
+        return [
+            Forward(head, body, tuple(p.email for p in recipients[i : i + size]), f"{key}:bulk:{i}")
+            for i in range(0, len(recipients), size)
+        ]
     placeholder = f"\r\nTo: {_TO_PLACEHOLDER}\r\n".encode("ascii")
     start = (b"\r\n" + head).find(placeholder)
     if start < 0:  # not written as expected: serialise each forward whole
         forwards = []
         for person in recipients:
             _replace(message, "To", format_addresses([(person.name or "", person.email)], len("To: ")))
-            forwards.append(Forward(*_head_and_body(to_bytes(message)), (person.email,), f"{key}:{person.email.lower()}"))
+            forwards.append(
+                Forward(*_head_and_body(to_bytes(message)), (person.email,), f"{key}:{person.email.lower()}")
+            )
         return forwards
-    before, after = head[:start], head[start + len(placeholder) - 2:]
-    return [Forward(before + b"To: " + format_addresses([(p.name or "", p.email)], len("To: ")).encode("ascii")
-                    + b"\r\n" + after, body, (p.email,), f"{key}:{p.email.lower()}") for p in recipients]
+    before, after = head[:start], head[start + len(placeholder) - 2 :]
+    return [
+        Forward(
+            before
+            + b"To: "
+            + format_addresses([(p.name or "", p.email)], len("To: ")).encode("ascii")
+            + b"\r\n"
+            + after,
+            body,
+            (p.email,),
+            f"{key}:{p.email.lower()}",
+        )
+        for p in recipients
+    ]

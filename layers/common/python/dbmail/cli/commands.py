@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dbmail.errors import ConfigurationError, DbmailError, DeliveryError
+from dbmail.core.errors import ConfigurationError, DbmailError, DeliveryError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -73,6 +73,7 @@ def load_env_file(path: Path) -> None:
 
 
 # --- reading and checking input files ---------------------------------------------------------
+
 
 def _kind(value: Any) -> str:
     """A JSON value's type as a person would name it, with the value itself when it is short."""
@@ -124,8 +125,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _string(name: str, value: Any, *, optional: bool = True) -> None:
-    _expect(name, value, isinstance(value, str) or (optional and value is None),
-            "a string or null" if optional else "a string")
+    _expect(
+        name,
+        value,
+        isinstance(value, str) or (optional and value is None),
+        "a string or null" if optional else "a string",
+    )
 
 
 def _integer(name: str, value: Any) -> None:
@@ -137,7 +142,7 @@ def _object(name: str, value: Any) -> None:
 
 
 def _datetime(name: str, value: Any) -> None:
-    from dbmail.models import parse_datetime
+    from dbmail.core.clock import parse_datetime
 
     _string(name, value)
     if value is not None:
@@ -156,7 +161,7 @@ def _person(name: str, value: Any, string_fields: tuple[str, ...]) -> None:
 
 
 def _recipients(name: str, value: Any) -> None:
-    from dbmail.expand import RECIPIENT_FIELDS
+    from dbmail.outgoing.expand import RECIPIENT_FIELDS
 
     _expect(name, value, isinstance(value, list), "a list of objects")
     names = tuple(field for field in RECIPIENT_FIELDS if field != "user_id")
@@ -200,9 +205,11 @@ def _request_fields() -> dict[str, bool]:
     """submit_request's fields (its non-keyword-only parameters), each with whether it is required."""
     from dbmail.client import submit_request
 
-    return {name: param.default is inspect.Parameter.empty
-            for name, param in inspect.signature(submit_request).parameters.items()
-            if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    return {
+        name: param.default is inspect.Parameter.empty
+        for name, param in inspect.signature(submit_request).parameters.items()
+        if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    }
 
 
 def check_request_spec(spec: Any) -> dict[str, Any]:
@@ -249,8 +256,9 @@ def check_directory(data: Any) -> dict[str, Any]:
     if unknown:
         raise BadInput(f"directory file has unknown fields {unknown} (known: users, classes)")
     _list_of_objects("users", data.get("users", []), ("username", "email"))
-    classes = _list_of_objects("classes", data.get("classes", []),
-                               ("class_id", "emailcode", "program_name", "directors_email"))
+    classes = _list_of_objects(
+        "classes", data.get("classes", []), ("class_id", "emailcode", "program_name", "directors_email")
+    )
     for c, info in enumerate(classes):
         _integer_like(f"classes[{c}].class_id", info["class_id"])
         _list_of_objects(f"classes[{c}].teachers", info.get("teachers") or [], ("email",))
@@ -262,6 +270,7 @@ def check_directory(data: Any) -> dict[str, Any]:
 
 
 # --- the stack -----------------------------------------------------------------------------------
+
 
 def _reach(service: str, url: str | None) -> None:
     """Fail at once if a custom (local) endpoint refuses connections: botocore would retry with
@@ -280,12 +289,13 @@ def _reach(service: str, url: str | None) -> None:
 
 
 def _reach_dynamodb() -> None:
-    from dbmail.settings import get_settings
+    from dbmail.core.settings import get_settings
 
     _reach("DynamoDB", get_settings().dynamodb_endpoint)
 
 
 # --- the commands --------------------------------------------------------------------------------
+
 
 def _submit(args) -> int:
     spec = check_request_spec(_read_json(args.file))
@@ -316,8 +326,8 @@ def _render(args) -> int:
 def _redrive(args) -> int:
     import boto3
 
-    from dbmail.queue import redrive
-    from dbmail.settings import get_settings
+    from dbmail.core.settings import get_settings
+    from dbmail.outgoing.queue import redrive
 
     settings = get_settings()
     _reach("SQS", os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL"))
@@ -331,8 +341,8 @@ def _redrive(args) -> int:
 
 def _resend(args) -> int:
     from dbmail import wiring
-    from dbmail.models import utcnow
-    from dbmail.resend import resend
+    from dbmail.core.clock import utcnow
+    from dbmail.outgoing.resend import resend
 
     _reach_dynamodb()
     expander = wiring.expander()
@@ -350,19 +360,29 @@ def _require(args, *names: str) -> None:
 def _lists(args) -> int:
     from dataclasses import asdict
 
-    from dbmail import inbound_client
-    from dbmail.inbound_store import InboundStore
-    from dbmail.settings import get_settings
+    from dbmail import client as inbound_client
+    from dbmail.core.settings import get_settings
+    from dbmail.inbound.store import InboundStore
 
     _reach_dynamodb()
     if args.action == "install-defaults":
         rules = inbound_client.install_default_email_lists()
     elif args.action == "add":
         _require(args, "regex", "handler")
-        rules = [inbound_client.add_email_list(
-            args.regex, args.handler, seq=args.seq, subject_prefix=args.subject_prefix, admin_hold=args.admin_hold,
-            cc_all=args.cc_all, from_email=args.from_email, description=args.description, list_id=args.id,
-            accept_automatic=args.accept_automatic)]
+        rules = [
+            inbound_client.add_email_list(
+                args.regex,
+                args.handler,
+                seq=args.seq,
+                subject_prefix=args.subject_prefix,
+                admin_hold=args.admin_hold,
+                cc_all=args.cc_all,
+                from_email=args.from_email,
+                description=args.description,
+                list_id=args.id,
+                accept_automatic=args.accept_automatic,
+            )
+        ]
     elif args.action == "delete":
         _require(args, "id")
         InboundStore(get_settings()).delete_rule(args.id)
@@ -375,9 +395,9 @@ def _lists(args) -> int:
 
 
 def _redirects(args) -> int:
-    from dbmail import inbound_client
-    from dbmail.inbound_store import InboundStore
-    from dbmail.settings import get_settings
+    from dbmail import client as inbound_client
+    from dbmail.core.settings import get_settings
+    from dbmail.inbound.store import InboundStore
 
     _reach_dynamodb()
     if args.action == "set":
@@ -396,16 +416,22 @@ def _directory(args) -> int:
     data = check_directory(_read_json(args.file))
     _reach_dynamodb()
 
-    from dbmail.inbound_client import publish_directory
+    from dbmail.client import publish_directory
 
     print(json.dumps(publish_directory(users=data.get("users", ()), classes=data.get("classes", ()))))
     return EXIT_OK
 
 
 def _show_inbound(item, stuck: bool = False) -> str:
-    shown = {"message_id": item.message_id, "status": item.status, "received_at": item.received_at.isoformat(),
-             "recipients": list(item.recipients), "subject": item.subject, "detail": item.detail,
-             "attempts": int(item.attempts or 0)}
+    shown = {
+        "message_id": item.message_id,
+        "status": item.status,
+        "received_at": item.received_at.isoformat(),
+        "recipients": list(item.recipients),
+        "subject": item.subject,
+        "detail": item.detail,
+        "attempts": int(item.attempts or 0),
+    }
     if stuck:
         shown["stuck"] = "never finished (the invocation timed out or was killed); reprocess it"
     return json.dumps(shown, ensure_ascii=False)
@@ -413,7 +439,7 @@ def _show_inbound(item, stuck: bool = False) -> str:
 
 def _held(args) -> int:
     from dbmail import wiring
-    from dbmail.models import InboundStatus
+    from dbmail.core.statuses import InboundStatus
 
     _reach_dynamodb()
     router = wiring.inbound_router()
@@ -431,8 +457,8 @@ def _held(args) -> int:
 
 def _inbound(args) -> int:
     from dbmail import wiring
-    from dbmail.errors import NotFound
-    from dbmail.models import InboundStatus
+    from dbmail.core.errors import NotFound
+    from dbmail.core.statuses import InboundStatus
 
     _reach_dynamodb()
     router = wiring.inbound_router()
@@ -443,7 +469,7 @@ def _inbound(args) -> int:
             raise NotFound(f"no inbound message {args.message_id!r}")
         print(_show_inbound(item))
     elif args.action == "failed":
-        from dbmail.models import utcnow
+        from dbmail.core.clock import utcnow
 
         for item in router.unfinished(utcnow()):
             print(_show_inbound(item, stuck=item.status == InboundStatus.RECEIVED))
@@ -460,7 +486,7 @@ def _reprocess_all(router) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
     from pynamodb.exceptions import PynamoDBException
 
-    from dbmail.models import utcnow
+    from dbmail.core.clock import utcnow
 
     failed_again = 0
     for item in router.unfinished(utcnow()):
@@ -475,6 +501,7 @@ def _reprocess_all(router) -> int:
 
 # --- the parser ----------------------------------------------------------------------------------
 
+
 def _regex(value: str) -> str:
     try:
         re.compile(value)
@@ -486,96 +513,171 @@ def _regex(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Every positional and option has a help= string (tests/unit/test_cli.py checks each subcommand)."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="dbmail", description=__doc__.splitlines()[0], epilog=EXIT_CODES_EPILOG,
-                                     formatter_class=formatter)
-    parser.add_argument("--env-file", default=".local/stack.env",
-                        help="settings to read when DBMAIL_* are not set (default: %(default)s)")
-    parser.add_argument("--debug", action="store_true",
-                        help="on any error, raise it with its Python traceback instead of printing one line")
+    parser = argparse.ArgumentParser(
+        prog="dbmail", description=__doc__.splitlines()[0], epilog=EXIT_CODES_EPILOG, formatter_class=formatter
+    )
+    parser.add_argument(
+        "--env-file",
+        default=".local/stack.env",
+        help="settings to read when DBMAIL_* are not set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on any error, raise it with its Python traceback instead of printing one line",
+    )
     # A subcommand's own --debug (`dbmail submit x.json --debug`) leaves the top-level one alone when absent.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="on any error, raise it with its Python traceback instead of printing one line")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     help="what to do; `dbmail COMMAND --help` describes its arguments")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on any error, raise it with its Python traceback instead of printing one line",
+    )
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do; `dbmail COMMAND --help` describes its arguments",
+    )
 
     def command(name: str, run: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES_EPILOG,
-                                  formatter_class=formatter, parents=[common])
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=EXIT_CODES_EPILOG,
+            formatter_class=formatter,
+            parents=[common],
+        )
         sub.set_defaults(run=run)
         return sub
 
     # Outbound: requests and their emails.
     submit = command("submit", _submit, "validate and submit a MessageRequest from a JSON file")
-    submit.add_argument("file", help="a JSON object of submit_request's fields: subject, msgtext and recipients "
-                                     "(required), sendto_fn_name, sender, creator, var_dict, special_headers, "
-                                     "processed_by, public, priority_level, sent_by (see examples/request.json, "
-                                     "docs/schema.md); prints the new request's id")
+    submit.add_argument(
+        "file",
+        help="a JSON object of submit_request's fields: subject, msgtext and recipients "
+        "(required), sendto_fn_name, sender, creator, var_dict, special_headers, "
+        "processed_by, public, priority_level, sent_by (see examples/request.json, "
+        "docs/schema.md); prints the new request's id",
+    )
     status = command("status", _status, "a request's state and counts")
     status.add_argument("request_id", help="the id `dbmail submit` (or submit_request) returned")
     render = command("render", _render, "render a (sent) email again from its request")
     render.add_argument("request_id", help="the request the email belongs to")
     render.add_argument("email_key", help="the email's key within the request (its TextOfEmail sort key)")
     again = command("redrive", _redrive, "move failed emails from the send DLQ back to the send queue")
-    again.add_argument("--dlq-url", help="the send dead-letter queue's URL (stack output SendDeadLetterQueueUrl); "
-                                         "default: the local stack's, DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL")
-    resend = command("resend", _resend, "queue a request's failed emails again once the cause is fixed "
-                                        "(each once, with its Message-ID)")
+    again.add_argument(
+        "--dlq-url",
+        help="the send dead-letter queue's URL (stack output SendDeadLetterQueueUrl); "
+        "default: the local stack's, DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL",
+    )
+    resend = command(
+        "resend",
+        _resend,
+        "queue a request's failed emails again once the cause is fixed (each once, with its Message-ID)",
+    )
     resend.add_argument("request_id", help="the request whose emails to send again")
-    resend.add_argument("--status", action="append", choices=["failed"], default=None,
-                        help="which emails (default: failed); may be given more than once")
+    resend.add_argument(
+        "--status",
+        action="append",
+        choices=["failed"],
+        default=None,
+        help="which emails (default: failed); may be given more than once",
+    )
 
     # Inbound: routing rules, redirects, the directory and received messages.
     lists = command("lists", _lists, "EmailList rules for inbound mail")
-    lists.add_argument("action", choices=["list", "add", "delete", "install-defaults"], metavar="ACTION",
-                       help="list: print the rules, one JSON object a line; add: add a rule (or replace the rule "
-                            "--id); delete: remove the rule --id; install-defaults: write the four default rules")
+    lists.add_argument(
+        "action",
+        choices=["list", "add", "delete", "install-defaults"],
+        metavar="ACTION",
+        help="list: print the rules, one JSON object a line; add: add a rule (or replace the rule "
+        "--id); delete: remove the rule --id; install-defaults: write the four default rules",
+    )
     lists.add_argument("--id", help="list_id (add: replaces that rule; delete: required)")
-    lists.add_argument("--regex", type=_regex,
-                       help="Python regex searched (case-insensitively) in the recipient's local part; its groups "
-                            "go to the handler (add: required)")
-    lists.add_argument("--handler", choices=["SectionList", "ClassList", "PlainList", "UserEmail"],
-                       help="who receives matching mail: a section's or a class's people (groups: class id, "
-                            "[section index,] audience), a PlainRedirect (local part) or a user (username) "
-                            "(add: required)")
-    lists.add_argument("--seq", type=int, help="the rule's place in the order rules are tried, ascending "
-                                               "(default: the last seq + 5)")
+    lists.add_argument(
+        "--regex",
+        type=_regex,
+        help="Python regex searched (case-insensitively) in the recipient's local part; its groups "
+        "go to the handler (add: required)",
+    )
+    lists.add_argument(
+        "--handler",
+        choices=["SectionList", "ClassList", "PlainList", "UserEmail"],
+        help="who receives matching mail: a section's or a class's people (groups: class id, "
+        "[section index,] audience), a PlainRedirect (local part) or a user (username) "
+        "(add: required)",
+    )
+    lists.add_argument(
+        "--seq", type=int, help="the rule's place in the order rules are tried, ascending (default: the last seq + 5)"
+    )
     lists.add_argument("--subject-prefix", help="text added after [<emailcode>] to the subject of group forwards")
-    lists.add_argument("--admin-hold", action="store_true",
-                       help="hold matching mail for a moderator (dbmail held) instead of forwarding it")
-    lists.add_argument("--accept-automatic", action="store_true",
-                       help="let a class or section list broadcast automatic mail (auto-replies, bulk, list mail)")
-    lists.add_argument("--cc-all", action="store_true",
-                       help="one message with every recipient in To, instead of one message per recipient")
-    lists.add_argument("--from-email", help="From of group forwards, in an allowed sender domain (default: "
-                                            "\"Name via Site\" <noreply@chapter-domain>, Reply-To the sender)")
+    lists.add_argument(
+        "--admin-hold",
+        action="store_true",
+        help="hold matching mail for a moderator (dbmail held) instead of forwarding it",
+    )
+    lists.add_argument(
+        "--accept-automatic",
+        action="store_true",
+        help="let a class or section list broadcast automatic mail (auto-replies, bulk, list mail)",
+    )
+    lists.add_argument(
+        "--cc-all",
+        action="store_true",
+        help="one message with every recipient in To, instead of one message per recipient",
+    )
+    lists.add_argument(
+        "--from-email",
+        help="From of group forwards, in an allowed sender domain (default: "
+        '"Name via Site" <noreply@chapter-domain>, Reply-To the sender)',
+    )
     lists.add_argument("--description", help="free text for people reading `dbmail lists list`")
     redirects = command("redirects", _redirects, "PlainRedirects: a local part to a list of addresses")
-    redirects.add_argument("action", choices=["list", "set", "delete"], metavar="ACTION",
-                           help="list: print original<TAB>destination lines; set: redirect original to "
-                                "destination; delete: remove original's redirect")
-    redirects.add_argument("original", nargs="?", help="the local part redirected, e.g. directors "
-                                                       "(set, delete: required)")
+    redirects.add_argument(
+        "action",
+        choices=["list", "set", "delete"],
+        metavar="ACTION",
+        help="list: print original<TAB>destination lines; set: redirect original to "
+        "destination; delete: remove original's redirect",
+    )
+    redirects.add_argument(
+        "original", nargs="?", help="the local part redirected, e.g. directors (set, delete: required)"
+    )
     redirects.add_argument("destination", nargs="?", help="comma-separated addresses (set: required)")
     directory = command("directory", _directory, "publish users and classes for routing")
-    directory.add_argument("action", choices=["load"], metavar="ACTION", help="load: write the file's users and classes")
+    directory.add_argument(
+        "action", choices=["load"], metavar="ACTION", help="load: write the file's users and classes"
+    )
     directory.add_argument("file", help='JSON: {"users": [...], "classes": [...]} (see docs/schema.md)')
     held = command("held", _held, "inbound mail held for moderation")
-    held.add_argument("action", choices=["list", "release", "reject"], metavar="ACTION",
-                      help="list: print the held messages; release: route a held message on; "
-                           "reject: drop it, marking it rejected")
-    held.add_argument("message_id", nargs="?", help="the held message's id, from `dbmail held list` "
-                                                    "(release, reject: required)")
+    held.add_argument(
+        "action",
+        choices=["list", "release", "reject"],
+        metavar="ACTION",
+        help="list: print the held messages; release: route a held message on; reject: drop it, marking it rejected",
+    )
+    held.add_argument(
+        "message_id", nargs="?", help="the held message's id, from `dbmail held list` (release, reject: required)"
+    )
     inbound = command("inbound", _inbound, "received messages: show one, list failed ones, reprocess")
-    inbound.add_argument("action", choices=["show", "failed", "reprocess"], metavar="ACTION",
-                         help="show: print one message; failed: print the messages whose routing failed; "
-                              "reprocess: route a message again from its raw copy")
-    inbound.add_argument("message_id", nargs="?", help="the message's id (show: required); "
-                                                       "reprocess without an id: every failed message")
+    inbound.add_argument(
+        "action",
+        choices=["show", "failed", "reprocess"],
+        metavar="ACTION",
+        help="show: print one message; failed: print the messages whose routing failed; "
+        "reprocess: route a message again from its raw copy",
+    )
+    inbound.add_argument(
+        "message_id", nargs="?", help="the message's id (show: required); reprocess without an id: every failed message"
+    )
     return parser
 
 
 # --- errors: one line, an exit status ------------------------------------------------------------
+
 
 def _aws_cause(exc: BaseException) -> BaseException | None:
     """The botocore or PynamoDB error behind ``exc`` (itself, a PynamoDB error's cause, a `raise ... from`)."""
@@ -630,7 +732,9 @@ def _explain_aws(exc: BaseException, cause: BaseException) -> str:
     if isinstance(cause, boto.ReadTimeoutError) and url:
         return f"{_service(url, via_pynamodb)} at {url} did not answer in time ({_hint(url)})"
     if isinstance(cause, (boto.NoCredentialsError, boto.PartialCredentialsError, boto.NoRegionError)):
-        return f"{cause} (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and AWS_REGION; {LOCAL_STACK_HINT})"
+        return (
+            f"{cause} (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and AWS_REGION; {LOCAL_STACK_HINT})"
+        )
     return f"AWS error: {cause}"
 
 
@@ -686,7 +790,3 @@ def main(argv: list[str] | None = None) -> int:
         code, message = explain(exc)
         print(f"dbmail: {_one_line(message)}", file=sys.stderr)
         return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

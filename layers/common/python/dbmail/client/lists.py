@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dbmail.addresses import check_sender
-from dbmail.errors import RequestInvalid
-from dbmail.inbound_store import InboundStore
-from dbmail.routing import (
+from dbmail.core.addresses import check_sender
+from dbmail.core.errors import RequestInvalid
+from dbmail.core.settings import Settings, get_settings
+from dbmail.inbound.routing import (
     DEFAULT_RULES,
     SUBADDRESS_SEPARATOR,
     ClassInfo,
@@ -28,7 +28,7 @@ from dbmail.routing import (
     check_rule,
     check_user,
 )
-from dbmail.settings import Settings, get_settings
+from dbmail.inbound.store import InboundStore
 
 MAX_LISTED_PROBLEMS = 10
 
@@ -38,7 +38,9 @@ def _store(store: InboundStore | None, settings: Settings | None) -> tuple[Inbou
     return store or InboundStore(settings), settings
 
 
-def install_default_email_lists(*, store: InboundStore | None = None, settings: Settings | None = None) -> list[EmailListRule]:
+def install_default_email_lists(
+    *, store: InboundStore | None = None, settings: Settings | None = None
+) -> list[EmailListRule]:
     """The original's four rules for a new site (seq 10-40); re-running rewrites them unchanged."""
     store, _ = _store(store, settings)
     return [store.put_rule(rule) for rule in DEFAULT_RULES]
@@ -51,11 +53,21 @@ def _seq(seq: Any) -> Any:
     return seq
 
 
-def add_email_list(regex: str, handler: str, seq: int | None = None, subject_prefix: str | None = None,
-                   admin_hold: bool = False, cc_all: bool = False, from_email: str | None = None,
-                   description: str | None = None, list_id: str | None = None, *,
-                   accept_automatic: bool = False,
-                   store: InboundStore | None = None, settings: Settings | None = None) -> EmailListRule:
+def add_email_list(
+    regex: str,
+    handler: str,
+    seq: int | None = None,
+    subject_prefix: str | None = None,
+    admin_hold: bool = False,
+    cc_all: bool = False,
+    from_email: str | None = None,
+    description: str | None = None,
+    list_id: str | None = None,
+    *,
+    accept_automatic: bool = False,
+    store: InboundStore | None = None,
+    settings: Settings | None = None,
+) -> EmailListRule:
     """Add (or replace, by list_id) a rule. A missing seq becomes the last seq + 5.
 
     Refused with ``RuleInvalid`` (naming the rule and the problem) unless the router can run it:
@@ -63,9 +75,16 @@ def add_email_list(regex: str, handler: str, seq: int | None = None, subject_pre
     automatic mail (auto-replies, bulk mail), which broadcasting rules refuse by default."""
     store, settings = _store(store, settings)
     rule = EmailListRule(
-        list_id=list_id or uuid.uuid4().hex[:12], regex=regex, seq=store.next_seq() if seq is None else _seq(seq),
-        handler=handler, subject_prefix=subject_prefix or None, admin_hold=admin_hold, cc_all=cc_all,
-        from_email=from_email or None, description=description or None, accept_automatic=accept_automatic,
+        list_id=list_id or uuid.uuid4().hex[:12],
+        regex=regex,
+        seq=store.next_seq() if seq is None else _seq(seq),
+        handler=handler,
+        subject_prefix=subject_prefix or None,
+        admin_hold=admin_hold,
+        cc_all=cc_all,
+        from_email=from_email or None,
+        description=description or None,
+        accept_automatic=accept_automatic,
     )
     try:
         rule = check_rule(rule)
@@ -79,9 +98,14 @@ def add_email_list(regex: str, handler: str, seq: int | None = None, subject_pre
     return store.put_rule(rule)
 
 
-def set_plain_redirect(original: str, destination: str, *, store: InboundStore | None = None,
-                       settings: Settings | None = None,
-                       subaddress_separator: str | None = SUBADDRESS_SEPARATOR) -> None:
+def set_plain_redirect(
+    original: str,
+    destination: str,
+    *,
+    store: InboundStore | None = None,
+    settings: Settings | None = None,
+    subaddress_separator: str | None = SUBADDRESS_SEPARATOR,
+) -> None:
     """The original is one valid local part (no '@', no subaddress separator); the destination is
     1 to 50 comma-separated valid addresses; the error names the bad ones."""
     store, _ = _store(store, settings)
@@ -117,8 +141,16 @@ def _people(items: Any, where: str) -> tuple[Person, ...]:
 
 def _user(u: Any, where: str) -> User:
     u = _fields(u, where, ("username", "email"))
-    return check_user(User(username=u["username"], email=u["email"], first_name=u.get("first_name"),
-                           last_name=u.get("last_name"), is_teacher=bool(u.get("is_teacher"))), where)
+    return check_user(
+        User(
+            username=u["username"],
+            email=u["email"],
+            first_name=u.get("first_name"),
+            last_name=u.get("last_name"),
+            is_teacher=bool(u.get("is_teacher")),
+        ),
+        where,
+    )
 
 
 def _class(c: Any, where: str) -> ClassInfo:
@@ -130,14 +162,25 @@ def _class(c: Any, where: str) -> ClassInfo:
     for s, section in enumerate(sections):
         here = f"{where}.sections[{s}]"
         section = _fields(section, here, ("index", "emailcode"))
-        built.append(Section(section["index"], section["emailcode"], _people(section.get("students"), f"{here}.students")))
-    return check_class(ClassInfo(class_id=c["class_id"], emailcode=c["emailcode"], program_name=c["program_name"],
-                                 directors_email=c["directors_email"], teachers=_people(c.get("teachers"), f"{where}.teachers"),
-                                 sections=tuple(built)), where)
+        built.append(
+            Section(section["index"], section["emailcode"], _people(section.get("students"), f"{here}.students"))
+        )
+    return check_class(
+        ClassInfo(
+            class_id=c["class_id"],
+            emailcode=c["emailcode"],
+            program_name=c["program_name"],
+            directors_email=c["directors_email"],
+            teachers=_people(c.get("teachers"), f"{where}.teachers"),
+            sections=tuple(built),
+        ),
+        where,
+    )
 
 
-def check_directory_data(users: Iterable[Mapping[str, Any]] = (),
-                         classes: Iterable[Mapping[str, Any]] = ()) -> tuple[list[User], list[ClassInfo]]:
+def check_directory_data(
+    users: Iterable[Mapping[str, Any]] = (), classes: Iterable[Mapping[str, Any]] = ()
+) -> tuple[list[User], list[ClassInfo]]:
     """The users and classes as routing stores them, or one DirectoryInvalid naming every bad entry
     (users: a username and a valid bare email; classes: a whole class_id, an emailcode, a
     program_name, a valid directors_email, valid teacher and student emails, distinct section indexes)."""
@@ -158,8 +201,13 @@ def check_directory_data(users: Iterable[Mapping[str, Any]] = (),
     return checked_users, checked_classes
 
 
-def publish_directory(users: Iterable[Mapping[str, Any]] = (), classes: Iterable[Mapping[str, Any]] = (), *,
-                      store: InboundStore | None = None, settings: Settings | None = None) -> dict[str, int]:
+def publish_directory(
+    users: Iterable[Mapping[str, Any]] = (),
+    classes: Iterable[Mapping[str, Any]] = (),
+    *,
+    store: InboundStore | None = None,
+    settings: Settings | None = None,
+) -> dict[str, int]:
     """Write the users and classes routing needs (the website calls this when they change).
     Nothing is written unless every entry is valid (``check_directory_data``)."""
     store, _ = _store(store, settings)

@@ -13,21 +13,31 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from dbmail.addresses import check_special_headers, mask, parse_address
-from dbmail.errors import AddressInvalid, RequestInvalid
-from dbmail.expand import RECIPIENT_FIELDS, prepare
-from dbmail.models import EmailStatus, Person, RequestStatus, parse_datetime, utcnow
-from dbmail.render import RenderLimits
-from dbmail.settings import Settings, get_settings
-from dbmail.store import Store
+from dbmail.core.addresses import check_special_headers, mask, parse_address
+from dbmail.core.clock import parse_datetime, utcnow
+from dbmail.core.errors import AddressInvalid, RequestInvalid
+from dbmail.core.models import Person
+from dbmail.core.settings import Settings, get_settings
+from dbmail.core.statuses import EmailStatus, RequestStatus
+from dbmail.outgoing.expand import RECIPIENT_FIELDS, prepare
+from dbmail.outgoing.render import RenderLimits
+from dbmail.outgoing.store import Store
 
 ADDRESS_FIELDS = ("email", "guardian_email", "emergency_email")
 # The dry render at submission: stricter in time than expansion's per-email limit, so that what
 # passes here is very unlikely to break a limit later.
 DRY_RENDER_LIMITS = RenderLimits(seconds=0.5)
-SAMPLE_RECIPIENT = {"user_id": 1, "username": "sample", "email": "sample@example.org", "first_name": "Sample",
-                    "last_name": "Student", "guardian_name": "Sample Guardian", "guardian_email": "guardian@example.org",
-                    "emergency_name": "Sample Contact", "emergency_email": "emergency@example.org"}
+SAMPLE_RECIPIENT = {
+    "user_id": 1,
+    "username": "sample",
+    "email": "sample@example.org",
+    "first_name": "Sample",
+    "last_name": "Student",
+    "guardian_name": "Sample Guardian",
+    "guardian_email": "guardian@example.org",
+    "emergency_name": "Sample Contact",
+    "emergency_email": "emergency@example.org",
+}
 
 
 def _as_datetime(value: datetime | str | None) -> datetime | None:
@@ -52,8 +62,10 @@ def _check_recipient(recipient: Mapping[str, Any], index: int) -> None:
             try:
                 parse_address(value)
             except AddressInvalid as exc:
-                raise AddressInvalid(f"recipient {index} (user {recipient.get('user_id')}): {name} "
-                                     f"is not a valid address ({mask(value)})") from exc
+                raise AddressInvalid(
+                    f"recipient {index} (user {recipient.get('user_id')}): {name} "
+                    f"is not a valid address ({mask(value)})"
+                ) from exc
     if recipient.get("vars") is not None and not isinstance(recipient["vars"], Mapping):
         raise RequestInvalid(f"recipient {index}: vars must be an object")
 
@@ -82,7 +94,9 @@ def submit_request(
     now = utcnow()
     processed_by, sent_by = _as_datetime(processed_by), _as_datetime(sent_by)
     if processed_by is not None and processed_by > now + settings.max_age:
-        raise RequestInvalid(f"processed_by is more than {settings.max_age.days} days ahead; such a request would never be sent")
+        raise RequestInvalid(
+            f"processed_by is more than {settings.max_age.days} days ahead; such a request would never be sent"
+        )
     Request, Recipient = store.models.MessageRequest, store.models.EmailRequest
     request = Request(
         request_id=uuid.uuid4().hex,
@@ -91,7 +105,9 @@ def submit_request(
         special_headers=check_special_headers(special_headers) or None,
         sendto_fn_name=sendto_fn_name or "",
         sender=sender,
-        creator=Person(**{k: creator.get(k) for k in ("user_id", "username", "email", "first_name", "last_name")}) if creator else None,
+        creator=Person(**{k: creator.get(k) for k in ("user_id", "username", "email", "first_name", "last_name")})
+        if creator
+        else None,
         created_at=now,
         processed_by=processed_by,
         sent_by=sent_by,
@@ -106,9 +122,12 @@ def submit_request(
     if first is not None:
         _check_recipient(first, 0)
         recipients = itertools.chain([first], recipients)
-    sample = Recipient(request_id=request.request_id, recipient_key="sample",
-                       **{f: (first or SAMPLE_RECIPIENT).get(f) for f in RECIPIENT_FIELDS},
-                       vars=(first or {}).get("vars"))
+    sample = Recipient(
+        request_id=request.request_id,
+        recipient_key="sample",
+        **{f: (first or SAMPLE_RECIPIENT).get(f) for f in RECIPIENT_FIELDS},
+        vars=(first or {}).get("vars"),
+    )
     prepared.render(sample)  # a dry render: a template that breaks a limit is refused here, unwritten
 
     seen: set[str] = set()
@@ -120,8 +139,12 @@ def submit_request(
             if key in seen:
                 continue
             seen.add(key)
-            yield Recipient(request_id=request.request_id, recipient_key=key,
-                            **{f: recipient.get(f) for f in RECIPIENT_FIELDS}, vars=recipient.get("vars"))
+            yield Recipient(
+                request_id=request.request_id,
+                recipient_key=key,
+                **{f: recipient.get(f) for f in RECIPIENT_FIELDS},
+                vars=recipient.get("vars"),
+            )
 
     try:
         store.put_recipients(validated_recipients())
@@ -172,7 +195,7 @@ def request_status(request_id: str, *, settings: Settings | None = None, store: 
             "outstanding": total - final,
             # every email is in a known state, and there are as many as the expansion made
             "balanced": sum(by_status[s] for s in EmailStatus) == total
-                        and (request.status != RequestStatus.PROCESSED or total == expected),
+            and (request.status != RequestStatus.PROCESSED or total == expected),
             "settled": request.settled_at is not None,
             "failure_report_sent": request.failure_reported_at is not None,
         },
@@ -184,22 +207,35 @@ def _stuck(request, stale: Counter, now: datetime, settings: Settings) -> list[s
     """Plain sentences for the operator: what is not moving, and what will (or must) happen."""
     minutes = int(settings.stranded_after.total_seconds() // 60)
     found = []
-    if request.status == RequestStatus.QUEUED and request.processed_by is None and request.created_at < now - settings.stranded_after:
-        found.append(f"the request has waited over {minutes} min to be expanded: is the expand function "
-                     "running, and is its stream trigger enabled? The expire schedule expands it meanwhile.")
+    if (
+        request.status == RequestStatus.QUEUED
+        and request.processed_by is None
+        and request.created_at < now - settings.stranded_after
+    ):
+        found.append(
+            f"the request has waited over {minutes} min to be expanded: is the expand function "
+            "running, and is its stream trigger enabled? The expire schedule expands it meanwhile."
+        )
     if request.status == RequestStatus.PROCESSING and request.lease_until is not None and request.lease_until < now:
-        found.append("the expansion stopped part-way (its lease lapsed); the expire schedule resumes it from its checkpoint.")
+        found.append(
+            "the expansion stopped part-way (its lease lapsed); the expire schedule resumes it from its checkpoint."
+        )
     if stale["queued"]:
-        found.append(f"{stale['queued']} email(s) queued for over {minutes} min: their send messages may be lost or the "
-                     "send function stopped; the expire sweep queues them again.")
+        found.append(
+            f"{stale['queued']} email(s) queued for over {minutes} min: their send messages may be lost or the "
+            "send function stopped; the expire sweep queues them again."
+        )
     if stale["processing"]:
-        found.append(f"{stale['processing']} email(s) claimed by a send that did not finish (its claim lapsed); "
-                     "the message comes back after the queue's visibility timeout, or the sweep queues it again.")
+        found.append(
+            f"{stale['processing']} email(s) claimed by a send that did not finish (its claim lapsed); "
+            "the message comes back after the queue's visibility timeout, or the sweep queues it again."
+        )
     return found
 
 
-def render_again(request_id: str, email_key: str, *, settings: Settings | None = None,
-                 store: Store | None = None) -> dict[str, str]:
+def render_again(
+    request_id: str, email_key: str, *, settings: Settings | None = None, store: Store | None = None
+) -> dict[str, str]:
     """Re-render a sent email (whose body was cleared) from its request and recipient."""
     settings = settings or get_settings()
     store = store or Store(settings)

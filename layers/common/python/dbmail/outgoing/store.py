@@ -8,18 +8,17 @@ from datetime import datetime
 
 from pynamodb.exceptions import AttributeDeserializationError, UpdateError
 
-from dbmail.errors import RequestInvalid
-from dbmail.models import (
+from dbmail.core.errors import RequestInvalid
+from dbmail.core.models import (
     BoundModels,
     EmailRequestBase,
-    EmailStatus,
     MessageRequestBase,
-    RequestStatus,
     TextOfEmailBase,
     bind_models,
     get_or_none,
 )
-from dbmail.settings import Settings
+from dbmail.core.settings import Settings
+from dbmail.core.statuses import EmailStatus, RequestStatus
 
 MAX_ERROR_CHARS = 1000
 
@@ -89,7 +88,12 @@ class Store:
         )
 
     def finish_request(
-        self, request_id: str, status: str, now: datetime, counts: dict[str, int] | None = None, error: str | None = None
+        self,
+        request_id: str,
+        status: str,
+        now: datetime,
+        counts: dict[str, int] | None = None,
+        error: str | None = None,
     ) -> None:
         """Record the expansion's end. Written without reading the item back, so that a request
         whose item is malformed can still be recorded as failed."""
@@ -120,8 +124,9 @@ class Store:
     def mark_failures_reported(self, request_id: str, now: datetime) -> bool:
         """Claim the request's one failure report; False if it was already claimed."""
         Request = self.models.MessageRequest
-        return _update_if(Request(request_id), [Request.failure_reported_at.set(now)],
-                          Request.failure_reported_at.does_not_exist())
+        return _update_if(
+            Request(request_id), [Request.failure_reported_at.set(now)], Request.failure_reported_at.does_not_exist()
+        )
 
     def unmark_failures_reported(self, request_id: str) -> None:
         Request = self.models.MessageRequest
@@ -174,7 +179,9 @@ class Store:
         keys = [(request_id, key) for key in email_keys]
         return {
             email.email_key: email.status
-            for email in self.models.TextOfEmail.batch_get(keys, consistent_read=True, attributes_to_get=["email_key", "status"])
+            for email in self.models.TextOfEmail.batch_get(
+                keys, consistent_read=True, attributes_to_get=["email_key", "status"]
+            )
         }
 
     def email_ref(self, request_id: str, email_key: str) -> TextOfEmailBase:
@@ -184,8 +191,9 @@ class Store:
     def get_email(self, request_id: str, email_key: str) -> TextOfEmailBase | None:
         return get_or_none(self.models.TextOfEmail, request_id, email_key)
 
-    def iter_emails(self, request_id: str, attributes: list[str] | None = None,
-                    statuses: Iterable[str] | None = None) -> Iterator[TextOfEmailBase]:
+    def iter_emails(
+        self, request_id: str, attributes: list[str] | None = None, statuses: Iterable[str] | None = None
+    ) -> Iterator[TextOfEmailBase]:
         Email = self.models.TextOfEmail
         condition = Email.status.is_in(*statuses) if statuses else None
         return Email.query(request_id, filter_condition=condition, attributes_to_get=attributes, page_size=1000)
@@ -226,18 +234,21 @@ class Store:
             ]
         )
 
-    def record_failure(self, email: TextOfEmailBase, error: str, *, final: bool, counts_as_try: bool,
-                       now: datetime) -> None:
+    def record_failure(
+        self, email: TextOfEmailBase, error: str, *, final: bool, counts_as_try: bool, now: datetime
+    ) -> None:
         """Release the claim after a failed try: ``failed`` for good, or queued again (the caller
         re-queues it). A throttle is not a try."""
         Email = self.models.TextOfEmail
-        email.update(actions=[
-            Email.error.set(error[:MAX_ERROR_CHARS]),
-            Email.status.set(EmailStatus.FAILED if final else EmailStatus.QUEUED),
-            Email.claimed_until.remove(),
-            Email.queued_at.set(now),
-            Email.tries.add(1) if counts_as_try else Email.throttles.add(1),
-        ])
+        email.update(
+            actions=[
+                Email.error.set(error[:MAX_ERROR_CHARS]),
+                Email.status.set(EmailStatus.FAILED if final else EmailStatus.QUEUED),
+                Email.claimed_until.remove(),
+                Email.queued_at.set(now),
+                Email.tries.add(1) if counts_as_try else Email.throttles.add(1),
+            ]
+        )
 
     def requeue_email(self, email: TextOfEmailBase, now: datetime, *, resend: bool = False) -> bool:
         """Mark a stranded email (or, with ``resend``, a failed one) queued again, before its
@@ -248,7 +259,8 @@ class Store:
             actions = [Email.tries.set(0), Email.resends.add(1)]
         else:
             condition = (Email.status == EmailStatus.QUEUED) | (
-                (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now))
+                (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
+            )
             actions = [Email.claimed_until.remove()]
         return _update_if(email, [*actions, Email.status.set(EmailStatus.QUEUED), Email.queued_at.set(now)], condition)
 
@@ -261,5 +273,8 @@ class Store:
         )
         if claim_id is not None:
             condition |= (Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id)
-        return _update_if(email, [Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason),
-                                  Email.claimed_until.remove()], condition)
+        return _update_if(
+            email,
+            [Email.status.set(EmailStatus.EXPIRED), Email.error.set(reason), Email.claimed_until.remove()],
+            condition,
+        )

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dbmail.errors import DbmailError
+from dbmail.core.errors import DbmailError
 
 SQS_BATCH = 10
 ATTEMPTS = 3
@@ -49,14 +49,18 @@ class SendQueue:
     def enqueue_later(self, email: QueuedEmail, delay_seconds: int) -> None:
         """Queue one email again after a delay (a retry): a new message, so the failed try does
         not count toward the queue's maxReceiveCount."""
-        self._sqs.send_message(QueueUrl=self._url, MessageBody=email.to_body(),
-                               DelaySeconds=max(0, min(int(delay_seconds), 900)))
+        self._sqs.send_message(
+            QueueUrl=self._url, MessageBody=email.to_body(), DelaySeconds=max(0, min(int(delay_seconds), 900))
+        )
 
     def backlog(self) -> int:
         """Messages waiting, delayed or in flight: while there are any, a queued email may simply
         not have had its turn yet."""
-        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                 "ApproximateNumberOfMessagesDelayed"]
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
         attributes = self._sqs.get_queue_attributes(QueueUrl=self._url, AttributeNames=names)["Attributes"]
         return sum(int(attributes.get(name, 0)) for name in names)
 
@@ -79,14 +83,17 @@ def redrive(sqs_client, dead_letter_url: str, queue_url: str) -> int:
     cause): received, re-sent, then deleted, so a crash in between duplicates but never loses."""
     moved = 0
     while True:
-        messages = sqs_client.receive_message(QueueUrl=dead_letter_url, MaxNumberOfMessages=SQS_BATCH,
-                                              WaitTimeSeconds=1).get("Messages", [])
+        messages = sqs_client.receive_message(
+            QueueUrl=dead_letter_url, MaxNumberOfMessages=SQS_BATCH, WaitTimeSeconds=1
+        ).get("Messages", [])
         if not messages:
             return moved
         entries = [{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)]
         failed = sqs_client.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
         if failed:
             raise DbmailError(f"SQS refused {len(failed)} redriven messages; they stay in the dead-letter queue")
-        sqs_client.delete_message_batch(QueueUrl=dead_letter_url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+        sqs_client.delete_message_batch(
+            QueueUrl=dead_letter_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
         moved += len(messages)

@@ -15,8 +15,7 @@ from email.utils import format_datetime
 
 import html2text
 
-from dbmail.addresses import check_special_headers, parse_address
-from dbmail.render import is_html
+from dbmail.core.addresses import check_special_headers, parse_address
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,8 @@ class OutgoingEmail:
     reply_to: tuple[Address, ...] = field(default_factory=tuple)
 
 
+HTML_MARKER = re.compile(r"<html[\s>/]", re.IGNORECASE)
+MAX_MESSAGE_BYTES = 40 * 1024 * 1024  # SES v2's limit for a raw message (and so ours)
 MAX_LINE = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters...
 MAX_LINE_OCTETS = 998  # ...and MUST be at most 998 (excluding CRLF)
 MAX_ENCODED_WORD = 75  # RFC 2047 2
@@ -109,6 +110,11 @@ class _WirePolicy(EmailPolicy):
 
 # ASCII headers fold only at whitespace, never into encoded words (max_line_length=998 would make 900-char ones).
 WIRE_POLICY = _WirePolicy(linesep="\r\n")
+
+
+def is_html(body: str) -> bool:
+    """The original's rule: a body containing an <html> tag (with or without attributes)."""
+    return bool(HTML_MARKER.search(body))
 
 
 def html_to_text(html: str) -> str:

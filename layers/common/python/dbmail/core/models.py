@@ -7,8 +7,7 @@ Table names come from settings, so the model classes here are unbound bases and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 
 from pynamodb.attributes import (
@@ -25,52 +24,9 @@ from pynamodb.constants import STRING
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
-from dbmail.settings import Settings
-
-
-class RequestStatus(StrEnum):
-    """States of a MessageRequest. ``queued`` covers both 'new' and 'scheduled for later'."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    PROCESSED = "processed"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-
-RequestStatus.FINAL = frozenset({RequestStatus.PROCESSED, RequestStatus.FAILED, RequestStatus.EXPIRED})
-
-
-class EmailStatus(StrEnum):
-    """States of a TextOfEmail. ``processing`` means a send holds the claim right now.
-    ``failed`` is final too, until an operator resends it (``dbmail resend``)."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    SENT = "sent"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-
-EmailStatus.FINAL = frozenset({EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.EXPIRED})
-EmailStatus.OUTSTANDING = frozenset({EmailStatus.QUEUED, EmailStatus.PROCESSING})
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def parse_datetime(value: str) -> datetime:
-    """ISO 8601 as the website writes it; a naive time is taken as UTC."""
-    parsed = datetime.fromisoformat(value.strip())
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def format_datetime(value: datetime) -> str:
-    """ISO 8601 UTC with a Z, so that stored times sort as strings."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+from dbmail.core.clock import format_datetime, parse_datetime
+from dbmail.core.settings import Settings
+from dbmail.core.statuses import EmailStatus, InboundStatus, RequestStatus
 
 
 class ISODateTimeAttribute(Attribute[datetime]):
@@ -181,21 +137,6 @@ class TextOfEmailBase(Model):
     provider_message_id = UnicodeAttribute(null=True)
     claim_id = UnicodeAttribute(null=True)
     claimed_until = ISODateTimeAttribute(null=True)
-
-
-class InboundStatus:
-    """What became of one inbound message."""
-
-    RECEIVED = "received"
-    FORWARDED = "forwarded"
-    HELD = "held"
-    RELEASED = "released"
-    REJECTED = "rejected"
-    DROPPED = "dropped"  # virus, spam (when dropping), or a forwarding loop
-    UNDELIVERABLE = "undeliverable"  # no rule sent it
-    TOO_LARGE = "too_large"
-    FAILED = "failed"  # an error; the raw message is in S3 and `dbmail inbound reprocess` retries it
-    FINAL = frozenset({FORWARDED, HELD, RELEASED, REJECTED, DROPPED, UNDELIVERABLE, TOO_LARGE})
 
 
 class EmailListBase(Model):
@@ -316,12 +257,12 @@ def bind_models(settings: Settings) -> BoundModels:
     """Concrete model classes for the tables named in ``settings`` (cached per settings)."""
     inbound = {}
     if settings.inbound_table:
-        inbound = dict(
-            EmailList=_bind(EmailListBase, settings.emaillist_table, settings),
-            PlainRedirect=_bind(PlainRedirectBase, settings.redirect_table, settings),
-            DirectoryEntry=_bind(DirectoryEntryBase, settings.directory_table, settings),
-            InboundMessage=_bind(InboundMessageBase, settings.inbound_table, settings),
-        )
+        inbound = {
+            "EmailList": _bind(EmailListBase, settings.emaillist_table, settings),
+            "PlainRedirect": _bind(PlainRedirectBase, settings.redirect_table, settings),
+            "DirectoryEntry": _bind(DirectoryEntryBase, settings.directory_table, settings),
+            "InboundMessage": _bind(InboundMessageBase, settings.inbound_table, settings),
+        }
     return BoundModels(
         MessageRequest=_bind(MessageRequestBase, settings.request_table, settings),
         EmailRequest=_bind(EmailRequestBase, settings.recipient_table, settings),

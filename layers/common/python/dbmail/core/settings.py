@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 
-from dbmail.errors import ConfigurationError
+from dbmail.core.errors import ConfigurationError
 
 PROVIDERS = ("ses", "sendgrid")
 
@@ -50,8 +50,18 @@ class Settings:
 
     def require_inbound(self) -> Settings:
         """The inbound settings are complete; raise a ConfigurationError naming what is missing."""
-        missing = [name for name in ("inbound_bucket", "inbound_table", "emaillist_table", "redirect_table",
-                                     "directory_table", "chapter_domains") if not getattr(self, name)]
+        missing = [
+            name
+            for name in (
+                "inbound_bucket",
+                "inbound_table",
+                "emaillist_table",
+                "redirect_table",
+                "directory_table",
+                "chapter_domains",
+            )
+            if not getattr(self, name)
+        ]
         if missing:
             raise ConfigurationError("inbound settings missing: " + ", ".join(missing))
         if self.spam_action not in ("drop", "hold"):
@@ -77,7 +87,8 @@ class Settings:
         ]
         if missing:
             raise ConfigurationError(
-                "missing settings: " + ", ".join(missing)
+                "missing settings: "
+                + ", ".join(missing)
                 + " (deployed: set by template.yaml; local: source .local/stack.env)"
             )
         provider = env.get("DBMAIL_PROVIDER", "ses").strip().lower()
@@ -113,7 +124,9 @@ class Settings:
             emaillist_table=env.get("DBMAIL_EMAILLIST_TABLE", ""),
             redirect_table=env.get("DBMAIL_REDIRECT_TABLE", ""),
             directory_table=env.get("DBMAIL_DIRECTORY_TABLE", ""),
-            chapter_domains=tuple(d.strip().lower() for d in env.get("DBMAIL_CHAPTER_DOMAINS", "").split(",") if d.strip()),
+            chapter_domains=tuple(
+                d.strip().lower() for d in env.get("DBMAIL_CHAPTER_DOMAINS", "").split(",") if d.strip()
+            ),
             support_address=env.get("DBMAIL_SUPPORT_ADDRESS", "").strip(),
             moderator_address=env.get("DBMAIL_MODERATOR_ADDRESS", "").strip(),
             spam_action=env.get("DBMAIL_SPAM_ACTION", "hold").strip().lower(),

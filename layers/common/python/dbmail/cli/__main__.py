@@ -1,0 +1,7 @@
+"""``python -m dbmail.cli``."""
+
+import sys
+
+from dbmail.cli.commands import main
+
+sys.exit(main())

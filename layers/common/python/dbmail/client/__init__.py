@@ -1,0 +1,27 @@
+"""The website's SDK: one import for everything the ESP Website asks of dbmail.
+
+Outgoing: ``submit_request``, ``request_status``, ``render_again``.
+Inbound: ``add_email_list``, ``set_plain_redirect``, ``install_default_email_lists``,
+``check_directory_data``, ``publish_directory``.
+"""
+
+from dbmail.client.lists import (
+    add_email_list,
+    check_directory_data,
+    install_default_email_lists,
+    publish_directory,
+    set_plain_redirect,
+)
+from dbmail.client.requests import recipient_key, render_again, request_status, submit_request
+
+__all__ = [
+    "add_email_list",
+    "check_directory_data",
+    "install_default_email_lists",
+    "publish_directory",
+    "recipient_key",
+    "render_again",
+    "request_status",
+    "set_plain_redirect",
+    "submit_request",
+]

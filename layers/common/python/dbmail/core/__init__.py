@@ -1,0 +1,1 @@
+"""The shared core: records and statuses, settings, addresses, errors, MIME composition, transports."""

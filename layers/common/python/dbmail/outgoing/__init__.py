@@ -1,0 +1,1 @@
+"""Outgoing mail: a MessageRequest is rendered per recipient (expand), delivered (send), swept (expire)."""
