@@ -1,5 +1,6 @@
 """Sending a queued email: exactly once, expiry before sending, retries counted, permanent failures recorded."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,6 @@ from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.send import CLAIM_LEASE, EmailSender, SendOutcome
 from dbmail.outgoing.store import Store
 from tests.unit.test_expand import submit
-from tests.unit.test_transports import hostile  # noqa: F401 - a fixture
 
 
 class RecordingTransport:
@@ -199,9 +199,10 @@ def test_redrive_moves_dead_letters_back_and_they_are_sent(moto_stack, expanded,
     assert moto_stack.sqs.receive_message(QueueUrl=moto_stack.dlq_url).get("Messages") is None
 
 
-def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_stack, expanded, hostile):
+def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_stack, expanded, hostile, httpserver):
     from dbmail.core.transports import SendGridTransport
-    from tests.fakes.sendgrid import FakeSendGrid
+    from tests.sendgrid_contract import v3_mail_send_problems
+    from tests.unit.test_transports import posted, serve_sendgrid
 
     # given SendGrid hanging up in the middle of its answer
     dropping = SendGridTransport("SG.key", hostile("truncate"), timeout=5)
@@ -209,11 +210,16 @@ def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_sta
     assert sender(moto_stack, dropping).deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.RETRYING
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
     assert (email.status, email.tries, email.claimed_until) == ("queued", 1, None) and "IncompleteRead" in email.error
-    # and the retry, once SendGrid answers again, sends it
-    with FakeSendGrid() as fake:
-        working = SendGridTransport(fake.api_key, fake.url)
-        assert sender(moto_stack, working).deliver(expanded, claim_id="m2", receive_count=1) == SendOutcome.SENT
-        assert len(fake.accepted) == 1
+    # and the retry, once SendGrid answers again, sends it: one request, within the v3 contract
+    working = SendGridTransport("SG.key", serve_sendgrid(httpserver, key="SG.key"))
+    assert sender(moto_stack, working).deliver(expanded, claim_id="m2", receive_count=1) == SendOutcome.SENT
+    (body,) = posted(httpserver)
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.tries, email.provider_message_id) == ("sent", 1, "sg-msg-1")
+    # with the Message-ID the dropped attempt carried
+    ((method, path, headers, dropped),) = hostile.requests
+    assert v3_mail_send_problems(method, path, headers, dropped) == []
+    assert body["custom_args"] == json.loads(dropped)["custom_args"] == {"dbmail_message_id": email.message_id}
 
 
 def test_an_invocation_nearly_out_of_time_hands_the_email_back_untried(moto_stack, expanded):

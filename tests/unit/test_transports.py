@@ -1,14 +1,14 @@
-"""Transports against what the providers accept: SendGrid's v3 contract (fake server that
-validates it), SES v2 raw sends (moto, which requires verified identities like SES), and how
-every provider failure is classified (botocore's Stubber; small hostile HTTP servers)."""
+"""Transports against what the providers accept: SendGrid's v3 contract (pytest-httpserver
+answering as SendGrid does, every request checked by tests/sendgrid_contract.py), SES v2 raw
+sends (moto, which requires verified identities like SES), and how every provider failure is
+classified (botocore's Stubber; the hostile servers of tests/unit/conftest.py)."""
 
 import email
+import json
 import socket
-import threading
 import time
 from datetime import UTC, datetime
 from email import policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
@@ -17,137 +17,228 @@ from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from botocore.stub import Stubber
 from moto import mock_aws
 from moto.ses.models import ses_backends
+from werkzeug import Request, Response
 
 from dbmail.core.compose import compose
-from dbmail.core.errors import DeliveryError, FailureKind
+from dbmail.core.errors import ConfigurationError, DeliveryError, FailureKind
 from dbmail.core.settings import Settings
-from dbmail.core.transports import SendGridTransport, SesTransport, make_transport, sendgrid_payload
-from tests.fakes.sendgrid import FakeSendGrid
+from dbmail.core.transports import SendGridTransport, SesTransport, make_transport
+from tests.sendgrid_contract import PATH, v3_mail_send_problems
 
+API_KEY = "SG.test-key.for-dbmail"
 UNSUBSCRIBE = "https://site.org/unsubscribe/t.s"
 
 
-def outgoing(body="<html><body><p>Dear Zoë</p></body></html>", to=('"Zoë Ng" <zoe@example.net>',)):
+def outgoing(
+    body="<html><body><p>Dear Zoë</p></body></html>",
+    to=('"Zoë Ng" <zoe@example.net>',),
+    subject="Wëlcome ✨",
+    special_headers=(("Reply-To", "directors@example.org"), ("X-Program-ID", "7")),
+    unsubscribe_url=UNSUBSCRIBE,
+):
     return compose(
         send_from='"Splash Dïrectors" <splash@example.org>',
         send_to=list(to),
-        subject="Wëlcome ✨",
+        subject=subject,
         body=body,
         message_id="<dbmail.1@example.org>",
         date=datetime(2026, 11, 23, tzinfo=UTC),
         envelope_sender="bounces@example.org",
-        special_headers={"Reply-To": "directors@example.org", "X-Program-ID": "7"},
-        unsubscribe_url=UNSUBSCRIBE,
+        special_headers=dict(special_headers),
+        unsubscribe_url=unsubscribe_url,
     )
 
 
-@pytest.fixture
-def sendgrid():
-    with FakeSendGrid() as fake:
-        yield fake
+def sendgrid_error(status, message, field=None, headers=None):
+    """SendGrid's error answer: ``{"errors": [{"message", "field", "help"}, ...]}``."""
+    body = {"errors": [{"message": message, "field": field, "help": None}]}
+    return Response(json.dumps(body), status, headers, content_type="application/json")
 
 
-def test_sendgrid_request_satisfies_the_v3_contract(sendgrid):
-    # given an HTML email with non-ASCII names, Reply-To and unsubscribe headers
-    message_id = SendGridTransport(sendgrid.api_key, sendgrid.url).send(outgoing())
-    # then the fake (which validates the documented contract) accepted it
-    assert message_id == sendgrid.message_ids[0]
-    body = sendgrid.accepted[0]
-    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
-    assert body["personalizations"][0]["to"] == [{"email": "zoe@example.net", "name": "Zoë Ng"}]
-    assert body["reply_to"] == {"email": "directors@example.org"}
-    assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert body["headers"]["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>"
+# What SendGrid (or the gateway in front of it) answers a mail send with, by status.
+ANSWERS = {
+    400: lambda: sendgrid_error(400, "zoe@example.net is repeated in the personalization", "personalizations.0"),
+    401: lambda: sendgrid_error(401, "authorization grant is invalid, expired, or revoked"),
+    403: lambda: sendgrid_error(403, "access forbidden"),
+    404: lambda: sendgrid_error(404, "resource not found"),
+    408: lambda: Response("Request Timeout", 408, content_type="text/plain"),
+    413: lambda: sendgrid_error(413, "the email, attachments included, must be under 30MB"),
+    429: lambda: sendgrid_error(
+        429,
+        "too many requests",
+        headers={
+            "Retry-After": "60",
+            "X-RateLimit-Limit": "600",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(time.time()) + 60),
+        },
+    ),
+    500: lambda: sendgrid_error(500, "internal error"),
+    502: lambda: Response("<html><body><h1>502 Bad Gateway</h1></body></html>", 502, content_type="text/html"),
+    503: lambda: Response("<html><body>Service Unavailable</body></html>", 503, {"Retry-After": "30"}, "text/html"),
+}
 
 
-def test_sendgrid_payload_carries_a_long_unsubscribe_url_verbatim():
+def serve_sendgrid(httpserver, answer=None, *, key=API_KEY):
+    """Answer the next mail send as SendGrid would: 401 for another key, 400 listing what breaks
+    the contract, else ``answer`` (by default 202, no body, an X-Message-Id). Returns the base URL."""
+
+    def handle(request: Request) -> Response:
+        if request.headers.get("Authorization") != f"Bearer {key}":
+            return ANSWERS[401]()
+        problems = v3_mail_send_problems(request.method, request.path, request.headers, request.get_data())
+        if problems:
+            errors = [{"message": problem, "field": None, "help": None} for problem in problems]
+            return Response(json.dumps({"errors": errors}), 400, content_type="application/json")
+        return answer or Response("", 202, {"X-Message-Id": "sg-msg-1"})
+
+    httpserver.expect_oneshot_request(PATH, method="POST").respond_with_handler(handle)
+    return httpserver.url_for("").rstrip("/")
+
+
+def posted(httpserver) -> list[dict]:
+    """The JSON bodies the product posted, each request checked against SendGrid's contract."""
+    httpserver.check_assertions()  # nothing reached a path or method without a handler
+    for request, _ in httpserver.log:
+        assert v3_mail_send_problems(request.method, request.path, request.headers, request.get_data()) == []
+    return [json.loads(request.get_data()) for request, _ in httpserver.log]
+
+
+def test_sendgrid_gets_an_html_email_as_v3_json(httpserver):
+    # given an HTML email with non-ASCII names and subject, Reply-To, a special header and unsubscribe
+    url = serve_sendgrid(httpserver)
+    # when it is sent
+    provider_id = SendGridTransport(API_KEY, url).send(outgoing())
+    # then SendGrid's X-Message-Id is the provider's id
+    assert provider_id == "sg-msg-1"
+    ((request, _),) = httpserver.log
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["Content-Type"] == "application/json"
+    # and the body is exactly this: text/plain before text/html, Reply-To as reply_to, the other
+    # headers verbatim, our Message-ID as a custom arg. No envelope sender, Date or Message-ID
+    # header: SendGrid uses its own bounce address and writes those headers itself.
+    assert posted(httpserver) == [
+        {
+            "personalizations": [{"to": [{"email": "zoe@example.net", "name": "Zoë Ng"}]}],
+            "from": {"email": "splash@example.org", "name": "Splash Dïrectors"},
+            "subject": "Wëlcome ✨",
+            "content": [
+                {"type": "text/plain", "value": "Dear Zoë\n"},
+                {"type": "text/html", "value": "<html><body><p>Dear Zoë</p></body></html>"},
+            ],
+            "custom_args": {"dbmail_message_id": "<dbmail.1@example.org>"},
+            "reply_to": {"email": "directors@example.org"},
+            "headers": {
+                "X-Program-ID": "7",
+                "List-Unsubscribe": f"<{UNSUBSCRIBE}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        }
+    ]
+
+
+def test_sendgrid_gets_a_plain_email_without_subject_once_per_address(httpserver):
+    # given a plain-text email with no subject, no headers, and one address given twice
+    email_ = outgoing(
+        body="Hi Zoë,\nsee you Sunday.",
+        to=("zoe@example.net", "Zoe <ZOE@example.net>", "kim@example.net"),
+        subject="",
+        special_headers=(),
+        unsubscribe_url=None,
+    )
+    # when it is sent
+    SendGridTransport(API_KEY, serve_sendgrid(httpserver)).send(email_)
+    # then there is one text/plain part, a blank subject (SendGrid requires one) and each address once
+    (body,) = posted(httpserver)
+    assert body["content"] == [{"type": "text/plain", "value": "Hi Zoë,\nsee you Sunday."}]
+    assert body["subject"] == " "
+    assert body["personalizations"] == [{"to": [{"email": "zoe@example.net"}, {"email": "kim@example.net"}]}]
+    assert "headers" not in body and "reply_to" not in body
+
+
+def test_sendgrid_gets_a_long_unsubscribe_url_verbatim(httpserver):
     # given an unsubscribe URL far longer than a header line's 78 columns
     url = "https://site.org/unsubscribe/" + "t" * 250
-    email_ = compose(
-        send_from="splash@example.org",
-        send_to=["zoe@example.net"],
-        subject="Hi",
-        body="x",
-        message_id="<m@example.org>",
-        date=datetime(2026, 11, 23, tzinfo=UTC),
-        envelope_sender="bounces@example.org",
-        unsubscribe_url=url,
-    )
+    SendGridTransport(API_KEY, serve_sendgrid(httpserver)).send(outgoing(unsubscribe_url=url))
     # then the JSON header value is exactly <url>: not folded, not encoded
-    assert sendgrid_payload(email_)["headers"]["List-Unsubscribe"] == f"<{url}>"
+    (body,) = posted(httpserver)
+    assert body["headers"]["List-Unsubscribe"] == f"<{url}>"
 
 
 @pytest.mark.parametrize(
-    "status, kind",
+    "status, kind, detail",
     [
-        (429, FailureKind.THROTTLED),
-        (503, FailureKind.TRANSIENT),
-        (500, FailureKind.TRANSIENT),
-        (400, FailureKind.PERMANENT),
-        (413, FailureKind.PERMANENT),
-        (404, FailureKind.PERMANENT),
+        (400, FailureKind.PERMANENT, "<address> is repeated"),
+        (401, FailureKind.TRANSIENT, "authorization grant"),
+        (403, FailureKind.TRANSIENT, "access forbidden"),
+        (404, FailureKind.PERMANENT, "resource not found"),
+        (408, FailureKind.TRANSIENT, "Request Timeout"),
+        (413, FailureKind.PERMANENT, "under 30MB"),
+        (429, FailureKind.THROTTLED, "too many requests"),
+        (500, FailureKind.TRANSIENT, "internal error"),
+        (502, FailureKind.TRANSIENT, "Bad Gateway"),
+        (503, FailureKind.TRANSIENT, "Service Unavailable"),
     ],
 )
-def test_sendgrid_http_errors_are_classified(sendgrid, status, kind):
-    # given SendGrid answering the next send with an error status
-    sendgrid.fail_next(1, status=status, retry_after=1 if status == 429 else None)
+def test_sendgrid_http_errors_are_classified(httpserver, status, kind, detail):
+    # given SendGrid answering the next send with an error
+    url = serve_sendgrid(httpserver, ANSWERS[status]())
     # when a message is sent
-    with pytest.raises(DeliveryError, match=f"HTTP {status}") as raised:
-        SendGridTransport(sendgrid.api_key, sendgrid.url).send(outgoing())
+    with pytest.raises(DeliveryError, match=f"SendGrid HTTP {status}: ") as raised:
+        SendGridTransport(API_KEY, url).send(outgoing())
     # then the failure kind tells the send service whether to wait, retry or give up
     assert raised.value.kind is kind
     assert raised.value.permanent is (kind is FailureKind.PERMANENT)
-    # and the message names no address from the email
+    # and the error carries SendGrid's explanation, with no address from it or the email
+    assert detail in str(raised.value)
     assert "@" not in str(raised.value)
+    # and the transport tried once: retrying (after Retry-After or not) is the send service's job
+    assert len(posted(httpserver)) == 1
 
 
-def test_sendgrid_wrong_key_is_retryable_so_mail_waits_for_the_fix(sendgrid):
-    with pytest.raises(DeliveryError, match="401") as raised:
-        SendGridTransport("SG.wrong", sendgrid.url).send(outgoing())
+def test_sendgrid_wrong_key_is_retryable_so_mail_waits_for_the_fix(httpserver):
+    url = serve_sendgrid(httpserver, key=API_KEY)
+    with pytest.raises(DeliveryError, match="HTTP 401") as raised:
+        SendGridTransport("SG.wrong", url).send(outgoing())
     assert raised.value.kind is FailureKind.TRANSIENT
+    assert len(posted(httpserver)) == 1
 
 
-class _Hostile(BaseHTTPRequestHandler):
-    """Reads the request, then misbehaves as ``server.behaviour`` says."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format, *args):
-        pass
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        behaviour = self.server.behaviour
-        if behaviour == "hang":  # accept, read, never answer
-            self.server.release.wait(10)
-        elif behaviour == "truncate":  # promise 1000 bytes, send 9, hang up
-            self.send_response(202)
-            self.send_header("X-Message-Id", "sg-1")
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"truncated")
-        # "close": no answer at all; for every behaviour the connection is then closed
-        self.close_connection = True
+def settings(**overrides):
+    values = {
+        "request_table": "r",
+        "recipient_table": "rc",
+        "email_table": "e",
+        "send_queue_url": "q",
+        "allowed_sender_domains": ("example.org",),
+        "default_sender": "splash@example.org",
+        "bounces_address": "bounces@example.org",
+        "email_host_sender": "host@example.org",
+        "site_url": "https://site.org",
+        "region": "us-east-1",
+        "provider": "ses",
+    }
+    return Settings(**(values | overrides))
 
 
-@pytest.fixture
-def hostile():
-    """Start a hostile server with the given behaviour; yields its base URL."""
-    servers = []
+def test_make_transport_sends_through_the_configured_sendgrid(httpserver):
+    # given the SendGrid provider, its key and its URL
+    url = serve_sendgrid(httpserver)
+    transport = make_transport(settings(provider="sendgrid", sendgrid_api_key=API_KEY, sendgrid_url=url))
+    # when the made transport sends, SendGrid at that URL gets the email with that key
+    assert transport.send(outgoing()) == "sg-msg-1"
+    assert len(posted(httpserver)) == 1
 
-    def start(behaviour):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-        server.daemon_threads = True
-        server.behaviour, server.release = behaviour, threading.Event()
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
 
-    yield start
-    for server in servers:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
+def test_make_transport_refuses_sendgrid_without_a_key():
+    with pytest.raises(ConfigurationError, match="DBMAIL_SENDGRID_API_KEY"):
+        make_transport(settings(provider="sendgrid", sendgrid_api_key=""))
+
+
+def contract_kept(hostile):
+    for request in hostile.requests:
+        assert v3_mail_send_problems(*request) == []
+    return len(hostile.requests)
 
 
 @pytest.mark.parametrize(
@@ -155,16 +246,20 @@ def hostile():
     [
         ("close", "RemoteDisconnected"),
         ("truncate", "IncompleteRead"),
+        ("reset", "ConnectionResetError"),
+        ("garble", "BadStatusLine"),
     ],
 )
 def test_sendgrid_dropped_connection_is_transient(hostile, behaviour, error):
-    # given a server that hangs up without an answer, or in the middle of its body
+    # given a server that hangs up without an answer or in the middle of its body, aborts the
+    # connection, or answers with something that is not HTTP
     url = hostile(behaviour)
     # when a message is sent
     with pytest.raises(DeliveryError, match=error) as raised:
-        SendGridTransport("SG.key", url, timeout=5).send(outgoing())
+        SendGridTransport(API_KEY, url, timeout=5).send(outgoing())
     # then it is a transient failure, not an unclassified exception
     assert raised.value.kind is FailureKind.TRANSIENT
+    assert contract_kept(hostile) == 1
 
 
 def test_sendgrid_that_never_answers_times_out_as_transient(hostile):
@@ -173,10 +268,11 @@ def test_sendgrid_that_never_answers_times_out_as_transient(hostile):
     started = time.monotonic()
     # when a message is sent with a short timeout
     with pytest.raises(DeliveryError, match="TimeoutError") as raised:
-        SendGridTransport("SG.key", url, timeout=0.3).send(outgoing())
+        SendGridTransport(API_KEY, url, timeout=0.3).send(outgoing())
     # then it gives up within the timeout, transiently
     assert time.monotonic() - started < 3
     assert raised.value.kind is FailureKind.TRANSIENT
+    assert contract_kept(hostile) == 1
 
 
 def test_sendgrid_refused_connection_is_transient():
@@ -186,9 +282,93 @@ def test_sendgrid_refused_connection_is_transient():
         port = probe.getsockname()[1]
     # when a message is sent there
     with pytest.raises(DeliveryError, match="unreachable") as raised:
-        SendGridTransport("SG.key", f"http://127.0.0.1:{port}", timeout=2).send(outgoing())
+        SendGridTransport(API_KEY, f"http://127.0.0.1:{port}", timeout=2).send(outgoing())
     # then it is transient
     assert raised.value.kind is FailureKind.TRANSIENT
+
+
+# Known gaps in SendGridTransport (strict: each fails until the product is fixed).
+
+
+@pytest.mark.xfail(strict=True, reason="_person sends names with ',' or ';' unquoted; SendGrid refuses them")
+def test_sendgrid_accepts_a_recipient_name_with_a_comma(httpserver):
+    url = serve_sendgrid(httpserver)
+    SendGridTransport(API_KEY, url).send(outgoing(to=('"Ng, Zoë" <zoe@example.net>',)))
+    assert len(posted(httpserver)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="sendgrid_payload keeps only the first Reply-To address")
+def test_sendgrid_gets_every_reply_to_address(httpserver):
+    email_ = outgoing(special_headers={"Reply-To": "a@example.org, b@example.org"}.items())
+    SendGridTransport(API_KEY, serve_sendgrid(httpserver)).send(email_)
+    (body,) = posted(httpserver)
+    assert body.get("reply_to_list") == [{"email": "a@example.org"}, {"email": "b@example.org"}]
+
+
+@pytest.mark.xfail(strict=True, reason="urllib follows a 301/302/303 as a bodyless GET carrying the key")
+def test_a_sendgrid_redirect_is_a_failure_not_a_send(httpserver):
+    elsewhere = httpserver.url_for("/elsewhere")
+    url = serve_sendgrid(httpserver, Response("", 302, {"Location": elsewhere}))
+    httpserver.expect_request("/elsewhere").respond_with_response(Response("", 202, {"X-Message-Id": "moved"}))
+    with pytest.raises(DeliveryError, match="HTTP 302"):
+        SendGridTransport(API_KEY, url).send(outgoing())
+    assert [request.path for request, _ in httpserver.log] == [PATH]
+
+
+# The contract check itself (tests/sendgrid_contract.py), briefly.
+
+VALID = {
+    "personalizations": [{"to": [{"email": "zoe@example.net", "name": "Zoë"}]}],
+    "from": {"email": "splash@example.org"},
+    "subject": "Hi",
+    "content": [{"type": "text/plain", "value": "x"}, {"type": "text/html", "value": "<p>x</p>"}],
+}
+JSON_HEADERS = {"Authorization": "Bearer SG.k", "Content-Type": "application/json"}
+
+
+def problems_of(body, headers=JSON_HEADERS):
+    return v3_mail_send_problems("POST", PATH, headers, json.dumps(body).encode())
+
+
+def test_the_contract_accepts_a_documented_send():
+    assert problems_of(VALID) == []
+    # the subject may move into every personalization
+    per_personalization = [{"to": [{"email": "a@example.net"}], "subject": "s"}]
+    assert (
+        problems_of({k: v for k, v in VALID.items() if k != "subject"} | {"personalizations": per_personalization})
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"personalizations": []}, "personalizations: must be a list of 1 to 1000"),
+        ({"personalizations": [{"to": [{"email": f"u{n}@example.net"} for n in range(1001)]}]}, "1001 recipients"),
+        (
+            {"personalizations": [{"to": [{"email": "a@x.org"}], "bcc": [{"email": "A@x.org"}]}]},
+            "bcc[0]: address repeated",
+        ),
+        ({"personalizations": [{"to": [{"email": "a@x.org", "name": "Ng, Zoë"}]}]}, "may not contain ';' or ','"),
+        ({"subject": ""}, "subject: must be a non-empty string"),
+        (
+            {"content": [{"type": "text/html", "value": "h"}, {"type": "text/plain", "value": "t"}]},
+            "text/plain must come first",
+        ),
+        ({"content": [{"type": "", "value": "t"}]}, "content[0].type: must be a non-empty string"),
+        ({"headers": {"X-Ok": "1", "dkim-signature": "v=1"}}, "headers.dkim-signature: reserved"),
+        ({"headers": {"X-Count": 7}}, "headers.X-Count: value must be a string"),
+        ({"custom_args": {"id": 7}}, "custom_args: must be an object of string values"),
+        ({"reply-to": {"email": "a@x.org"}}, "reply-to: not a v3 mail/send parameter"),
+    ],
+)
+def test_the_contract_names_what_a_send_breaks(change, problem):
+    assert any(problem in found for found in problems_of(VALID | change)), problems_of(VALID | change)
+
+
+def test_the_contract_checks_the_http_request():
+    problems = v3_mail_send_problems("PUT", "/v3/mail/sent", {"Authorization": "token SG.k"}, b"\xff")
+    assert len(problems) == 4 and problems[-1] == "body: must be UTF-8 JSON"
 
 
 def stubbed_ses():
@@ -267,21 +447,8 @@ def test_ses_unreachable_is_transient(error):
 def test_make_transport_builds_an_ses_client_with_adaptive_retries_and_timeouts():
     # given the SES provider
     session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test")
-    settings = Settings(
-        request_table="r",
-        recipient_table="rc",
-        email_table="e",
-        send_queue_url="q",
-        allowed_sender_domains=("example.org",),
-        default_sender="splash@example.org",
-        bounces_address="bounces@example.org",
-        email_host_sender="host@example.org",
-        site_url="https://site.org",
-        region="us-east-1",
-        provider="ses",
-    )
     # when the transport is made
-    config = make_transport(settings, boto3_session=session)._ses.meta.config
+    config = make_transport(settings(), boto3_session=session)._ses.meta.config
     # then botocore retries adaptively, 3 attempts in all, with timeouts that fit a 30 s Lambda
     assert config.retries == {"mode": "adaptive", "total_max_attempts": 3}
     assert (config.connect_timeout, config.read_timeout) == (3, 5)

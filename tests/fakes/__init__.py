@@ -1,1 +1,0 @@
-"""Test doubles for services the real tests cannot reach offline."""
