@@ -15,7 +15,6 @@ MaximumEventAgeInSeconds, destinations other than SQS.
 
 import json
 import logging
-import os
 import queue
 import time
 import uuid
@@ -23,18 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from .lambda_runtime import Invocation, LocalFunction
+from .stack import write_atomically
 from .triggers import Runtime, queue_url, utc_timestamp
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAXIMUM_RETRY_ATTEMPTS = 2
 IDLE_WAIT = 0.5  # seconds a worker waits for an event before it checks whether to stop
-
-
-def _write_atomically(path: Path, content: dict[str, Any]) -> None:
-    unfinished = path.with_suffix(".partial")
-    unfinished.write_text(json.dumps(content))
-    os.replace(unfinished, path)
 
 
 class AsyncInvoker:
@@ -68,7 +62,7 @@ class AsyncInvoker:
         """Queues an event; it is on disk when this returns, so a stopped runner does not lose it."""
         request_id = str(uuid.uuid4())  # kept by every retry, as Lambda does
         path = self.spool / f"{time.time_ns():020d}-{request_id}.json"
-        _write_atomically(path, {"requestId": request_id, "attempts": 0, "event": event})
+        write_atomically(path, json.dumps({"requestId": request_id, "attempts": 0, "event": event}))
         self._pending.put(path)
 
     def run(self) -> None:
@@ -98,7 +92,7 @@ class AsyncInvoker:
                 outcome = "sent to the OnFailure queue" if sent else "dropped (no OnFailure destination)"
                 log.error(f"retries exhausted; event {outcome}", extra={**fields, "invocations": entry["attempts"]})
                 break
-            _write_atomically(path, entry)
+            write_atomically(path, json.dumps(entry))
             if stopping.is_set():
                 log.warning("invocation failed while stopping; the event stays queued for the next start", extra=fields)
                 return

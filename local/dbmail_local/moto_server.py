@@ -15,7 +15,6 @@ import copy
 import itertools
 import json
 import logging
-import os
 import queue
 import random
 import signal
@@ -42,6 +41,7 @@ from moto.sqs import models as sqs_models
 from moto.sqs.models import Message, Queue, SQSBackend
 
 from . import logs
+from .stack import write_atomically
 
 log = logging.getLogger("dbmail_local.moto_server")  # also when run as __main__
 
@@ -63,9 +63,7 @@ class Outbox:
             number = next(self._numbers)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = self.directory / f"{stamp}-{number:06d}.eml"
-        partial = self.directory / f".{path.name}.partial"
-        partial.write_bytes(raw)
-        os.replace(partial, path)
+        write_atomically(path, raw)
         return path
 
 
@@ -429,10 +427,7 @@ class Faults:
         self._key = key
         level = logging.WARNING if spec.any else logging.INFO  # a developer's `make up` should notice
         log.log(level, "faults loaded", extra={"faults": str(self.path), **vars(spec)})
-        ack = faults_ack_path(self.path)
-        partial = ack.with_name(f".{ack.name}.partial")
-        partial.write_text(key + "\n", encoding="utf-8")
-        os.replace(partial, ack)
+        write_atomically(faults_ack_path(self.path), key + "\n")
 
     def watch(self, stopping: threading.Event) -> threading.Thread:
         """Reloads the file whenever it changes, until ``stopping`` is set."""

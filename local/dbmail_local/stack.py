@@ -105,6 +105,21 @@ class StatePaths:
             directory.mkdir(parents=True, exist_ok=True)
 
 
+# ---- files ----------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Writes ``data`` (text as UTF-8) so that a reader sees the old file or the new, never part.
+
+    The one way the local stack writes a file others read while it runs (stack.env, stack.json,
+    stream checkpoints, queued asynchronous events, the outbox, the faults file and its
+    acknowledgement): a hidden ``.<name>.partial`` next to it, then os.replace.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(partial, path)
+
+
 # ---- stack.env ------------------------------------------------------------------------
 
 
@@ -119,9 +134,7 @@ def write_env_file(path: Path, env: Mapping[str, str]) -> None:
         raise StackError(f"not valid environment variable names: {invalid}")
     lines = ["# The dbmail local stack's environment, written by `python -m dbmail_local up`. Source it."]
     lines += [f"export {key}={_shell_quote(value)}" for key, value in sorted(env.items())]
-    unfinished = path.with_suffix(".partial")
-    unfinished.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(unfinished, path)
+    write_atomically(path, "\n".join(lines) + "\n")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -399,9 +412,7 @@ def write_faults(state: StatePaths, spec: Mapping[str, Any] | None, *, timeout: 
         path.unlink(missing_ok=True)
     else:
         FaultSpec.from_json(spec)  # a ValueError here, not an error in moto's log
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, path)
+        write_atomically(path, json.dumps(spec, indent=2) + "\n")
     if running_pid(state, "moto") is None:
         return
     key, ack = faults_file_key(path), faults_ack_path(path)
@@ -483,7 +494,7 @@ def up(
             "moto_url": moto_url,
             "runner_url": f"smtp://{HOST}:{ports['smtp']}",
         }
-        state.config_file.write_text(json.dumps(config, indent=2) + "\n")
+        write_atomically(state.config_file, json.dumps(config, indent=2) + "\n")
         start_runner(state, extra_env=runner_env)
     except BaseException:
         down(state)

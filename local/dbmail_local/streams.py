@@ -11,7 +11,6 @@ Not honoured locally: MaximumRecordAgeInSeconds, ParallelizationFactor, Tumbling
 import base64
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from botocore.exceptions import ClientError
 from .cfn import TemplateError, as_bool
 from .event_filter import EventFilter
 from .lambda_runtime import Invocation, LocalFunction
+from .stack import write_atomically
 from .triggers import Runtime, queue_url, utc_timestamp
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ class Checkpoints:
 
     def _save(self) -> None:
         content = {"stream_arn": self.stream_arn, "sequences": self.sequences, "finished": sorted(self.finished)}
-        unfinished = self.path.with_suffix(".partial")
-        unfinished.write_text(json.dumps(content, indent=2) + "\n")
-        os.replace(unfinished, self.path)
+        write_atomically(self.path, json.dumps(content, indent=2) + "\n")
 
 
 @dataclass
