@@ -4,7 +4,6 @@ The local stack is built from the template itself, never from a hand-written cop
 to a table, queue, function or environment variable reaches the local stack unchanged.
 """
 
-import base64
 import json
 import logging
 import re
@@ -23,7 +22,6 @@ REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
 STACK_NAME = "dbmail"
 
-_NO_VALUE = object()  # what !Ref AWS::NoValue resolves to: the enclosing key or item is dropped
 _SUB_VARIABLE = re.compile(r"\$\{([^}]+)\}")
 
 # The property that, when set, overrides the generated physical name of each resource type.
@@ -31,12 +29,12 @@ _NAME_PROPERTY = {
     "AWS::DynamoDB::Table": "TableName",
     "AWS::SQS::Queue": "QueueName",
     "AWS::S3::Bucket": "BucketName",
-    "AWS::SNS::Topic": "TopicName",
     "AWS::Logs::LogGroup": "LogGroupName",
     "AWS::Serverless::Function": "FunctionName",
-    "AWS::Lambda::Function": "FunctionName",
     "AWS::Serverless::LayerVersion": "LayerName",
 }
+# The intrinsic functions template.yaml uses; any other is refused (TemplateError), never guessed.
+_INTRINSICS = frozenset({"Ref", "Fn::GetAtt", "Fn::Sub", "Fn::Join"})
 
 
 class TemplateError(Exception):
@@ -44,7 +42,7 @@ class TemplateError(Exception):
 
 
 class TemplateLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short tags (!Ref, !GetAtt, !Sub, ...) as long form."""
+    """SafeLoader that reads CloudFormation short tags (!Ref, !GetAtt, !Sub, !Join) as long form."""
 
 
 def _construct_intrinsic(loader: TemplateLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
@@ -55,7 +53,7 @@ def _construct_intrinsic(loader: TemplateLoader, suffix: str, node: yaml.Node) -
         value = loader.construct_sequence(node, deep=True)
     else:
         value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
+    if suffix == "Ref":
         return {suffix: value}
     if suffix == "GetAtt" and isinstance(value, str):
         value = value.split(".", 1)
@@ -94,7 +92,7 @@ def _is_intrinsic(value: Any) -> bool:
     if not isinstance(value, dict) or len(value) != 1:
         return False
     key = next(iter(value))
-    return key in ("Ref", "Condition") or key.startswith("Fn::")
+    return key == "Ref" or key.startswith("Fn::")
 
 
 def _merge_globals(defaults: Any, own: Any) -> Any:
@@ -117,7 +115,11 @@ def _stringify(value: Any) -> str:
 
 
 class Template:
-    """A parsed template whose parameters, conditions and intrinsics resolve to local values."""
+    """A parsed template whose parameters and intrinsics resolve to local values.
+
+    Only what template.yaml uses is supported: no Conditions (a template with any is refused),
+    and the intrinsics Ref, Fn::GetAtt, Fn::Sub and Fn::Join.
+    """
 
     def __init__(
         self,
@@ -127,11 +129,12 @@ class Template:
         parameters: Mapping[str, Any] | None = None,
         target: LocalTarget | None = None,
     ) -> None:
+        if "Conditions" in body:
+            raise TemplateError(f"{path.name}: Conditions are not supported locally")
         self.body = body
         self.path = path
         self.target = target or LocalTarget()
         self.parameters = self._parameter_values(parameters or {})
-        self._conditions: dict[str, bool] = {}
 
     @classmethod
     def load(
@@ -150,7 +153,7 @@ class Template:
     def base_dir(self) -> Path:
         return self.path.resolve().parent
 
-    # ---- parameters and conditions ----------------------------------------------------
+    # ---- parameters -------------------------------------------------------------------
 
     def _parameter_values(self, overrides: Mapping[str, Any]) -> dict[str, str | list[str]]:
         declared: dict[str, dict[str, Any]] = self.body.get("Parameters", {})
@@ -175,39 +178,14 @@ class Template:
                 values[name] = raw
         return values
 
-    def condition(self, name: str) -> bool:
-        if name not in self._conditions:
-            try:
-                expression = self.body["Conditions"][name]
-            except KeyError:
-                raise TemplateError(f"unknown condition {name}") from None
-            self._conditions[name] = self._evaluate(expression)
-        return self._conditions[name]
-
-    def _evaluate(self, expression: Any) -> bool:
-        ((function, argument),) = expression.items()
-        if function == "Condition":
-            return self.condition(argument)
-        if function == "Fn::Equals":
-            left, right = (self.resolve(item) for item in argument)
-            return _stringify(left) == _stringify(right)
-        if function == "Fn::Not":
-            return not self._evaluate(argument[0])
-        if function == "Fn::And":
-            return all(self._evaluate(item) for item in argument)
-        if function == "Fn::Or":
-            return any(self._evaluate(item) for item in argument)
-        raise TemplateError(f"unsupported condition function {function}")
-
     # ---- resources --------------------------------------------------------------------
 
     def resources(self, *types: str) -> dict[str, dict[str, Any]]:
-        """Resources of the given types (all if none) whose Condition, if any, holds locally."""
+        """Resources of the given types (all if none)."""
         return {
             logical_id: resource
             for logical_id, resource in self.body.get("Resources", {}).items()
-            if (not types or resource["Type"] in types)
-            and ("Condition" not in resource or self.condition(resource["Condition"]))
+            if not types or resource["Type"] in types
         }
 
     def _resource(self, logical_id: str) -> dict[str, Any]:
@@ -233,11 +211,7 @@ class Template:
         if explicit is not None:
             return _stringify(self.resolve(explicit))
         name = f"{self.target.stack_name}-{logical_id}"
-        if kind == "AWS::S3::Bucket":
-            return name.lower()
-        if kind == "AWS::SQS::Queue" and as_bool(self.resolve(properties.get("FifoQueue", False))):
-            return f"{name}.fifo"
-        return name
+        return name.lower() if kind == "AWS::S3::Bucket" else name
 
     def _arn(self, service: str, resource: str) -> str:
         return f"arn:aws:{service}:{self.target.region}:{self.target.account_id}:{resource}"
@@ -253,10 +227,6 @@ class Template:
             "AWS::AccountId": self.target.account_id,
             "AWS::Partition": "aws",
             "AWS::StackName": self.target.stack_name,
-            "AWS::StackId": self._arn("cloudformation", f"stack/{self.target.stack_name}/local"),
-            "AWS::URLSuffix": "amazonaws.com",
-            "AWS::NotificationARNs": [],
-            "AWS::NoValue": _NO_VALUE,
         }
         if name in pseudo:
             return pseudo[name]
@@ -264,8 +234,6 @@ class Template:
         physical = self.physical_name(name)
         if kind == "AWS::SQS::Queue":
             return self.queue_url(physical)
-        if kind == "AWS::SNS::Topic":
-            return self._arn("sns", physical)
         if kind == "AWS::Serverless::LayerVersion":
             return self._arn("lambda", f"layer:{physical}:1")
         return physical
@@ -275,28 +243,16 @@ class Template:
         name = self.physical_name(logical_id)
         attributes: dict[str, Callable[[], str]] = {}
         if kind == "AWS::SQS::Queue":
-            attributes = {
-                "Arn": lambda: self._arn("sqs", name),
-                "QueueName": lambda: name,
-                "QueueUrl": lambda: self.queue_url(name),
-            }
+            attributes = {"Arn": lambda: self._arn("sqs", name), "QueueName": lambda: name}
         elif kind == "AWS::DynamoDB::Table":
             attributes = {
                 "Arn": lambda: self._arn("dynamodb", f"table/{name}"),
                 "StreamArn": lambda: self._stream_arn(name),
             }
         elif kind == "AWS::S3::Bucket":
-            attributes = {
-                "Arn": lambda: f"arn:aws:s3:::{name}",
-                "DomainName": lambda: f"{name}.s3.amazonaws.com",
-                "RegionalDomainName": lambda: f"{name}.s3.{self.target.region}.amazonaws.com",
-            }
-        elif kind in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
+            attributes = {"Arn": lambda: f"arn:aws:s3:::{name}"}
+        elif kind == "AWS::Serverless::Function":
             attributes = {"Arn": lambda: self._arn("lambda", f"function:{name}")}
-        elif kind == "AWS::SNS::Topic":
-            attributes = {"TopicArn": lambda: self._arn("sns", name), "TopicName": lambda: name}
-        elif kind == "AWS::Logs::LogGroup":
-            attributes = {"Arn": lambda: self._arn("logs", f"log-group:{name}:*")}
         if attribute not in attributes:
             raise TemplateError(f"!GetAtt {logical_id}.{attribute} ({kind}) has no local value")
         return attributes[attribute]()
@@ -311,61 +267,35 @@ class Template:
     def resolve(self, value: Any) -> Any:
         """Resolves every intrinsic function inside ``value`` (a template fragment)."""
         if isinstance(value, list):
-            items = [self.resolve(item) for item in value]
-            return [item for item in items if item is not _NO_VALUE]
+            return [self.resolve(item) for item in value]
         if not isinstance(value, dict):
             return value
         if _is_intrinsic(value):
             ((function, argument),) = value.items()
             return self._intrinsic(function, argument)
-        resolved = {key: self.resolve(item) for key, item in value.items()}
-        return {key: item for key, item in resolved.items() if item is not _NO_VALUE}
+        return {key: self.resolve(item) for key, item in value.items()}
 
     def _intrinsic(self, function: str, argument: Any) -> Any:
+        if function not in _INTRINSICS:
+            raise TemplateError(f"{function} is not supported locally")
         if function == "Ref":
             return self.ref(argument)
-        if function == "Condition":
-            return self.condition(argument)
-        if function == "Fn::If":
-            name, when_true, when_false = argument
-            return self.resolve(when_true if self.condition(name) else when_false)
-        if function in ("Fn::Equals", "Fn::And", "Fn::Or", "Fn::Not"):
-            return self._evaluate({function: argument})
         argument = self.resolve(argument)
         if function == "Fn::GetAtt":
             logical_id, attribute = argument if isinstance(argument, list) else argument.split(".", 1)
             return self.get_att(logical_id, attribute)
         if function == "Fn::Sub":
             return self._sub(argument)
-        if function == "Fn::Join":
-            delimiter, items = argument
-            return delimiter.join(_stringify(item) for item in items)
-        if function == "Fn::Select":
-            index, items = argument
-            return items[int(index)]
-        if function == "Fn::Split":
-            delimiter, text = argument
-            return text.split(delimiter)
-        if function == "Fn::Base64":
-            return base64.b64encode(argument.encode()).decode()
-        if function == "Fn::FindInMap":
-            mapping, top, second = argument
-            return self.body["Mappings"][mapping][top][second]
-        if function == "Fn::GetAZs":
-            return [f"{self.target.region}{zone}" for zone in "abc"]
-        if function == "Fn::ToJsonString":
-            return json.dumps(argument, separators=(",", ":"))
-        raise TemplateError(f"{function} is not supported locally")
+        delimiter, items = argument  # Fn::Join
+        return delimiter.join(_stringify(item) for item in items)
 
-    def _sub(self, argument: str | list[Any]) -> str:
-        text, variables = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])
+    def _sub(self, text: str) -> str:
+        """``${Name}`` (a parameter, pseudo parameter or resource) and ``${Resource.Attribute}``."""
+        if not isinstance(text, str):
+            raise TemplateError("Fn::Sub with a variable map is not supported locally")
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
-            if name.startswith("!"):
-                return "${" + name[1:] + "}"
-            if name in variables:
-                return _stringify(variables[name])
             logical_id, _, attribute = name.partition(".")
             if attribute and logical_id in self.body.get("Resources", {}):
                 return self.get_att(logical_id, attribute)

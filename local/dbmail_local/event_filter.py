@@ -1,18 +1,17 @@
-"""Lambda event filtering (an event source mapping's FilterCriteria), for the runner's pollers.
+"""Lambda event filtering (a stream event source mapping's FilterCriteria), for the runner.
 
-Supported subset of the pattern syntax: nested objects; lists of exact values (strings,
-numbers, booleans, null); and the operators ``exists``, ``prefix``, ``suffix``,
-``anything-but`` and ``equals-ignore-case``. A record matches when any filter matches; a filter
-matches when every key matches; a list matches when any of its entries does, and a field
-holding a list matches when any element does. Patterns using anything else are rejected when
-the runner starts, so a filter is never silently ignored.
+Supported: what template.yaml's filter (``{"eventName": ["INSERT"]}``) needs, nested objects
+and lists of exact values (strings, numbers, booleans, null). A record matches when any filter
+matches; a filter matches when every key matches; a list matches when any of its values equals
+the field (or, for a field holding a list, any of its elements). Patterns using anything else
+(``exists``, ``prefix``, numeric or other operators) are rejected when the runner starts, so a
+filter is never silently ignored.
 """
 
 import json
 from typing import Any
 
 _MISSING = object()
-_OPERATORS = frozenset({"exists", "prefix", "suffix", "anything-but", "equals-ignore-case"})
 
 
 class FilterPatternError(ValueError):
@@ -26,9 +25,9 @@ def _validate(pattern: Any, where: str) -> None:
         if isinstance(rule, dict):
             _validate(rule, f"{where}.{key}")
         elif isinstance(rule, list) and rule:
-            for condition in rule:
-                if isinstance(condition, dict) and (len(condition) != 1 or not _OPERATORS.issuperset(condition)):
-                    raise FilterPatternError(f"{where}.{key}: unsupported condition {json.dumps(condition)}")
+            for value in rule:
+                if isinstance(value, dict | list):
+                    raise FilterPatternError(f"{where}.{key}: unsupported condition {json.dumps(value)}")
         else:
             raise FilterPatternError(f"{where}.{key}: expected an object or a non-empty list")
 
@@ -40,36 +39,17 @@ def _same(value: Any, expected: Any) -> bool:
     return value == expected
 
 
-def _condition_matches(condition: Any, field: Any) -> bool:
-    if not isinstance(condition, dict):
-        return field is not _MISSING and any(_same(value, condition) for value in _values(field))
-    ((operator, argument),) = condition.items()
-    if operator == "exists":
-        return (field is not _MISSING) == bool(argument)
-    if field is _MISSING:
-        return False
-    values = _values(field)
-    if operator == "prefix":
-        return any(isinstance(value, str) and value.startswith(argument) for value in values)
-    if operator == "suffix":
-        return any(isinstance(value, str) and value.endswith(argument) for value in values)
-    if operator == "equals-ignore-case":
-        return any(isinstance(value, str) and value.lower() == argument.lower() for value in values)
-    excluded = argument if isinstance(argument, list) else [argument]  # anything-but
-    return all(not any(_same(value, other) for other in excluded) for value in values)
-
-
-def _values(field: Any) -> list[Any]:
-    return field if isinstance(field, list) else [field]
-
-
 def _pattern_matches(pattern: dict[str, Any], value: Any) -> bool:
     for key, rule in pattern.items():
         field = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
         if isinstance(rule, dict):
             if not _pattern_matches(rule, field):
                 return False
-        elif not any(_condition_matches(condition, field) for condition in rule):
+            continue
+        if field is _MISSING:
+            return False
+        values = field if isinstance(field, list) else [field]
+        if not any(_same(actual, expected) for actual in values for expected in rule):
             return False
     return True
 

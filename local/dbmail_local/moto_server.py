@@ -7,7 +7,7 @@ SES v1 SendRawEmail and v2 SendEmail with Raw content both end in the SES backen
 It also fixes moto's SQS races (one message handed to several receivers at once, deleted
 messages coming back, sent messages lost; see serialize_sqs_queues), gives moto's SQS a cheaper
 clock (see speed_up_sqs_clock), and, for tests only, injects faults read from a JSON file given
-with ``--faults FILE`` (SES send errors, SQS duplicate deliveries; see FaultSpec).
+with ``--faults FILE`` (SES v2 send errors, SQS duplicate deliveries; see FaultSpec).
 """
 
 import argparse
@@ -31,11 +31,9 @@ from email.policy import SMTP
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from moto.server import ThreadedMotoServer
 from moto.ses.models import SESBackend
-from moto.ses.responses import EmailResponse
 from moto.sesv2.responses import SESV2Response
 from moto.sqs import models as sqs_models
 from moto.sqs.models import Message, Queue, SQSBackend
@@ -259,7 +257,7 @@ def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
                 return messages
             # Wakes on a send; a message whose visibility timeout ends sends no signal.
             self.get_queue(queue_name).wait_for_messages(min(remaining, RECEIVE_RECHECK_SECONDS))
-            time.sleep(0.01)  # visible but unavailable (a FIFO group in flight): do not spin
+            time.sleep(0.01)  # visible, yet none handed out (moved to a dead-letter queue): do not spin
 
     Queue.add_message = add_message_locked  # type: ignore[method-assign]
     Queue.delete_message = delete_message_locked  # type: ignore[method-assign]
@@ -275,9 +273,6 @@ def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
         per_queue(name)
 
 
-serialize_sqs_receives = serialize_sqs_queues  # its former name (it covered receives only)
-
-
 # ---- fault injection (tests only) ---------------------------------------------------------
 
 SES_FAULT_KINDS = ("throttle", "transient", "permanent")
@@ -285,33 +280,22 @@ SES_FAULT_KINDS = ("throttle", "transient", "permanent")
 
 @dataclass(frozen=True)
 class SesFault:
-    """How real SES fails a send: HTTP status, error code and message for v2 (REST-JSON) and v1 (Query)."""
+    """How real SES v2 (the API dbmail sends with) fails a send: HTTP status, error code, message."""
 
-    v2_status: int
-    v2_code: str
-    v1_status: int
-    v1_code: str
-    v1_type: str  # Sender or Receiver
+    status: int
+    code: str
     message: str
 
 
 SES_ERRORS = {
-    # v2 answers 429 TooManyRequestsException, v1 400 Throttling, both "Maximum sending rate exceeded.".
-    "throttle": SesFault(
-        429, "TooManyRequestsException", 400, "Throttling", "Sender", "Maximum sending rate exceeded."
-    ),
-    # The common AWS server error of both APIs; botocore's retry modes retry any 5xx.
+    "throttle": SesFault(429, "TooManyRequestsException", "Maximum sending rate exceeded."),
+    # The common AWS server error; botocore's retry modes retry any 5xx.
     "transient": SesFault(
         500,
         "InternalFailure",
-        500,
-        "InternalFailure",
-        "Receiver",
         "The request processing has failed because of an unknown error, exception or failure.",
     ),
-    "permanent": SesFault(
-        400, "MessageRejected", 400, "MessageRejected", "Sender", "Email rejected (dbmail_local fault injection)."
-    ),
+    "permanent": SesFault(400, "MessageRejected", "Email rejected (dbmail_local fault injection)."),
 }
 
 
@@ -328,12 +312,11 @@ class FaultSpec:
         {"ses_send": {"throttle": 0.2, "transient": 0.1, "permanent": 0.0},
          "sqs_duplicate": 0.05, "seed": 7}
 
-    ``ses_send``: shares of SES sends (v2 SendEmail, v1 SendEmail and SendRawEmail) that fail,
-    before anything is sent or written to the outbox, as SES fails them (see SES_ERRORS); at
-    most 1 together. ``sqs_duplicate``: share of the messages a ReceiveMessage returns of which
-    an exact copy (body, message and system attributes, SentTimestamp; a new MessageId) is
-    also put in the queue, like SQS's at-least-once delivery (standard queues only; FIFO queues
-    do not duplicate). ``seed`` makes the draws repeatable (from each load of the file on).
+    ``ses_send``: shares of SES v2 SendEmail calls that fail, before anything is sent or written
+    to the outbox, as SES fails them (see SES_ERRORS); at most 1 together. ``sqs_duplicate``:
+    share of the messages a ReceiveMessage returns of which an exact copy (body, message and
+    system attributes, SentTimestamp; a new MessageId) is also put in the queue, like SQS's
+    at-least-once delivery. ``seed`` makes the draws repeatable (from each load of the file on).
     Every key is optional; an empty spec means no faults.
     """
 
@@ -473,7 +456,7 @@ class Faults:
         Runs holding the queue's lock; ``received`` are receive_message's copies of the messages.
         """
         share = self.spec.sqs_duplicate
-        if not share or queue.fifo_queue:
+        if not share:
             return
         chosen = [message.id for message in received if self._draw() < share]
         if not chosen:
@@ -499,55 +482,35 @@ class Faults:
             )
 
 
-def _ses_v2_error(error: SesFault) -> tuple[str, dict[str, Any]]:
-    headers = {"status": error.v2_status, "Content-Type": "application/json", "x-amzn-ErrorType": error.v2_code}
-    return json.dumps({"message": error.message}), headers
-
-
-def _ses_v1_error(error: SesFault) -> tuple[str, dict[str, Any]]:
-    body = (
-        '<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/">'
-        f"<Error><Type>{error.v1_type}</Type><Code>{error.v1_code}</Code><Message>{escape(error.message)}</Message>"
-        f"</Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
-    )
-    return body, {"status": error.v1_status, "Content-Type": "text/xml"}
-
-
 def inject_ses_faults(faults: Faults) -> None:
-    """Makes a share of SES sends fail as SES fails them, before the send reaches the backend.
+    """Makes a share of SES v2 sends fail as SES fails them, before the send reaches the backend.
 
-    Wraps the response handlers (v2 SendEmail; v1 SendEmail and SendRawEmail), which return
-    the error's body and headers to moto's dispatch, so a boto3 client gets a ClientError with
-    the real code and HTTP status (botocore's retries go by both). Nothing reaches the outbox.
+    Wraps the SendEmail response handler, which returns the error's body and headers to moto's
+    dispatch, so a boto3 client gets a ClientError with the real code and HTTP status
+    (botocore's retries go by both). Nothing reaches the outbox.
     """
+    handler = SESV2Response.send_email
 
-    def failing(
-        handler: Callable[[Any], Any], api: str, operation: str, render: Callable[[SesFault], Any]
-    ) -> Callable[[Any], Any]:
-        def respond(self: Any) -> Any:
-            kind = faults.ses_send_fault()
-            if kind is None:
-                return handler(self)
-            error = SES_ERRORS[kind]
-            body, headers = render(error)
-            log.info(
-                "fault injected",
-                extra={
-                    "fault": f"ses_{kind}",
-                    "api": api,
-                    "operation": operation,
-                    "status": headers["status"],
-                    "code": error.v2_code if api == "sesv2" else error.v1_code,
-                },
-            )
-            return body, headers
+    def respond(self: Any) -> Any:
+        kind = faults.ses_send_fault()
+        if kind is None:
+            return handler(self)
+        error = SES_ERRORS[kind]
+        log.info(
+            "fault injected",
+            extra={
+                "fault": f"ses_{kind}",
+                "api": "sesv2",
+                "operation": "SendEmail",
+                "status": error.status,
+                "code": error.code,
+            },
+        )
+        headers = {"status": error.status, "Content-Type": "application/json", "x-amzn-ErrorType": error.code}
+        return json.dumps({"message": error.message}), headers
 
-        respond.__name__ = handler.__name__
-        return respond
-
-    SESV2Response.send_email = failing(SESV2Response.send_email, "sesv2", "SendEmail", _ses_v2_error)  # type: ignore[method-assign]
-    EmailResponse.send_email = failing(EmailResponse.send_email, "ses", "SendEmail", _ses_v1_error)  # type: ignore[method-assign]
-    EmailResponse.send_raw_email = failing(EmailResponse.send_raw_email, "ses", "SendRawEmail", _ses_v1_error)  # type: ignore[method-assign]
+    respond.__name__ = handler.__name__
+    SESV2Response.send_email = respond  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

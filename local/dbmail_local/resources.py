@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from .cfn import Template, as_bool
+from .cfn import Template, TemplateError
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,9 @@ ClientFactory = Callable[[str], Any]
 # Parameters whose addresses or domains the deployed stack sends from; SES must know them.
 SES_IDENTITY_PARAMETERS = ("AllowedSenderDomains", "BouncesAddress")
 
+# Standard queues only: template.yaml has no FIFO queue.
 _QUEUE_ATTRIBUTES = (
-    "ContentBasedDeduplication",
-    "DeduplicationScope",
     "DelaySeconds",
-    "FifoQueue",
-    "FifoThroughputLimit",
     "MaximumMessageSize",
     "MessageRetentionPeriod",
     "ReceiveMessageWaitTimeSeconds",
@@ -75,31 +72,23 @@ def create_resources(template: Template, client: ClientFactory | None = None) ->
 
 
 def table_request(template: Template, logical_id: str) -> dict[str, Any]:
-    """The CreateTable request for a table resource (TableName is the local name)."""
+    """The CreateTable request for a table resource (TableName is the local name).
+
+    On-demand tables with global secondary indexes and streams: what template.yaml declares.
+    """
     properties = template.resolve(template.properties(logical_id))
-    billing = properties.get("BillingMode", "PROVISIONED")
-
-    def throughput(source: dict[str, Any]) -> dict[str, Any]:
-        if billing != "PROVISIONED":
-            return {}
-        return {"ProvisionedThroughput": {key: int(value) for key, value in source["ProvisionedThroughput"].items()}}
-
+    if properties.get("BillingMode") != "PAY_PER_REQUEST":
+        raise TemplateError(f"{logical_id}: only BillingMode PAY_PER_REQUEST tables are created locally")
     request: dict[str, Any] = {
         "TableName": template.physical_name(logical_id),
         "AttributeDefinitions": properties["AttributeDefinitions"],
         "KeySchema": properties["KeySchema"],
-        "BillingMode": billing,
-        **throughput(properties),
+        "BillingMode": "PAY_PER_REQUEST",
     }
     if properties.get("GlobalSecondaryIndexes"):
         request["GlobalSecondaryIndexes"] = [
-            {key: index[key] for key in ("IndexName", "KeySchema", "Projection")} | throughput(index)
-            for index in properties["GlobalSecondaryIndexes"]
-        ]
-    if properties.get("LocalSecondaryIndexes"):
-        request["LocalSecondaryIndexes"] = [
             {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
-            for index in properties["LocalSecondaryIndexes"]
+            for index in properties["GlobalSecondaryIndexes"]
         ]
     stream = properties.get("StreamSpecification")
     if stream:
@@ -117,11 +106,6 @@ def _create_table(dynamodb: Any, template: Template, logical_id: str) -> str:
             raise
         return name
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
-    ttl = template.resolve(template.properties(logical_id).get("TimeToLiveSpecification"))
-    if ttl and as_bool(ttl.get("Enabled")):
-        dynamodb.update_time_to_live(
-            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]}
-        )
     log.info("created table", extra={"table": name})
     return name
 
@@ -129,14 +113,9 @@ def _create_table(dynamodb: Any, template: Template, logical_id: str) -> str:
 def queue_attributes(template: Template, logical_id: str) -> dict[str, str]:
     """The queue's SQS attributes as strings, RedrivePolicy included (pointing at the DLQ ARN)."""
     properties = template.resolve(template.properties(logical_id))
-    attributes = {
-        name: str(properties[name]).lower() if isinstance(properties[name], bool) else str(properties[name])
-        for name in _QUEUE_ATTRIBUTES
-        if name in properties
-    }
-    for policy in ("RedrivePolicy", "RedriveAllowPolicy"):
-        if policy in properties:
-            attributes[policy] = json.dumps(properties[policy])
+    attributes = {name: str(properties[name]) for name in _QUEUE_ATTRIBUTES if name in properties}
+    if "RedrivePolicy" in properties:
+        attributes["RedrivePolicy"] = json.dumps(properties["RedrivePolicy"])
     return attributes
 
 

@@ -1,8 +1,9 @@
 """Schedule trigger: EventBridge rules (Schedule) and Scheduler schedules (ScheduleV2).
 
 moto accepts rules but never fires them, so the runner does. Locally every schedule ticks
-every DBMAIL_LOCAL_SCHEDULE_SECONDS (default 5), whatever its rate() or cron(), so scheduled
-work happens while you watch; the real expression is only parsed, checked and logged. A tick
+every DBMAIL_LOCAL_SCHEDULE_SECONDS (default 5), whatever its rate(), so scheduled work happens
+while you watch; the real expression is only checked and logged. Only rate() expressions are
+accepted: template.yaml's ExpireSchedule (default and local/parameters.json) is one. A tick
 invokes the function with the event's Input if it has one, else an EventBridge "Scheduled
 Event". A failed tick is logged and not retried: the next tick comes soon.
 """
@@ -19,22 +20,17 @@ from .triggers import Runtime, utc_timestamp
 log = logging.getLogger(__name__)
 
 _RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)")
-_CRON = re.compile(r"cron\(((?:\S+ ){5}\S+)\)")
-_AT = re.compile(r"at\((\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\)")
 
 
 def describe_schedule(expression: str) -> str:
-    """What a schedule expression means in AWS, in words; ValueError if it is not valid."""
-    if match := _RATE.fullmatch(expression):
-        count, unit = int(match.group(1)), match.group(2)
-        if count < 1 or (count == 1) != (not unit.endswith("s")):
-            raise ValueError(f"{expression}: rate() needs a positive count and a matching singular/plural unit")
-        return f"every {count} {unit}"
-    if match := _CRON.fullmatch(expression):
-        return f"on cron fields '{match.group(1)}' (UTC)"
-    if match := _AT.fullmatch(expression):
-        return f"once at {match.group(1)}"
-    raise ValueError(f"{expression!r} is not a rate(), cron() or at() expression")
+    """What a rate() expression means in AWS, in words; ValueError if it is not a valid one."""
+    match = _RATE.fullmatch(expression)
+    if match is None:
+        raise ValueError(f"{expression!r} is not a rate() expression (the only kind the local stack runs)")
+    count, unit = int(match.group(1)), match.group(2)
+    if count < 1 or (count == 1) != (not unit.endswith("s")):
+        raise ValueError(f"{expression}: rate() needs a positive count and a matching singular/plural unit")
+    return f"every {count} {unit}"
 
 
 class ScheduleTrigger:

@@ -1,10 +1,10 @@
 """SQS trigger: Lambda's SQS event source mapping, against moto.
 
 Pollers long-poll the queue (a short wait, so stopping is quick), gather up to BatchSize
-messages within MaximumBatchingWindowInSeconds, apply FilterCriteria (Lambda deletes what its
-filters drop), invoke, and delete the messages that succeeded: all of them, or all but the
-reported batchItemFailures, or none when the handler raised. Failed messages stay in the
-queue, so its redrive policy moves them to the DLQ after maxReceiveCount receives.
+messages within MaximumBatchingWindowInSeconds, invoke, and delete the messages that succeeded:
+all of them, or all but the reported batchItemFailures, or none when the handler raised. Failed
+messages stay in the queue, so its redrive policy moves them to the DLQ after maxReceiveCount
+receives. Standard queues without FilterCriteria only, as template.yaml has them.
 
 The one local acceleration: Lambda leaves a failed message invisible until the queue's
 visibility timeout ends (minutes); the runner makes it visible again after
@@ -13,13 +13,12 @@ waits.
 """
 
 import base64
-import json
 import logging
 import math
 import time
 from typing import Any
 
-from .event_filter import EventFilter
+from .cfn import TemplateError
 from .lambda_runtime import LocalFunction
 from .triggers import Runtime, queue_url
 
@@ -47,14 +46,6 @@ def _message_attribute(value: dict[str, Any]) -> dict[str, Any]:
     return attribute
 
 
-def _filter_view(record: Record) -> Record:
-    """Filters see a JSON body as an object, as Lambda's do."""
-    try:
-        return {**record, "body": json.loads(record["body"])}
-    except json.JSONDecodeError:
-        return record
-
-
 def _chunks(items: list[Any]) -> list[list[Any]]:
     return [items[start : start + BATCH_CALL_LIMIT] for start in range(0, len(items), BATCH_CALL_LIMIT)]
 
@@ -68,11 +59,11 @@ class SqsTrigger:
         self.runtime = runtime
         self.queue_arn: str = properties["Queue"]
         self.queue_url = queue_url(runtime, self.queue_arn)
-        self.fifo = self.queue_arn.endswith(".fifo")
         self.batch_size = int(properties.get("BatchSize", 10))
         self.window = float(properties.get("MaximumBatchingWindowInSeconds", 0))
         self.partial_responses = "ReportBatchItemFailures" in properties.get("FunctionResponseTypes", [])
-        self.filter = EventFilter(properties.get("FilterCriteria"))
+        if properties.get("FilterCriteria"):
+            raise TemplateError(f"{self.name}: FilterCriteria on an SQS event is not supported locally")
         maximum = properties.get("ScalingConfig", {}).get("MaximumConcurrency")
         self.concurrency = min(int(maximum), MAX_LOCAL_POLLERS) if maximum else MAX_LOCAL_POLLERS
         self._sqs = runtime.client("sqs")
@@ -131,40 +122,21 @@ class SqsTrigger:
         return record
 
     def _handle(self, records: list[Record]) -> None:
-        matching, dropped = [], []
-        for record in records:
-            (matching if self.filter.matches(_filter_view(record)) else dropped).append(record)
-        self._delete(dropped)
-        if not matching:
-            return
-        invocation = self.function.invoke({"Records": matching})
-        failed = set(invocation.failed_positions([r["messageId"] for r in matching], self.partial_responses))
-        if self.fifo and failed:
-            failed |= self._blocked_in_group(matching, failed)
-        self._delete([record for position, record in enumerate(matching) if position not in failed])
+        invocation = self.function.invoke({"Records": records})
+        failed = set(invocation.failed_positions([r["messageId"] for r in records], self.partial_responses))
+        self._delete([record for position, record in enumerate(records) if position not in failed])
         if failed:
-            handles = [matching[position]["receiptHandle"] for position in sorted(failed)]
+            handles = [records[position]["receiptHandle"] for position in sorted(failed)]
             self._change_visibility(handles, self._retry_visibility)
             log.warning(
                 "messages failed; they go back to the queue",
                 extra={
                     "trigger": self.name,
                     "failed": len(failed),
-                    "of": len(matching),
+                    "of": len(records),
                     "retry_in_s": self._retry_visibility,
                 },
             )
-
-    @staticmethod
-    def _blocked_in_group(records: list[Record], failed: set[int]) -> set[int]:
-        """In a FIFO queue, the messages after a failed one in the same group wait for it."""
-        groups = {records[position]["attributes"].get("MessageGroupId") for position in failed}
-        first_failure = min(failed)
-        return {
-            position
-            for position, record in enumerate(records)
-            if position > first_failure and record["attributes"].get("MessageGroupId") in groups
-        }
 
     def _delete(self, records: list[Record]) -> None:
         for chunk in _chunks(records):

@@ -1,4 +1,5 @@
-"""The local moto server's fault injection (stack.write_faults) and its SQS locking, on the real stack.
+"""The local moto server's fault injection (stack.write_faults), which the fault campaign
+(test_chaos.py) uses, and its SQS locking (serialize_sqs_queues), on the real stack and in-process.
 
 Faults are switched off again at the end of every test (the stack is the whole session's).
 Clients here make one attempt only, so each injected fault reaches the test as it left moto
@@ -85,54 +86,29 @@ def _error(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
     return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def test_a_throttled_send_fails_like_ses_and_sends_nothing_until_faults_are_off(local_stack, faults):
+def test_each_ses_fault_fails_a_send_as_ses_v2_does_and_nothing_is_sent_until_faults_are_off(local_stack, faults):
     sesv2 = _client(local_stack, "sesv2")
     marker = uuid.uuid4().hex
-    faults({"ses_send": {"throttle": 1.0}})
-    with pytest.raises(ClientError) as throttled:
-        _send_v2(sesv2, marker)
-    assert _error(throttled) == ("TooManyRequestsException", 429)
-    assert throttled.value.response["Error"]["Message"] == "Maximum sending rate exceeded."
-    assert isinstance(throttled.value, sesv2.exceptions.TooManyRequestsException)
+    expected = {
+        "throttle": ("TooManyRequestsException", 429, "Maximum sending rate exceeded."),
+        "transient": ("InternalFailure", 500, None),
+        "permanent": ("MessageRejected", 400, None),
+    }
+    for kind, (code, status, message) in expected.items():
+        faults({"ses_send": {kind: 1.0}})
+        with pytest.raises(ClientError) as failed:
+            _send_v2(sesv2, marker)
+        assert _error(failed) == (code, status), kind
+        assert message is None or failed.value.response["Error"]["Message"] == message
     assert _in_outbox(local_stack, marker) == []
 
     faults(None)
     assert _send_v2(sesv2, marker)
     assert len(_in_outbox(local_stack, marker)) == 1
-
-
-@pytest.mark.parametrize(
-    ("kind", "v2_error", "v1_error"),
-    [
-        ("throttle", ("TooManyRequestsException", 429), ("Throttling", 400)),
-        ("transient", ("InternalFailure", 500), ("InternalFailure", 500)),
-        ("permanent", ("MessageRejected", 400), ("MessageRejected", 400)),
-    ],
-)
-def test_each_fault_kind_has_the_code_and_status_of_ses_v1_and_v2(local_stack, faults, kind, v2_error, v1_error):
-    sesv2, ses = _client(local_stack, "sesv2"), _client(local_stack, "ses")
-    marker = uuid.uuid4().hex
-    faults({"ses_send": {kind: 1.0}})
-    with pytest.raises(ClientError) as v2:
-        _send_v2(sesv2, marker)
-    with pytest.raises(ClientError) as v1_raw:
-        ses.send_raw_email(Source=SENDER, Destinations=["student@example.net"], RawMessage={"Data": _raw(marker)})
-    with pytest.raises(ClientError) as v1_simple:
-        ses.send_email(
-            Source=SENDER,
-            Destination={"ToAddresses": ["student@example.net"]},
-            Message={"Subject": {"Data": f"fault test {marker}"}, "Body": {"Text": {"Data": "Hello"}}},
-        )
-    assert (_error(v2), _error(v1_raw), _error(v1_simple)) == (v2_error, v1_error, v1_error)
-    assert _in_outbox(local_stack, marker) == []
-
-
-def test_bad_fault_specs_are_refused_before_they_reach_moto(local_stack):
     for spec in (
         {"ses_send": {"throttle": 1.5}},
         {"ses_send": {"throttle": 0.6, "permanent": 0.6}},
         {"sqs_dupes": 0.1},
-        {"seed": "seven"},
     ):
         with pytest.raises(ValueError, match="faults"):
             stack.write_faults(local_stack.state, spec)
@@ -258,6 +234,35 @@ PATCHED_BACKEND_METHODS = (
     "change_message_visibility_batch",
     "purge_queue",
 )
+
+
+def test_moto_hands_each_message_to_one_receiver(monkeypatch, in_process_sqs):
+    """Widens moto's race window (receiving marks messages late) to show the lock closes it."""
+    from moto.sqs.models import Message
+
+    mark_received = Message.mark_received
+
+    def slow_mark_received(self, *args, **kwargs):
+        time.sleep(0.002)
+        return mark_received(self, *args, **kwargs)
+
+    monkeypatch.setattr(Message, "mark_received", slow_mark_received)
+    backend = in_process_sqs
+    backend.create_queue("race", VisibilityTimeout="60")
+    for n in range(100):
+        backend.send_message("race", str(n))
+    received: list[str] = []
+
+    def receive() -> None:
+        while messages := backend.receive_message("race", 10, 0, 60):
+            received.extend(message.body for message in messages)
+
+    threads = [threading.Thread(target=receive) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(received, key=int) == [str(n) for n in range(100)]
 
 
 def test_concurrent_deletes_and_sends_with_a_wide_race_window(monkeypatch, in_process_sqs):

@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 OUT = Path(os.environ["SELFTEST_OUT"])
-ENVIRONMENT_AT_IMPORT = {
-    name: os.environ.get(name) for name in ("PROBE_QUEUE_URL", "PROBE_LABELS", "PROBE_WHERE", "PROBE_FLAVOUR")
-}
+ENVIRONMENT_AT_IMPORT = {name: os.environ.get(name) for name in ("PROBE_QUEUE_URL", "PROBE_LABELS", "PROBE_WHERE")}
 
 
 def _record(kind, event, context, **outcome):
