@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dbmail.cli.commands import build_parser, main
+from dbmail.cli import build_parser, main
 from dbmail.core.settings import get_settings
 from tests.conftest import ROOT, clear_caches
 
@@ -203,7 +203,7 @@ def test_with_dynamodb_unreachable_a_command_says_so_at_once_and_exits_3(argv, d
 def test_pynamodbs_own_connection_error_gives_the_same_line(dynamodb_unreachable, monkeypatch, capsys):
     # given the endpoint check skipped, so that PynamoDB meets the refused connection (a GetError whose
     # cause is botocore's EndpointConnectionError) after its retries
-    monkeypatch.setattr("dbmail.cli.commands._reach", lambda service, url: None)
+    monkeypatch.setattr("dbmail.cli.errors.reach", lambda service, url: None)
     started = time.monotonic()
     # when a request's status is asked for
     code = main(["status", "0123456789abcdef"])

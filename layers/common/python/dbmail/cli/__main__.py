@@ -2,6 +2,6 @@
 
 import sys
 
-from dbmail.cli.commands import main
+from dbmail.cli import main
 
 sys.exit(main())
