@@ -1,0 +1,80 @@
+"""The package layout holds: the domain never imports the AWS SDK or PynamoDB.
+
+Services under ``outgoing/`` and ``inbound/`` are given a store, a queue and a transport; only
+the integration modules (the stores, the models, the transports, ``wiring``) may import boto3,
+botocore or PynamoDB, or the integration modules themselves (except for type hints). Each module is
+read for its imports, and imported in a fresh interpreter, so nothing another test imported hides a
+dependency. (Powertools' Logger loads botocore itself; boto3 and PynamoDB must stay out.)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "common" / "python" / "dbmail"
+INTEGRATION = {"outgoing/store.py", "inbound/store.py", "core/models.py", "core/transports.py", "wiring.py"}
+SDK = {"boto3", "botocore", "pynamodb"}
+INTEGRATION_MODULES = {"dbmail." + name.removesuffix(".py").replace("/", ".") for name in INTEGRATION}
+
+
+def domain_modules() -> list[str]:
+    found = []
+    for folder in ("outgoing", "inbound", "core"):
+        for path in sorted((PACKAGE / folder).glob("*.py")):
+            relative = f"{folder}/{path.name}"
+            if relative in INTEGRATION or path.name == "__init__.py":
+                continue
+            found.append(f"dbmail.{folder}.{path.stem}")
+    return found
+
+
+def runtime_imports(module: str) -> set[str]:
+    """What the module's own import statements name, leaving out ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def imported_sdks(module: str) -> list[str]:
+    code = (
+        f"import json, sys, {module}\n"
+        f"print(json.dumps(sorted({{name.split('.')[0] for name in sys.modules}} & {{'boto3', 'pynamodb'}})))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(result.stdout)
+
+
+def test_the_domain_folders_hold_the_flow():
+    # given the package, then its folders are the flow's parts and every domain module is found
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__"))
+    assert folders == ["cli", "client", "core", "inbound", "outgoing"]
+    assert {"dbmail.outgoing.expand", "dbmail.outgoing.send", "dbmail.inbound.router"} <= set(domain_modules())
+
+
+@pytest.mark.parametrize("module", domain_modules())
+def test_a_domain_module_imports_no_aws_sdk_or_pynamodb(module):
+    # given the module's own imports, then none is the SDK, PynamoDB or an integration module
+    imports = runtime_imports(module)
+    assert {name for name in imports if name.split(".")[0] in SDK} == set()
+    assert imports & INTEGRATION_MODULES == set()
+    # and when it is imported alone, neither boto3 nor PynamoDB is loaded
+    assert imported_sdks(module) == []
+
+
+def test_an_integration_module_is_what_brings_the_sdk():
+    # given the check above, it would notice an SDK import: the store does load PynamoDB
+    assert "pynamodb" in imported_sdks("dbmail.outgoing.store")
