@@ -3,6 +3,7 @@ answering as SendGrid does, every request checked by tests/sendgrid_contract.py)
 sends (moto, which requires verified identities like SES), and how every provider failure is
 classified (botocore's Stubber; the hostile servers of tests/unit/conftest.py)."""
 
+import dataclasses
 import email
 import json
 import socket
@@ -22,7 +23,7 @@ from werkzeug import Request, Response
 from dbmail.core.compose import compose
 from dbmail.core.errors import ConfigurationError, DeliveryError, FailureKind
 from dbmail.core.settings import Settings
-from dbmail.core.transports import SendGridTransport, SesTransport, make_transport
+from dbmail.core.transports import SENDGRID_MAX_BYTES, SendGridTransport, SesTransport, make_transport
 from tests.sendgrid_contract import PATH, v3_mail_send_problems
 
 API_KEY = "SG.test-key.for-dbmail"
@@ -287,32 +288,73 @@ def test_sendgrid_refused_connection_is_transient():
     assert raised.value.kind is FailureKind.TRANSIENT
 
 
-# Known gaps in SendGridTransport (strict: each fails until the product is fixed).
-
-
-@pytest.mark.xfail(strict=True, reason="_person sends names with ',' or ';' unquoted; SendGrid refuses them")
-def test_sendgrid_accepts_a_recipient_name_with_a_comma(httpserver):
-    url = serve_sendgrid(httpserver)
-    SendGridTransport(API_KEY, url).send(outgoing(to=('"Ng, Zoë" <zoe@example.net>',)))
-    assert len(posted(httpserver)) == 1
-
-
-@pytest.mark.xfail(strict=True, reason="sendgrid_payload keeps only the first Reply-To address")
-def test_sendgrid_gets_every_reply_to_address(httpserver):
-    email_ = outgoing(special_headers={"Reply-To": "a@example.org, b@example.org"}.items())
-    SendGridTransport(API_KEY, serve_sendgrid(httpserver)).send(email_)
+@pytest.mark.parametrize(
+    "to, name",
+    [
+        ('"Ng, Zoë" <zoe@example.net>', '"Ng, Zoë"'),
+        ('"Ng; Zoë \\"Z\\" \\\\o/" <zoe@example.net>', '"Ng; Zoë \\"Z\\" \\\\o/"'),
+    ],
+)
+def test_sendgrid_gets_a_recipient_name_with_a_comma_or_semicolon_quoted(httpserver, to, name):
+    # given a recipient whose display name holds ',' or ';' (which SendGrid refuses bare)
+    SendGridTransport(API_KEY, serve_sendgrid(httpserver)).send(outgoing(to=(to,)))
+    # then the name goes as one quoted string, its quotes and backslashes escaped, and is accepted
     (body,) = posted(httpserver)
-    assert body.get("reply_to_list") == [{"email": "a@example.org"}, {"email": "b@example.org"}]
+    assert body["personalizations"] == [{"to": [{"email": "zoe@example.net", "name": name}]}]
 
 
-@pytest.mark.xfail(strict=True, reason="urllib follows a 301/302/303 as a bodyless GET carrying the key")
-def test_a_sendgrid_redirect_is_a_failure_not_a_send(httpserver):
+def test_sendgrid_gets_every_reply_to_address(httpserver):
+    # given two Reply-To addresses
+    email_ = outgoing(special_headers={"Reply-To": "Ann <a@example.org>, b@example.org"}.items())
+    SendGridTransport(API_KEY, serve_sendgrid(httpserver)).send(email_)
+    # then both go as reply_to_list (one alone goes as reply_to: see the first test)
+    (body,) = posted(httpserver)
+    assert body["reply_to_list"] == [{"email": "a@example.org", "name": "Ann"}, {"email": "b@example.org"}]
+    assert "reply_to" not in body
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_sendgrid_redirect_is_a_failure_and_the_key_goes_nowhere_else(httpserver, status):
+    # given SendGrid's URL redirecting to a place that would accept anything
     elsewhere = httpserver.url_for("/elsewhere")
-    url = serve_sendgrid(httpserver, Response("", 302, {"Location": elsewhere}))
+    url = serve_sendgrid(httpserver, Response("", status, {"Location": elsewhere}))
     httpserver.expect_request("/elsewhere").respond_with_response(Response("", 202, {"X-Message-Id": "moved"}))
-    with pytest.raises(DeliveryError, match="HTTP 302"):
+    # when a message is sent
+    with pytest.raises(DeliveryError, match=f"SendGrid HTTP {status}: redirect not followed") as raised:
         SendGridTransport(API_KEY, url).send(outgoing())
+    # then it is a failure, never a send, retried like any surprise (the URL may be fixed)
+    assert raised.value.kind is FailureKind.TRANSIENT
+    assert API_KEY not in str(raised.value) and "elsewhere" not in str(raised.value)
+    # and the Location target received nothing: neither the email nor the key
     assert [request.path for request, _ in httpserver.log] == [PATH]
+
+
+def test_a_sendgrid_send_without_a_message_id_is_sent_with_a_warning(httpserver, monkeypatch):
+    from dbmail.core import transports
+
+    warned = []
+    monkeypatch.setattr(transports.logger, "warning", lambda message, **kw: warned.append((message, kw["extra"])))
+    # given SendGrid accepting the email without an X-Message-Id
+    url = serve_sendgrid(httpserver, Response("", 202))
+    # when it is sent, it counts as sent (retrying would send it twice), with no provider id
+    assert SendGridTransport(API_KEY, url).send(outgoing()) == ""
+    assert len(posted(httpserver)) == 1
+    # and a structured warning says so, naming no address
+    ((message, extra),) = warned
+    assert "X-Message-Id" in message
+    assert extra == {"provider": "sendgrid", "status": 202}
+
+
+def test_a_message_over_sendgrids_30_mb_fails_permanently_before_the_call(httpserver):
+    # given a message whose v3 JSON would be 30 MB or more (SES would take up to 40 MB)
+    big = dataclasses.replace(outgoing(), text="x" * SENDGRID_MAX_BYTES, html=None)
+    httpserver.expect_request(PATH).respond_with_response(Response("", 202, {"X-Message-Id": "big"}))
+    # when it is sent
+    with pytest.raises(DeliveryError, match="over SendGrid's 30 MB limit") as raised:
+        SendGridTransport(API_KEY, httpserver.url_for("")).send(big)
+    # then it fails at once, and SendGrid was never called
+    assert raised.value.kind is FailureKind.PERMANENT
+    assert httpserver.log == []
 
 
 # The contract check itself (tests/sendgrid_contract.py), briefly.

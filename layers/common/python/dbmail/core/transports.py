@@ -7,8 +7,10 @@ import json
 import re
 import urllib.error
 import urllib.request
+from email.utils import quote as _quote
 from typing import Protocol
 
+from aws_lambda_powertools import Logger
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -40,6 +42,11 @@ SES_THROTTLED = frozenset(
 # retries: 3 means 4 tries); a hung SES costs at most 3 x (3 + 5) s, inside a 30 s invocation.
 SES_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
 _ADDRESS = re.compile(r"[^\s<>()\[\],;:\"'@]+@[^\s<>()\[\],;:\"'@]+")
+# SendGrid's v3 mail/send limitations: "less than 30MB" for the whole email; we measure the
+# JSON body we would post and refuse it before the call (SES's 40 MB is MAX_MESSAGE_BYTES).
+SENDGRID_MAX_BYTES = 30 * 1024 * 1024
+
+logger = Logger(child=True)
 
 
 def _redact(text: str) -> str:
@@ -109,10 +116,16 @@ class SesTransport:
             raise DeliveryError(f"SES unreachable: {type(exc).__name__}", kind=FailureKind.TRANSIENT) from exc
 
 
-def _person(address) -> dict:
+def _person(address, recipient: bool = False) -> dict:
+    """An email object. SendGrid refuses a recipient name with ``,`` or ``;`` (v3 mail/send
+    limitations) unless it is one quoted string, as SendGrid's own libraries send it: the name
+    in double quotes, its quotes and backslashes escaped. Other names go verbatim."""
     person = {"email": address.addr_spec}
     if address.display_name:
-        person["name"] = address.display_name
+        name = address.display_name
+        if recipient and ("," in name or ";" in name):
+            name = f'"{_quote(name)}"'
+        person["name"] = name
     return person
 
 
@@ -122,17 +135,28 @@ def sendgrid_payload(email: OutgoingEmail) -> dict:
     if email.html is not None:
         content.append({"type": "text/html", "value": email.html})
     payload = {
-        "personalizations": [{"to": [_person(a) for a in email.to]}],
+        "personalizations": [{"to": [_person(a, recipient=True) for a in email.to]}],
         "from": _person(email.sender),
         "subject": email.subject or " ",
         "content": content,
         "custom_args": {"dbmail_message_id": email.message_id},
     }
-    if email.reply_to:
+    if len(email.reply_to) == 1:
         payload["reply_to"] = _person(email.reply_to[0])
+    elif email.reply_to:  # several: reply_to_list (never together with reply_to)
+        payload["reply_to_list"] = [_person(a) for a in email.reply_to]
     if email.headers:
         payload["headers"] = dict(email.headers)
     return payload
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect. urllib would re-send a 301/302/303 as a GET without the body but with
+    the Authorization header, to wherever Location points, and take its 2xx for a send. Refused,
+    the 3xx reaches HTTPDefaultErrorHandler and is raised as an HTTPError like any other."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 class SendGridTransport:
@@ -142,18 +166,32 @@ class SendGridTransport:
         self._api_key = api_key
         self._url = base_url.rstrip("/") + "/v3/mail/send"
         self._timeout = timeout
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def send(self, email: OutgoingEmail) -> str:
+        body = json.dumps(sendgrid_payload(email)).encode()
+        if len(body) >= SENDGRID_MAX_BYTES:
+            raise DeliveryError(
+                f"message is {len(body)} bytes as SendGrid JSON, over SendGrid's 30 MB limit "
+                f"(under {SENDGRID_MAX_BYTES} bytes); not sent",
+                kind=FailureKind.PERMANENT,
+            )
         request = urllib.request.Request(
             self._url,
-            data=json.dumps(sendgrid_payload(email)).encode(),
+            data=body,
             method="POST",
             headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with self._opener.open(request, timeout=self._timeout) as response:
                 response.read()  # to the end, so that a truncated answer is noticed
-                return response.headers.get("X-Message-Id", "")
+                message_id = response.headers.get("X-Message-Id", "")
+                if not message_id:  # accepted all the same: a retry would send it twice
+                    logger.warning(
+                        "SendGrid accepted the email without an X-Message-Id",
+                        extra={"provider": "sendgrid", "status": response.status},
+                    )
+                return message_id
         except urllib.error.HTTPError as exc:
             raise DeliveryError(
                 f"SendGrid HTTP {exc.code}: {_error_detail(exc)}", kind=sendgrid_failure_kind(exc.code)
@@ -177,13 +215,16 @@ def sendgrid_failure_kind(status: int) -> FailureKind:
         return FailureKind.TRANSIENT  # the server (or a proxy) gave up waiting for our request
     if 400 <= status < 500:
         return FailureKind.PERMANENT  # 400 (invalid request), 413 (too large), the rest of 4xx
-    return FailureKind.TRANSIENT  # a redirect or other surprise
+    return FailureKind.TRANSIENT  # a redirect (never followed) or other surprise
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     """The first 500 characters of SendGrid's JSON error body, if it can be read."""
     try:
-        return _redact(exc.read(500).decode("utf-8", "replace"))
+        detail = _redact(exc.read(500).decode("utf-8", "replace"))
+        if 300 <= exc.code < 400:  # the Location is not quoted: it may be anywhere
+            return f"redirect not followed (is DBMAIL_SENDGRID_URL right?) {detail}".rstrip()
+        return detail
     except (OSError, http.client.HTTPException):
         return "(error body unreadable)"
     finally:
