@@ -214,17 +214,45 @@ def _regex(value: str) -> str:
     return value
 
 
+# What each ACTION does (the help of the command's ACTION argument; its choices are the keys).
+LISTS_ACTIONS = {
+    "list": "print the rules, one JSON object a line",
+    "add": "add a rule (or replace the rule --id)",
+    "delete": "remove the rule --id",
+    "install-defaults": "write the four default rules",
+}
+REDIRECTS_ACTIONS = {
+    "list": "print original<TAB>destination lines",
+    "set": "redirect original to destination",
+    "delete": "remove original's redirect",
+}
+DIRECTORY_ACTIONS = {"load": "write the file's users and classes"}
+HELD_ACTIONS = {
+    "list": "print the held messages",
+    "release": "route a held message on",
+    "reject": "drop it, marking it rejected",
+}
+INBOUND_ACTIONS = {
+    "show": "print one message",
+    "failed": "print the messages whose routing failed",
+    "reprocess": "route a message again from its raw copy",
+}
+
+
+def _action(sub: argparse.ArgumentParser, actions: dict[str, str], *operands: tuple[str, str]) -> None:
+    """``COMMAND ACTION [operand ...]``: what to do, one of ``actions`` (each with what it does),
+    then the optional positionals it acts on, each a (name, help); an action that needs one says so."""
+    described = "; ".join(f"{action}: {does}" for action, does in actions.items())
+    sub.add_argument("action", choices=list(actions), metavar="ACTION", help=described)
+    for name, operand_help in operands:
+        sub.add_argument(name, nargs="?", help=operand_help)
+
+
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Routing rules, redirects, the directory and received messages; ``command(name, run, summary)``
     adds a subcommand (see build_parser)."""
     lists = command("lists", _lists, "EmailList rules for inbound mail")
-    lists.add_argument(
-        "action",
-        choices=["list", "add", "delete", "install-defaults"],
-        metavar="ACTION",
-        help="list: print the rules, one JSON object a line; add: add a rule (or replace the rule "
-        "--id); delete: remove the rule --id; install-defaults: write the four default rules",
-    )
+    _action(lists, LISTS_ACTIONS)
     lists.add_argument("--id", help="list_id (add: replaces that rule; delete: required)")
     lists.add_argument(
         "--regex",
@@ -264,41 +292,22 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         '"Name via Site" <noreply@chapter-domain>, Reply-To the sender)',
     )
     lists.add_argument("--description", help="free text for people reading `dbmail lists list`")
-    redirects = command("redirects", _redirects, "PlainRedirects: a local part to a list of addresses")
-    redirects.add_argument(
-        "action",
-        choices=["list", "set", "delete"],
-        metavar="ACTION",
-        help="list: print original<TAB>destination lines; set: redirect original to "
-        "destination; delete: remove original's redirect",
+    _action(
+        command("redirects", _redirects, "PlainRedirects: a local part to a list of addresses"),
+        REDIRECTS_ACTIONS,
+        ("original", "the local part redirected, e.g. directors (set, delete: required)"),
+        ("destination", "comma-separated addresses (set: required)"),
     )
-    redirects.add_argument(
-        "original", nargs="?", help="the local part redirected, e.g. directors (set, delete: required)"
-    )
-    redirects.add_argument("destination", nargs="?", help="comma-separated addresses (set: required)")
     directory = command("directory", _directory, "publish users and classes for routing")
-    directory.add_argument(
-        "action", choices=["load"], metavar="ACTION", help="load: write the file's users and classes"
-    )
+    _action(directory, DIRECTORY_ACTIONS)
     directory.add_argument("file", help='JSON: {"users": [...], "classes": [...]} (see docs/schema.md)')
-    held = command("held", _held, "inbound mail held for moderation")
-    held.add_argument(
-        "action",
-        choices=["list", "release", "reject"],
-        metavar="ACTION",
-        help="list: print the held messages; release: route a held message on; reject: drop it, marking it rejected",
+    _action(
+        command("held", _held, "inbound mail held for moderation"),
+        HELD_ACTIONS,
+        ("message_id", "the held message's id, from `dbmail held list` (release, reject: required)"),
     )
-    held.add_argument(
-        "message_id", nargs="?", help="the held message's id, from `dbmail held list` (release, reject: required)"
-    )
-    inbound = command("inbound", _inbound, "received messages: show one, list failed ones, reprocess")
-    inbound.add_argument(
-        "action",
-        choices=["show", "failed", "reprocess"],
-        metavar="ACTION",
-        help="show: print one message; failed: print the messages whose routing failed; "
-        "reprocess: route a message again from its raw copy",
-    )
-    inbound.add_argument(
-        "message_id", nargs="?", help="the message's id (show: required); reprocess without an id: every failed message"
+    _action(
+        command("inbound", _inbound, "received messages: show one, list failed ones, reprocess"),
+        INBOUND_ACTIONS,
+        ("message_id", "the message's id (show: required); reprocess without an id: every failed message"),
     )
