@@ -1,6 +1,14 @@
 import pytest
 
-from dbmail.core.addresses import check_sender, check_special_headers, format_address, mask, parse_address
+from dbmail.core.addresses import (
+    check_sender,
+    check_special_headers,
+    format_address,
+    mailbox_key,
+    mask,
+    parse_address,
+    unique_mailboxes,
+)
 from dbmail.core.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
 
 
@@ -54,3 +62,29 @@ def test_format_address_quotes_the_name_and_strips_quotes_inside_it():
 
 def test_mask_keeps_only_the_domain_for_logs():
     assert mask('"Zoë" <zoe@example.net>') == "***@example.net"
+
+
+def test_unique_mailboxes_keeps_the_first_of_each_mailbox_in_order():
+    # given addresses that differ only in case and surrounding white space, and one without an address
+    addresses = ["Ada@Example.ORG", " bo@example.net", "ada@example.org ", None, "", "BO@EXAMPLE.NET", "cy@example.net"]
+    # then one of each mailbox is kept, the first, in order, and the empty ones are dropped
+    assert unique_mailboxes(addresses) == ("Ada@Example.ORG", " bo@example.net", "cy@example.net")
+
+
+def test_unique_mailboxes_folds_case_only():
+    # a subaddress or a dot is another mailbox
+    assert unique_mailboxes(["ada@example.org", "ada+trip@example.org", "a.da@example.org"]) == (
+        "ada@example.org",
+        "ada+trip@example.org",
+        "a.da@example.org",
+    )
+    assert mailbox_key(" Ada@Example.ORG ") == "ada@example.org" and mailbox_key(None) == ""
+
+
+def test_unique_mailboxes_reads_the_address_out_of_an_item_and_shares_seen_across_calls():
+    people = [("Ada", "ada@example.org"), ("Ada again", "ADA@example.org"), ("Bo", "bo@example.net")]
+    seen: set[str] = set()
+    assert unique_mailboxes(people, lambda p: p[1], seen=seen) == (people[0], people[2])
+    assert unique_mailboxes([("Bo", "Bo@Example.NET"), ("Cy", "cy@example.net")], lambda p: p[1], seen=seen) == (
+        ("Cy", "cy@example.net"),
+    )

@@ -1,11 +1,12 @@
-"""Address and header rules shared by the client, expand and send (pure functions)."""
+"""Address and header rules shared by the client, expand, send and inbound (pure functions)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
+from typing import TypeVar
 
 from dbmail.core.errors import AddressInvalid, HeaderInvalid, SenderNotAllowed
 
@@ -53,6 +54,42 @@ def parse_address(value: str) -> Address:
     name, addr = pairs[0]
     username, _, domain = addr.rpartition("@")
     return Address(display_name=name, username=username, domain=domain.lower())
+
+
+def mailbox_key(address: object) -> str:
+    """What two spellings of one mailbox share: the addr-spec stripped and lower-cased, or "" when
+    there is no address (None, blank, not a string). See ``unique_mailboxes`` for the rule."""
+    return address.strip().lower() if isinstance(address, str) else ""
+
+
+T = TypeVar("T")
+
+
+def unique_mailboxes(
+    items: Iterable[T], address: Callable[[T], object] = lambda item: item, *, seen: set[str] | None = None
+) -> tuple[T, ...]:
+    """``items`` with one item a mailbox: the first of each is kept, in order, and an item
+    without an address is dropped. ``address`` picks the addr-spec out of an item (the item
+    itself by default: a string).
+
+    The same mailbox is the same addr-spec but for surrounding white space and case, in the
+    domain (case-insensitive, RFC 5321) and in the local part as well. RFC 5321 lets a server
+    tell ``Ada@`` from ``ada@``, but no provider dbmail delivers to does, the website compares
+    emails case-insensitively and inbound routing lower-cases local parts, so sending to both
+    would deliver twice (and providers refuse a repeated recipient). Nothing else is folded:
+    ``ada+trip@`` and ``ada@``, ``a.da@`` and ``ada@`` stay apart, and display names are not
+    compared.
+
+    ``seen`` holds the keys (``mailbox_key``) already taken and is updated: pass one set to
+    several calls to keep each mailbox in the first of them only."""
+    seen = set() if seen is None else seen
+    kept = []
+    for item in items:
+        key = mailbox_key(address(item))
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return tuple(kept)
 
 
 def format_address(name: str | None, email: str) -> str:

@@ -15,7 +15,7 @@ from email.utils import format_datetime
 
 import html2text
 
-from dbmail.core.addresses import check_special_headers, parse_address
+from dbmail.core.addresses import check_special_headers, parse_address, unique_mailboxes
 
 
 @dataclass(frozen=True)
@@ -125,18 +125,6 @@ def html_to_text(html: str) -> str:
     return converter.handle(html).strip() + "\n"
 
 
-def dedupe_addresses(addresses: Sequence[Address]) -> tuple[Address, ...]:
-    """Drop repeated addresses (case-insensitive), keeping the first; providers reject repeats."""
-    seen: set[str] = set()
-    unique = []
-    for address in addresses:
-        key = address.addr_spec.lower()
-        if key not in seen:
-            seen.add(key)
-            unique.append(address)
-    return tuple(unique)
-
-
 def compose(
     *,
     send_from: str,
@@ -158,7 +146,7 @@ def compose(
     html = body if is_html(body) else None
     return OutgoingEmail(
         sender=parse_address(send_from),
-        to=dedupe_addresses([parse_address(a) for a in send_to]),
+        to=unique_mailboxes([parse_address(a) for a in send_to], lambda a: a.addr_spec),  # providers refuse repeats
         subject=" ".join(subject.split()),
         text=html_to_text(body) if html else body,
         html=html,

@@ -26,6 +26,7 @@ from email import policy
 from email.message import Message
 from email.utils import formatdate, getaddresses
 
+from dbmail.core.addresses import mailbox_key, unique_mailboxes
 from dbmail.inbound.routing import Route
 
 LOOP_HEADER = "X-DBMail-Forwarded"
@@ -540,16 +541,13 @@ def original_sender(message: Message) -> tuple[str, str]:
 
 def been_there(message: Message) -> list[str]:
     """The list and redirect addresses (lower-cased) already in the message's X-BeenThere headers."""
-    seen: list[str] = []
+    found: list[str] = []
     for value in raw_headers(message, BEEN_THERE):
         try:
-            found = parse_mailboxes(value)
+            found += [address for _, address in parse_mailboxes(value)]
         except Exception:
             continue
-        for _, address in found:
-            if address.lower() not in seen:
-                seen.append(address.lower())
-    return seen
+    return [mailbox_key(address) for address in unique_mailboxes(found)]
 
 
 _AUTOMATIC_PRECEDENCE = frozenset(("bulk", "junk", "list", "auto_reply"))

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from dbmail.core.addresses import parse_address
+from dbmail.core.addresses import parse_address, unique_mailboxes
 from dbmail.core.errors import AddressInvalid, RequestInvalid
 
 logger = Logger(child=True)
@@ -188,16 +188,9 @@ def canonical_address(address: str, separator: str | None = SUBADDRESS_SEPARATOR
     return f"{canonical_local_part(local, separator)}@{domain.lower()}"
 
 
-def unique_people(people: Iterable[Person]) -> tuple[Person, ...]:
-    """Duplicates removed by address, order kept."""
-    seen: set[str] = set()
-    kept = []
-    for person in people:
-        key = person.email.strip().lower() if isinstance(person.email, str) else ""
-        if key and key not in seen:
-            seen.add(key)
-            kept.append(person)
-    return tuple(kept)
+def _email(person: Person) -> str:
+    """A person's address, for ``unique_mailboxes`` (one person a mailbox)."""
+    return person.email
 
 
 def parse_destinations(destination: str):
@@ -228,7 +221,7 @@ def _class_audience(cls: ClassInfo, audience: str, sections: Sequence[Section]) 
     if audience in ("students", "class"):
         for section in sections:
             people += section.students
-    return unique_people(people)
+    return unique_mailboxes(people, _email)
 
 
 def section_list(rule: EmailListRule, args: Sequence[Any], directory: Directory, has_list_id: bool) -> Route | None:
@@ -266,7 +259,7 @@ def plain_list(rule: EmailListRule, args: Sequence[Any], directory: Directory, h
             "PlainRedirect has invalid destination entries; forwarding to the valid ones",
             extra={"original": original, "invalid_entries": bad, "valid_entries": len(people)},
         )
-    return Route(rule, unique_people(people), group=True) if people else None
+    return Route(rule, unique_mailboxes(people, _email), group=True) if people else None
 
 
 def user_email(rule: EmailListRule, args: Sequence[Any], directory: Directory, has_list_id: bool) -> Route | None:
@@ -628,8 +621,9 @@ def route(
 def merge_routes(routes: Iterable[Route]) -> list[Route]:
     """One copy per person across the routes of one SMTP transaction.
 
-    Each person (by lower-cased email) stays in exactly one route: direct (non-group, UserEmail)
-    routes claim people first, then group forwards, each kind in the order given (envelope order).
+    Each person (each mailbox, as ``unique_mailboxes`` tells them apart) stays in exactly one route:
+    direct (non-group, UserEmail) routes claim people first, then group forwards, each kind in the
+    order given (envelope order).
     A person written to directly therefore gets the direct, unmodified copy and not the list copy
     as well (like Mailman's "avoid duplicates"). Routes keep their order; a route left with nobody
     is dropped. Call it with the routes that will actually be sent (after holds and refusals)."""
@@ -638,13 +632,8 @@ def merge_routes(routes: Iterable[Route]) -> list[Route]:
     seen: set[str] = set()
     merged: list[Route | None] = [None] * len(routes)
     for i in claim_order:
-        kept = []
-        for person in routes[i].recipients:
-            key = person.email.strip().lower() if isinstance(person.email, str) else ""
-            if key and key not in seen:
-                seen.add(key)
-                kept.append(person)
-        merged[i] = routes[i] if len(kept) == len(routes[i].recipients) else replace(routes[i], recipients=tuple(kept))
+        kept = unique_mailboxes(routes[i].recipients, _email, seen=seen)
+        merged[i] = routes[i] if len(kept) == len(routes[i].recipients) else replace(routes[i], recipients=kept)
     return [r for r in merged if r is not None and r.recipients]
 
 

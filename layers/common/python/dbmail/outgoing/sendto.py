@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from dbmail.core.addresses import format_address
+from dbmail.core.addresses import format_address, unique_mailboxes
 from dbmail.core.errors import UnknownSendToFunction
 
 
@@ -65,15 +65,8 @@ def get_sendto_function(name: str | None) -> Callable[[RecipientLike], list[Dest
     parts = [_PARTS[p] for p in SENDTO_FUNCTIONS[key]]
 
     def destinations(recipient: RecipientLike) -> list[Destination]:
-        seen: set[str] = set()
-        found: list[Destination] = []
-        for part in parts:
-            name_, email = part(recipient)
-            email = (email or "").strip()
-            if not email or email.lower() in seen:
-                continue  # no address there means no email for this user, not an error
-            seen.add(email.lower())
-            found.append(Destination(send_to=format_address(name_, email), email=email))
-        return found
+        # one email a mailbox; no address there means no email for this user, not an error
+        found = unique_mailboxes((part(recipient) for part in parts), lambda name_and_email: name_and_email[1])
+        return [Destination(send_to=format_address(name, email.strip()), email=email.strip()) for name, email in found]
 
     return destinations
