@@ -89,9 +89,15 @@ def message_id_for(request_id: str, key: str, send_from: str) -> str:
 
 def expiry_reason(item, now: datetime, max_age: timedelta) -> str | None:
     """Why mail (a request or one of its emails: both carry created_at and sent_by) must not go
-    out any more, or None. The original's rule: never late, never after the 7-day window."""
+    out any more, or None. The original's rule: never late (sent_by), never older than the
+    window (``max_age``, which is settings.max_age)."""
     if item.sent_by is not None and item.sent_by < now:
         return "sent_by deadline passed"
+    return too_old(item, now, max_age)
+
+
+def too_old(item, now: datetime, max_age: timedelta) -> str | None:
+    """The window half of ``expiry_reason``: why ``item`` is past it, or None."""
     if item.created_at < now - max_age:
         return f"older than {max_age.days} days"
     return None
@@ -212,12 +218,10 @@ class Expander:
             return self._fail(request_id, now, RequestInvalid("malformed request item: created_at is required"))
         if request.status in RequestStatus.FINAL:
             return Outcome.ALREADY_DONE
-        if request.created_at < now - self.settings.max_age:
+        stale = too_old(request, now, self.settings.max_age)
+        if stale:
             self.store.finish_request(
-                request_id,
-                RequestStatus.EXPIRED,
-                now,
-                error=f"older than {self.settings.max_age.days} days when its turn came; never expanded",
+                request_id, RequestStatus.EXPIRED, now, error=f"{stale} when its turn came; never expanded"
             )
             logger.info("request expired", extra={"request_id": request_id})
             return Outcome.EXPIRED
