@@ -40,7 +40,10 @@ MAX_REDIRECT_DESTINATIONS = 50  # also SES's recipients-per-message limit
 MAX_USERNAME_CHARS = 254
 MAX_EMAILCODE_CHARS = 64
 
-AUDIENCES = ("class", "teachers", "students")
+# A class or section list's audiences, each with whom it reaches besides the program's directors:
+# the one place they are named (the handlers, the rule checks and the default rules read them).
+AUDIENCES = {"class": ("teachers", "students"), "teachers": ("teachers",), "students": ("students",)}
+_AUDIENCE_GROUP = "(" + "|".join(AUDIENCES) + ")"  # (class|teachers|students)
 BROADCAST_HANDLERS = frozenset({"ClassList", "SectionList"})
 
 
@@ -148,17 +151,17 @@ class RoutingResult:
 DEFAULT_RULES = (
     EmailListRule(
         "default-section",
-        r"^\w(\d+)s(\d+)-(class|teachers|students)$",
+        rf"^\w(\d+)s(\d+)-{_AUDIENCE_GROUP}$",
         10,
         "SectionList",
-        description="Section lists: <emailcode>s<n>-class|teachers|students",
+        description=f"Section lists: <emailcode>s<n>-{'|'.join(AUDIENCES)}",
     ),
     EmailListRule(
         "default-class",
-        r"^\w(\d+)-(class|teachers|students)$",
+        rf"^\w(\d+)-{_AUDIENCE_GROUP}$",
         20,
         "ClassList",
-        description="Class lists: <emailcode>-class|teachers|students",
+        description=f"Class lists: <emailcode>-{'|'.join(AUDIENCES)}",
     ),
     EmailListRule("default-redirect", r"^(.*)$", 30, "PlainList", description="PlainRedirect lookup"),
     EmailListRule("default-user", r"^(.*)$", 40, "UserEmail", description="Mail to a teacher by username"),
@@ -178,14 +181,6 @@ def canonical_local_part(local: str, separator: str | None = SUBADDRESS_SEPARATO
         if found and base:
             return base
     return local
-
-
-def canonical_address(address: str, separator: str | None = SUBADDRESS_SEPARATOR) -> str:
-    """``E1234-Students+x@Example.ORG`` -> ``e1234-students@example.org`` (what loop detection keys on)."""
-    local, at, domain = address.strip().rpartition("@")
-    if not at:
-        return canonical_local_part(address, separator)
-    return f"{canonical_local_part(local, separator)}@{domain.lower()}"
 
 
 def _email(person: Person) -> str:
@@ -216,9 +211,10 @@ def parse_destinations(destination: str):
 
 def _class_audience(cls: ClassInfo, audience: str, sections: Sequence[Section]) -> tuple[Person, ...]:
     people = [Person(f"{cls.program_name} Directors", cls.directors_email)]
-    if audience in ("teachers", "class"):
+    reaches = AUDIENCES[audience]
+    if "teachers" in reaches:
         people += cls.teachers
-    if audience in ("students", "class"):
+    if "students" in reaches:
         for section in sections:
             people += section.students
     return unique_mailboxes(people, _email)
@@ -507,7 +503,7 @@ def compile_rule_regex(regex: str, handler_name: str) -> re.Pattern:
                 )
                 raise RuleInvalid(
                     f"{handler_name} group {number} ({name}) of regex {regex!r} must match only "
-                    f"{', '.join(AUDIENCES)}, e.g. (class|teachers|students){extra}"
+                    f"{', '.join(AUDIENCES)}, e.g. {_AUDIENCE_GROUP}{extra}"
                 )
     return pattern
 
