@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import email
 import json
+import os
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -15,17 +16,28 @@ from pathlib import Path
 import pytest
 
 from dbmail.client import request_status, submit_request
+from dbmail.core.errors import HeaderInvalid, SenderNotAllowed
+from dbmail.core.unsubscribe import verify_token
 from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.queue import QueuedEmail
 from tests.conftest import recipient
 
 pytestmark = pytest.mark.integration
 
 
+def message_id_of(path: Path) -> str | None:
+    """The Message-ID of an .eml, reading its header only (the outbox also holds 12 MB forwards)."""
+    head = b""
+    with path.open("rb") as handle:
+        while b"\r\n\r\n" not in head and b"\n\n" not in head and (chunk := handle.read(8192)):
+            head += chunk
+    return BytesHeaderParser().parsebytes(head)["Message-ID"]
+
+
 def outbox_by_message_id(outbox: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for path in outbox.glob("*.eml"):
-        with path.open("rb") as handle:
-            found.setdefault(BytesHeaderParser().parse(handle)["Message-ID"], []).append(path)
+        found.setdefault(message_id_of(path), []).append(path)
     return found
 
 
@@ -97,8 +109,16 @@ def test_a_submitted_request_is_delivered_as_correct_mime(local_stack, store):
         assert message.get_content().replace("\r\n", "\n").endswith(",\nhello.\n")
 
 
-def write_raw_request(local_stack, subject: str, msgtext: str, users: list[dict]) -> str:
-    """A request written with plain DynamoDB calls, exactly as docs/schema.md describes."""
+def write_raw_request(
+    local_stack,
+    subject: str,
+    msgtext: str,
+    users: list[dict],
+    sender: str = "Splash <splash@example.org>",
+    special_headers: dict | None = None,
+) -> str:
+    """A request written with plain DynamoDB calls, exactly as docs/schema.md describes (so
+    none of submit_request's checks ran)."""
     dynamodb = local_stack.client("dynamodb")
     env = local_stack.env
     request_id = f"raw-{uuid.uuid4().hex[:12]}"
@@ -125,9 +145,10 @@ def write_raw_request(local_stack, subject: str, msgtext: str, users: list[dict]
             "subject": {"S": subject},
             "msgtext": {"S": msgtext},
             "sendto_fn_name": {"S": "send_to_self"},
-            "sender": {"S": "Splash <splash@example.org>"},
+            "sender": {"S": sender},
             "message_vars": {"S": json.dumps({"program": {"name": "Splash"}})},
             "recipient_count": {"N": str(len(users))},
+            **({"special_headers": {"S": json.dumps(special_headers)}} if special_headers else {}),
         },
     )
     return request_id
@@ -260,3 +281,204 @@ def test_every_raw_list_unsubscribe_header_is_a_plain_url_on_the_wire(local_stac
         (line,) = [line for line in raw.split(b"\r\n") if line.lower().startswith(b"list-unsubscribe:")]
         assert line.startswith(b"List-Unsubscribe: <https://") and line.endswith(b">") and b"=?" not in line
         assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
+
+
+def unsubscribe_token(message: email.message.EmailMessage) -> dict:
+    """What the website's unsubscribe endpoint reads from the email's one-click link."""
+    url = message["List-Unsubscribe"].strip("<>")
+    assert url.startswith(os.environ["DBMAIL_SITE_URL"] + "/unsubscribe/")
+    return verify_token(os.environ["DBMAIL_UNSUBSCRIBE_SECRET"], url.rpartition("/")[2])
+
+
+def failure_report(local_stack, request_id: str) -> email.message.EmailMessage:
+    """The request's one "Mail delivery failure" report, once the expire schedule has sent it."""
+    report_id = f"<dbmail.outgoing.report.{request_id}@example.org>"
+    (path,) = local_stack.wait_for(lambda: outbox_by_message_id(local_stack.outbox).get(report_id), timeout=30)
+    return email.message_from_bytes(path.read_bytes(), policy=policy.default)
+
+
+def test_every_unsubscribe_link_verifies_with_the_sites_secret_for_its_user_and_address(local_stack, store):
+    # given a request to a student and, through send_to_self_and_guardian, their guardian
+    request_id = submit_request(
+        subject="Hi",
+        msgtext="Dear {{ user.first_name }}",
+        recipients=[recipient(4700)],
+        sendto_fn_name="send_to_self_and_guardian",
+        sender="splash@example.org",
+    )
+    # when both are delivered
+    assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 2}
+    # then the website can verify each link, and it names the student and the address it went to
+    tokens = sorted(
+        (unsubscribe_token(m)["u"], unsubscribe_token(m)["e"])
+        for m in delivered_messages(local_stack, store, request_id)
+    )
+    assert tokens == [(4700, "guardian4700@example.net"), (4700, "user4700@example.net")]
+    # and a link that was tampered with does not verify
+    message = delivered_messages(local_stack, store, request_id)[0]
+    payload, _, signature = message["List-Unsubscribe"].strip("<>").rpartition("/")[2].partition(".")
+    with pytest.raises(Exception, match="signature"):
+        verify_token(os.environ["DBMAIL_UNSUBSCRIBE_SECRET"], f"{payload}x.{signature}")
+
+
+def test_send_to_guardian_writes_to_each_guardian_about_their_student_and_skips_users_without_one(local_stack, store):
+    # given a guardians-only request for a student with a guardian and one without
+    request_id = submit_request(
+        subject="About {{ user.first_name }}",
+        msgtext="Dear {{ user.guardian_name }}, {{ user.first_name }} is enrolled.",
+        recipients=[recipient(4800, first_name="Ada"), recipient(4801, guardian_email=None)],
+        sendto_fn_name="send_to_guardian",
+        sender="Splash <splash@example.org>",
+    )
+    # when it has been delivered
+    status = wait_delivered(local_stack, request_id)
+    # then only the guardian got mail, addressed by name, about the right student
+    assert (status["recipients"], status["emails"], status["skipped_no_address"]) == (2, 1, 1)
+    assert status["emails_by_status"] == {"sent": 1}
+    (message,) = delivered_messages(local_stack, store, request_id)
+    assert [(a.display_name, a.addr_spec) for a in message["To"].addresses] == [
+        ("Mai Ng4800", "guardian4800@example.net")
+    ]
+    assert message["Subject"] == "About Ada"
+    assert message.get_content().strip() == "Dear Mai Ng4800, Ada is enrolled."
+    # and the guardian's unsubscribe link names the guardian's own address
+    assert unsubscribe_token(message)["e"] == "guardian4800@example.net"
+
+
+def test_a_recipient_with_a_broken_address_fails_alone_and_the_sender_gets_one_failure_report(local_stack, store):
+    # given a request written straight into DynamoDB whose second recipient's address is broken
+    users = [recipient(4900), recipient(4901, email="not an address"), recipient(4902)]
+    request_id = write_raw_request(local_stack, "Trip {{ user.first_name }}", "Bring lunch.", users)
+    # when the stack has handled it
+    status = wait_delivered(local_stack, request_id)
+    # then the two good emails went, the broken one failed for good (no retries), naming why
+    assert status["status"] == "processed" and status["emails_by_status"] == {"failed": 1, "sent": 2}
+    emails = {item.recipient_key: item for item in store.iter_emails(request_id)}
+    broken = emails["u0000004901"]
+    assert broken.status == "failed" and "not a single valid email address" in broken.error and broken.tries == 1
+    sent = sorted(
+        m["To"].addresses[0].addr_spec for m in delivered_messages_with_status(local_stack, store, request_id)
+    )
+    assert sent == ["user4900@example.net", "user4902@example.net"]
+    # and, once every email is final, the sender and the bounces address get one report naming it
+    report = failure_report(local_stack, request_id)
+    assert [a.addr_spec for a in report["To"].addresses] == ["splash@example.org", "bounces@example.org"]
+    assert report["Subject"] == "Mail delivery failure: Trip {{ user.first_name }}"
+    assert "not an address" in report.get_content() and f"dbmail resend {request_id}" in report.get_content()
+    local_stack.wait_for(lambda: request_status(request_id)["reconciliation"]["settled"], timeout=30)
+    assert len(outbox_by_message_id(local_stack.outbox)[report["Message-ID"]]) == 1
+
+
+def delivered_messages_with_status(local_stack, store, request_id: str, status: str = "sent"):
+    by_id = outbox_by_message_id(local_stack.outbox)
+    for item in store.iter_emails(request_id):
+        if item.status == status:
+            (path,) = by_id[message_id_for(request_id, item.email_key, item.send_from)]
+            yield email.message_from_bytes(path.read_bytes(), policy=policy.default)
+
+
+def test_requests_written_past_submits_checks_fail_whole_send_nothing_and_the_sender_is_told(local_stack):
+    # given two requests written straight into DynamoDB: one From a domain the site may not
+    # send from, one with a header that smuggles in a Bcc
+    victim = f"victim-{uuid.uuid4().hex[:8]}@example.net"
+    foreign = write_raw_request(local_stack, "From afar", "Hello", [recipient(5000)], sender="Boss <boss@evil.example>")
+    injected = write_raw_request(
+        local_stack, "Injected", "Hello", [recipient(5001)], special_headers={"X-Note": f"hi\r\nBcc: {victim}"}
+    )
+    # when the stack has handled them
+    # then each failed as a whole, saying why, and no email exists for its recipients
+    for request_id, why in ((foreign, "SenderNotAllowed: From domain 'evil.example'"), (injected, "HeaderInvalid")):
+        status = wait_delivered(local_stack, request_id)
+        assert status["status"] == "failed" and status["error"].startswith(why), status
+        assert status["emails_by_status"] == {}
+    # and each sender gets the request's failure report: the foreign From never, the site's
+    # default sender instead
+    for request_id, sender in ((foreign, "info@example.org"), (injected, "splash@example.org")):
+        report = failure_report(local_stack, request_id)
+        assert [a.addr_spec for a in report["To"].addresses] == [sender, "bounces@example.org"]
+        assert "could not be sent as written" in report.get_content()
+    assert not any(victim.encode() in path.read_bytes() for path in local_stack.outbox.glob("*.eml"))
+
+
+def test_submit_refuses_header_injection_and_a_foreign_from_before_writing_anything(local_stack):
+    # given requests with an injected header, an overridden dbmail header and a foreign From
+    token = uuid.uuid4().hex
+    attempts = {
+        "a CRLF in a header": ({"special_headers": {"X-Note": "hi\r\nBcc: victim@example.net"}}, HeaderInvalid),
+        "a CRLF in Reply-To": ({"special_headers": {"Reply-To": "a@example.org\nBcc: v@example.net"}}, HeaderInvalid),
+        "dbmail's own header": ({"special_headers": {"List-Unsubscribe": "<https://evil.example>"}}, HeaderInvalid),
+        "a foreign From": ({"sender": "Boss <boss@evil.example>"}, SenderNotAllowed),
+        "a look-alike domain": ({"sender": "x@example.org.evil.example"}, SenderNotAllowed),
+    }
+    for name, (fields, refusal) in attempts.items():
+        # when the website submits it
+        with pytest.raises(refusal, match=".") as refused:
+            submit_request(
+                subject=f"refused {token}",
+                msgtext="x",
+                recipients=[recipient(5100, email=f"{token}@example.net")],
+                **{"sender": "splash@example.org", **fields},
+            )
+        assert refused.type is refusal, name
+    # then neither a request nor a recipient was written
+    dynamodb, env = local_stack.client("dynamodb"), local_stack.env
+    for table, attribute in ((env["DBMAIL_REQUEST_TABLE"], "subject"), (env["DBMAIL_RECIPIENT_TABLE"], "email")):
+        value = f"refused {token}" if attribute == "subject" else f"{token}@example.net"
+        found = dynamodb.scan(
+            TableName=table,
+            FilterExpression="#a = :v",
+            ExpressionAttributeNames={"#a": attribute},
+            ExpressionAttributeValues={":v": {"S": value}},
+        )
+        assert found["Count"] == 0, table
+
+
+def test_a_scheduled_request_waits_for_its_time_and_the_expire_schedule_sends_it(local_stack, store):
+    # given a request scheduled a few seconds ahead (the stream sees it at once)
+    processed_by = datetime.now(UTC) + timedelta(seconds=8)
+    request_id = submit_request(
+        subject="Reminder",
+        msgtext="Class starts soon",
+        recipients=[recipient(5200)],
+        sender="splash@example.org",
+        processed_by=processed_by,
+    )
+    # then before its time nothing is expanded or sent
+    time.sleep(3)
+    early = request_status(request_id)
+    assert (early["status"], early["emails"], early["emails_by_status"]) == ("queued", 0, {})
+    # when its time has come, the expire schedule expands it and it is delivered once
+    status = wait_delivered(local_stack, request_id, timeout=60)
+    assert status["emails_by_status"] == {"sent": 1}
+    assert datetime.fromisoformat(status["processed_at"]) >= processed_by
+    (item,) = store.iter_emails(request_id)
+    assert item.sent >= processed_by
+    assert (
+        len(outbox_by_message_id(local_stack.outbox)[message_id_for(request_id, item.email_key, item.send_from)]) == 1
+    )
+
+
+def test_a_second_message_for_an_email_already_sent_sends_nothing_again(local_stack, store):
+    # given a delivered email
+    request_id = submit_request(
+        subject="Once", msgtext="Only once", recipients=[recipient(5300)], sender="splash@example.org"
+    )
+    assert wait_delivered(local_stack, request_id)["emails_by_status"] == {"sent": 1}
+    (item,) = store.iter_emails(request_id)
+    # when its send message arrives again (SQS delivers at least once; the sweep may requeue)
+    sqs, queue_url = local_stack.client("sqs"), local_stack.env["DBMAIL_SEND_QUEUE_URL"]
+    body = QueuedEmail(request_id, item.email_key).to_body()
+    sqs.send_message_batch(QueueUrl=queue_url, Entries=[{"Id": str(n), "MessageBody": body} for n in range(3)])
+
+    def drained():
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        counts = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+        return all(counts[name] == "0" for name in names)
+
+    local_stack.wait_for(drained, timeout=30)
+    # then the send function could not claim it again: one copy only, the email still sent once
+    assert (
+        len(outbox_by_message_id(local_stack.outbox)[message_id_for(request_id, item.email_key, item.send_from)]) == 1
+    )
+    (again,) = store.iter_emails(request_id)
+    assert (again.status, again.sent, again.tries) == ("sent", item.sent, item.tries)
