@@ -26,7 +26,7 @@ class RunnerSettings:
     becomes visible again (Lambda waits for the queue's visibility timeout) and how long a
     stream trigger waits before retrying a failed batch.
     ``schedule_seconds`` (DBMAIL_LOCAL_SCHEDULE_SECONDS, default 5 s): how often Schedule events
-    fire locally, whatever their rate() or cron().
+    fire locally, whatever their rate() (the only kind of expression the runner accepts).
     """
 
     retry_delay: float = 1.0
