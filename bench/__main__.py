@@ -126,9 +126,9 @@ def bench_expand(sizes: list[int]) -> None:
     try:
         stack.stop_runner(state)  # expand runs here, in-process, so it can be measured
         os.environ.update(stack.read_env_file(state.env_file))
-        settings.get_settings.cache_clear()
+        settings.website_settings.cache_clear()
         models.bind_models.cache_clear()
-        expander = wiring.expander()
+        expander = wiring.expander(settings.Settings.for_function("expand"))
         counter = CallCounter()
         counter.attach(expander.queue._sqs)
         counter.attach(expander.store.models.TextOfEmail._get_connection().connection.client)

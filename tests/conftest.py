@@ -7,6 +7,7 @@ import os
 import uuid
 from email import policy
 from email.message import EmailMessage
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,15 +35,23 @@ def load_event(name: str) -> dict:
 
 def clear_caches() -> None:
     """Settings and services are built once per process; each test gets fresh ones."""
-    settings.get_settings.cache_clear()
+    settings.website_settings.cache_clear()
+    function_settings.cache_clear()
     models.bind_models.cache_clear()
-    for factory in (wiring.send_queue, wiring.expander, wiring.email_sender, wiring.expirer, wiring.inbound_router):
-        factory.cache_clear()
+    wiring.clear()
+
+
+@cache
+def function_settings(function: str) -> settings.Settings:
+    """A function's settings, read once from the environment as its cold start reads them (the
+    services wiring builds from them are the function's)."""
+    return settings.Settings.for_function(function)
 
 
 @pytest.fixture
 def moto_stack(monkeypatch):
-    """The template's tables, queues and SES identities in moto, with the functions' environment set."""
+    """The template's tables, queues and SES identities in moto, with the stack's environment set
+    (every function's variables, as in stack.env); ``settings`` are the website's."""
     from dbmail_local.cfn import LocalTarget, Template
     from dbmail_local.resources import create_resources
 
@@ -63,7 +72,7 @@ def moto_stack(monkeypatch):
         clear_caches()
         stack = SimpleNamespace(
             template=template,
-            settings=settings.get_settings(),
+            settings=settings.website_settings(),
             sqs=boto3.client("sqs", region_name="us-east-1"),
             dlq_url=template.queue_url(template.physical_name("SendDeadLetterQueue")),
         )

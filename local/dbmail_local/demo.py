@@ -88,10 +88,10 @@ def wait_until_settled(request_ids: list[str], outbox: Path, before: set[Path], 
     """Wait (cheaply: request items and the outbox) until every request is final and as many new
     .eml files exist as emails were expanded, then read the full status once."""
     from dbmail.client import request_status
-    from dbmail.core.settings import get_settings
+    from dbmail.core.settings import website_settings
     from dbmail.outgoing.store import Store
 
-    store = Store(get_settings())
+    store = Store(website_settings())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         requests = [store.get_request(rid) for rid in request_ids]

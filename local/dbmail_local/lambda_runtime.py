@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,6 +126,7 @@ class LocalFunction:
         self.timeout_s = float(template.resolve(properties.get("Timeout", 3)))
         self.memory_mb = int(template.resolve(properties.get("MemorySize", 128)))
         self.environment = template.function_environment(logical_id)
+        self._template_variables = function_variables(template)
         code_uri = template.resolve(properties.get("CodeUri"))
         handler = template.resolve(properties.get("Handler", ""))
         if not isinstance(code_uri, str) or "." not in handler:
@@ -140,15 +141,18 @@ class LocalFunction:
     def load(self) -> None:
         """Imports the handler module under a unique name, with this function's environment.
 
-        Like Lambda, the code directory and the layers' ``python`` directories come first on
-        sys.path. Raises HandlerLoadError with the cause attached.
+        The import is the function's cold start: its own variables (template.yaml's, Globals
+        included) are set and every other function's are hidden, so settings read at import see
+        what Lambda would give it, and a variable its template lacks fails here. Like Lambda, the
+        code directory and the layers' ``python`` directories come first on sys.path. Raises
+        HandlerLoadError with the cause attached.
         """
         module_name = "dbmail_local_function_" + re.sub(r"\W", "_", self.logical_id)
         spec = importlib.util.spec_from_file_location(module_name, self.module_path)
         if spec is None or spec.loader is None or not self.module_path.is_file():
             raise HandlerLoadError(f"{self.logical_id}: no handler module at {self.module_path}")
         module = importlib.util.module_from_spec(spec)
-        with _import_lock, temporary_environment(self.environment):
+        with _import_lock, temporary_environment(self.environment, hidden=self.hidden_variables()):
             for directory in reversed([self.code_dir, *self.layer_dirs]):
                 if str(directory) not in sys.path:
                     sys.path.insert(0, str(directory))
@@ -160,6 +164,12 @@ class LocalFunction:
                 raise HandlerLoadError(f"{self.logical_id}: importing {self.module_path} failed: {error!r}") from error
         self._handler = _handler_function(module, self.handler_name, self.logical_id)
         log.info("handler loaded", extra={"function": self.logical_id, "path": str(self.module_path)})
+
+    def hidden_variables(self) -> set[str]:
+        """What this function's import must not see: the other functions' variables, and any
+        dbmail setting (DBMAIL_*, but not the runner's DBMAIL_LOCAL_*) the process inherited."""
+        inherited = {name for name in os.environ if is_setting(name)}
+        return (self._template_variables | inherited) - set(self.environment)
 
     def invoke(self, event: Any, request_id: str | None = None) -> Invocation:
         """Calls the handler; errors are logged with their traceback and returned, never raised.
@@ -214,10 +224,40 @@ def _handler_function(module: ModuleType, name: str, logical_id: str) -> Callabl
     return handler
 
 
+def is_setting(name: str) -> bool:
+    """A variable dbmail's settings read (DBMAIL_*), not one of the local stack's own (DBMAIL_LOCAL_*)."""
+    return name.startswith("DBMAIL_") and not name.startswith("DBMAIL_LOCAL_")
+
+
+def function_variables(template: Template) -> set[str]:
+    """The names of every variable any of the template's functions is given."""
+    return {
+        name
+        for logical_id in template.resources("AWS::Serverless::Function")
+        for name in template.function_environment(logical_id)
+    }
+
+
+def shared_environment(template: Template) -> dict[str, str]:
+    """The variables every function of the template is given, with the same value (Globals):
+    the process that runs them all may have these, since no function lacks one."""
+    environments = [
+        template.function_environment(logical_id) for logical_id in template.resources("AWS::Serverless::Function")
+    ]
+    if not environments:
+        return {}
+    first, *others = environments
+    return {name: value for name, value in first.items() if all(other.get(name) == value for other in others)}
+
+
 @contextmanager
-def temporary_environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Temporarily sets variables in os.environ (a function's own values while it imports)."""
-    saved = {name: os.environ.get(name) for name in variables}
+def temporary_environment(variables: Mapping[str, str], hidden: Iterable[str] = ()) -> Iterator[None]:
+    """Temporarily sets ``variables`` in os.environ and removes ``hidden`` (a function's own
+    values, and none of the other functions', while it imports)."""
+    hidden = [name for name in hidden if name not in variables]
+    saved = {name: os.environ.get(name) for name in [*variables, *hidden]}
+    for name in hidden:
+        os.environ.pop(name, None)
     os.environ.update(variables)
     try:
         yield

@@ -10,10 +10,22 @@ from dbmail.core.clock import utcnow
 from dbmail.outgoing.expand import CHUNK_RECIPIENTS
 from dbmail.outgoing.store import Store
 from tests.conftest import DIRECTORY, drain, inbound_message, load_event, recipient
-from tests.handlers.conftest import EXAMPLE_REQUEST, load_handler, seed_example_request
+from tests.handlers.conftest import EXAMPLE_REQUEST, emitted_metrics, load_handler, seed_example_request
 
 
-def test_expand_handler_expands_the_inserted_request(moto_stack, context):
+def outcome_counts(capsys, name: str, **dimensions) -> dict[str, int]:
+    """What the invocations so far counted for metric ``name`` (one EMF blob per outcome), by outcome."""
+    counts = {}
+    for metric in emitted_metrics(capsys.readouterr().out):
+        if metric["name"] == name:
+            assert metric["namespace"] == "dbmail"
+            outcome = metric["dimensions"].pop("outcome")
+            assert metric["dimensions"] == {"service": "dbmail", **dimensions}
+            counts[outcome] = counts.get(outcome, 0) + metric["value"]
+    return counts
+
+
+def test_expand_handler_expands_the_inserted_request(moto_stack, context, capsys):
     # given the request the sample stream event names
     seed_example_request(Store(moto_stack.settings))
     # when the stream event arrives
@@ -22,9 +34,11 @@ def test_expand_handler_expands_the_inserted_request(moto_stack, context):
     assert response == {"batchItemFailures": []}
     assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 3
     assert Store(moto_stack.settings).get_request(EXAMPLE_REQUEST).status == "processed"
+    # and the expansion is counted by its outcome
+    assert outcome_counts(capsys, "RequestsExpanded", trigger="stream") == {"processed": 1}
 
 
-def test_a_bad_template_fails_its_request_without_blocking_the_batch(moto_stack, context):
+def test_a_bad_template_fails_its_request_without_blocking_the_batch(moto_stack, context, capsys):
     store = Store(moto_stack.settings)
     seed_example_request(store, subject="{% if %}")
     event = load_event("expand_insert.json")
@@ -36,6 +50,7 @@ def test_a_bad_template_fails_its_request_without_blocking_the_batch(moto_stack,
     assert response == {"batchItemFailures": []}
     request = store.get_request(EXAMPLE_REQUEST)
     assert request.status == "failed" and "subject template syntax error" in request.error
+    assert outcome_counts(capsys, "RequestsExpanded", trigger="stream") == {"failed": 1, "missing": 1}
 
 
 def test_requests_that_cannot_be_expanded_are_failed_requests_not_failed_records(moto_stack, context):
@@ -93,7 +108,7 @@ def test_requests_that_cannot_be_expanded_are_failed_requests_not_failed_records
     assert store.get_request(good).status == "processed"
 
 
-def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batch_proceeds(moto_stack, context):
+def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batch_proceeds(moto_stack, context, capsys):
     # given a request larger than one chunk, and a small one after it in the same batch
     store = Store(moto_stack.settings)
     seed_example_request(store, recipient_count=None)
@@ -114,9 +129,10 @@ def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batc
     assert response == {"batchItemFailures": [{"itemIdentifier": "111100000000000000000001"}]}
     assert store.get_request(EXAMPLE_REQUEST).status == "processing"
     assert store.get_request(small).status == "processed"
+    assert outcome_counts(capsys, "RequestsExpanded", trigger="stream") == {"incomplete": 1, "processed": 1}
 
 
-def test_send_handler_delivers_each_queued_email(moto_stack, context):
+def test_send_handler_delivers_each_queued_email(moto_stack, context, capsys):
     # given the example request expanded
     seed_example_request(Store(moto_stack.settings))
     load_handler("expand")(load_event("expand_insert.json"), context)
@@ -126,9 +142,13 @@ def test_send_handler_delivers_each_queued_email(moto_stack, context):
     assert response == {"batchItemFailures": []}
     counts = Store(moto_stack.settings).email_status_counts(EXAMPLE_REQUEST)
     assert counts == {"sent": 2, "queued": 1}
+    # and one EMF blob counts both
+    capsys.readouterr()  # the expansion's
+    load_handler("send")(load_event("send_sqs.json"), context)  # the same messages again: duplicates
+    assert outcome_counts(capsys, "EmailsProcessed") == {"duplicate": 2}
 
 
-def test_a_poison_message_fails_alone(moto_stack, context):
+def test_a_poison_message_fails_alone(moto_stack, context, capsys):
     seed_example_request(Store(moto_stack.settings))
     load_handler("expand")(load_event("expand_insert.json"), context)
     event = load_event("send_sqs.json")
@@ -136,19 +156,21 @@ def test_a_poison_message_fails_alone(moto_stack, context):
     response = load_handler("send")(event, context)
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
     assert Store(moto_stack.settings).email_status_counts(EXAMPLE_REQUEST)["sent"] == 1
+    assert outcome_counts(capsys, "EmailsProcessed") == {"error": 1, "sent": 1}
 
 
-def test_expire_handler_expands_a_scheduled_request_whose_time_has_come(moto_stack, context):
+def test_expire_handler_expands_a_scheduled_request_whose_time_has_come(moto_stack, context, capsys):
     # given the example request, scheduled for a moment ago and still waiting
     seed_example_request(Store(moto_stack.settings), processed_by=utcnow() - timedelta(seconds=1))
     # when the schedule fires
     summary = load_handler("expire")(load_event("expire_schedule.json"), context)
     # then it was expanded and its emails queued
     assert summary == {"expand_processed": 1}
+    assert outcome_counts(capsys, "RequestsExpanded", trigger="schedule") == {"processed": 1}
     assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 3
 
 
-def test_inbound_handler_routes_the_received_message(moto_stack, context):
+def test_inbound_handler_routes_the_received_message(moto_stack, context, capsys):
     # given the raw message SES stored for the sample receipt event, and the default rules
     install_default_email_lists()
     publish_directory(**DIRECTORY)
@@ -163,3 +185,4 @@ def test_inbound_handler_routes_the_received_message(moto_stack, context):
     response = load_handler("inbound")(event, context)
     # then the class list got it
     assert response == {"disposition": "CONTINUE", "outcome": "forwarded"}
+    assert outcome_counts(capsys, "InboundMessages", trigger="receipt") == {"forwarded": 1}

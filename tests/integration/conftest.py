@@ -81,10 +81,10 @@ def store(local_stack):
     from dbmail.core import models, settings
     from dbmail.outgoing.store import Store
 
-    settings.get_settings.cache_clear()
+    settings.website_settings.cache_clear()
     models.bind_models.cache_clear()
-    yield Store(settings.get_settings())
-    settings.get_settings.cache_clear()
+    yield Store(settings.website_settings())
+    settings.website_settings.cache_clear()
     models.bind_models.cache_clear()
 
 

@@ -162,9 +162,10 @@ def test_fault_campaign(local_stack, store):
 
 def _send_queue():
     from dbmail import wiring
+    from dbmail.core.settings import Settings
 
     wiring.send_queue.cache_clear()
-    return wiring.send_queue()
+    return wiring.send_queue(Settings.for_function("send"))
 
 
 def test_half_of_all_sends_throttled_still_delivers_everything_and_fails_nothing(local_stack, store):

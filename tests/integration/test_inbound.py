@@ -15,21 +15,21 @@ import pytest
 from dbmail import wiring
 from dbmail.client import install_default_email_lists, publish_directory, set_plain_redirect
 from dbmail.core import models, settings
-from tests.conftest import DIRECTORY
+from tests.conftest import DIRECTORY, function_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def routing(local_stack):
-    settings.get_settings.cache_clear()
+    settings.website_settings.cache_clear()
     models.bind_models.cache_clear()
     wiring.inbound_router.cache_clear()
     install_default_email_lists()
     publish_directory(**DIRECTORY)
     set_plain_redirect("directors", "Dir One <dir1@example.net>, dir2@example.net")
     yield local_stack
-    settings.get_settings.cache_clear()
+    settings.website_settings.cache_clear()
     models.bind_models.cache_clear()
     wiring.inbound_router.cache_clear()
 
@@ -118,7 +118,7 @@ def test_an_unknown_address_gives_a_known_sender_one_notice_and_a_stranger_none(
     assert notice["Subject"] == "Undeliverable mail"
     assert [a.addr_spec for a in notice["To"].addresses] == ["parent@example.net"]
     token = send("nobody-else@example.org", sender="stranger@example.com")
-    store = wiring.inbound_router().store
+    store = wiring.inbound_router(function_settings("inbound")).store
 
     def recorded():
         return [i for i in store.with_status("undeliverable") if token in (i.subject or "")]

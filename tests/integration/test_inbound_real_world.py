@@ -293,7 +293,7 @@ def settled(item) -> bool:
 
 
 def clear_caches() -> None:
-    settings.get_settings.cache_clear()
+    settings.website_settings.cache_clear()
     models.bind_models.cache_clear()
     wiring.inbound_router.cache_clear()
 
@@ -301,7 +301,7 @@ def clear_caches() -> None:
 @pytest.fixture(scope="module")
 def harness(local_stack):
     clear_caches()
-    config = settings.get_settings().require_inbound()
+    config = settings.website_settings().require_inbound()
     store = InboundStore(config)
     install_default_email_lists(store=store)
     publish_directory(**DIRECTORY, store=store)  # the same data test_inbound.py publishes

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dbmail.cli import build_parser, main
-from dbmail.core.settings import get_settings
+from dbmail.core.settings import website_settings
 from tests.conftest import ROOT, clear_caches
 
 
@@ -172,7 +172,7 @@ def dynamodb_unreachable(moto_stack, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     clear_caches()
-    assert get_settings().dynamodb_endpoint == "http://127.0.0.1:1"
+    assert website_settings().dynamodb_endpoint == "http://127.0.0.1:1"
     monkeypatch.setattr("botocore.endpoint.time.sleep", lambda seconds: None)  # botocore's retry backoff
     return moto_stack
 

@@ -12,7 +12,7 @@ from dbmail.core.errors import ExpansionIncomplete
 from dbmail.core.statuses import RequestStatus
 from dbmail.outgoing.expand import CHUNK_RECIPIENTS, Outcome
 from dbmail.outgoing.store import Store
-from tests.conftest import drain, recipient
+from tests.conftest import drain, function_settings, recipient
 
 
 def submit(n=3, **kwargs):
@@ -32,7 +32,9 @@ def test_one_email_per_address_rendered_and_queued(moto_stack):
     # given a request for 3 users, one without a guardian
     rid = submit(recipients=[recipient(1), recipient(2, guardian_email=None), recipient(3)])
     # when it is expanded
-    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.PROCESSED
+    assert (
+        wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True) == Outcome.PROCESSED
+    )
     # then 5 emails exist, each rendered for its user, and 5 messages are queued
     store = Store(moto_stack.settings)
     emails = list(store.iter_emails(rid))
@@ -52,9 +54,12 @@ def test_one_email_per_address_rendered_and_queued(moto_stack):
 
 def test_expanding_again_creates_no_duplicates(moto_stack):
     rid = submit()
-    wiring.expander().expand(rid, owner="stream:a", takeover=True)
+    wiring.expander(function_settings("expand")).expand(rid, owner="stream:a", takeover=True)
     # when the same stream record is delivered again
-    assert wiring.expander().expand(rid, owner="stream:b", takeover=True) == Outcome.ALREADY_DONE
+    assert (
+        wiring.expander(function_settings("expand")).expand(rid, owner="stream:b", takeover=True)
+        == Outcome.ALREADY_DONE
+    )
     assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 6
 
 
@@ -63,10 +68,15 @@ def test_an_interrupted_expansion_resumes_without_duplicates(moto_stack):
     n = CHUNK_RECIPIENTS + 50
     rid = submit(n=n, sendto_fn_name="")
     with pytest.raises(ExpansionIncomplete):
-        wiring.expander().expand(rid, owner="stream:first", takeover=True, time_left=lambda: 0)
+        wiring.expander(function_settings("expand")).expand(
+            rid, owner="stream:first", takeover=True, time_left=lambda: 0
+        )
     assert Store(moto_stack.settings).get_request(rid).status == RequestStatus.PROCESSING
     # when the stream retries it
-    assert wiring.expander().expand(rid, owner="stream:retry", takeover=True) == Outcome.PROCESSED
+    assert (
+        wiring.expander(function_settings("expand")).expand(rid, owner="stream:retry", takeover=True)
+        == Outcome.PROCESSED
+    )
     # then every user has exactly one email and one queued message
     bodies = [m["Body"] for m in drain(moto_stack.sqs, moto_stack.settings.send_queue_url)]
     assert len(bodies) == len(set(bodies)) == n
@@ -77,7 +87,7 @@ def test_a_resumed_chunk_does_not_reset_an_email_already_sent(moto_stack):
     # given an expansion that wrote a chunk but crashed before checkpointing it
     rid = submit(n=2, sendto_fn_name="")
     store = Store(moto_stack.settings)
-    wiring.expander().expand(rid, owner="stream:a", takeover=True)
+    wiring.expander(function_settings("expand")).expand(rid, owner="stream:a", takeover=True)
     email = store.get_email(rid, "u0000000001#0")
     store.mark_sent(email, utcnow(), "p-1", "<m@x>")
     store.models.MessageRequest(rid).update(
@@ -87,7 +97,7 @@ def test_a_resumed_chunk_does_not_reset_an_email_already_sent(moto_stack):
         ]
     )
     # when it is resumed
-    wiring.expander().expand(rid, owner="stream:b", takeover=True)
+    wiring.expander(function_settings("expand")).expand(rid, owner="stream:b", takeover=True)
     # then the sent email stays sent
     assert store.get_email(rid, "u0000000001#0").status == "sent"
 
@@ -107,7 +117,7 @@ def test_a_bad_request_fails_with_the_error_named_and_queues_nothing(moto_stack,
     Request = store.models.MessageRequest
     Request(rid).update(actions=[getattr(Request, attribute).set(value)])
     # when expand runs
-    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.FAILED
+    assert wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True) == Outcome.FAILED
     # then it is failed with the error named, and nothing was queued
     request = store.get_request(rid)
     assert request.status == "failed" and message in request.error
@@ -116,13 +126,15 @@ def test_a_bad_request_fails_with_the_error_named_and_queues_nothing(moto_stack,
 
 def test_a_future_processed_by_waits_and_an_old_request_expires(moto_stack):
     later = submit(processed_by=utcnow() + timedelta(hours=1))
-    assert wiring.expander().expand(later, owner="stream:t", takeover=True) == Outcome.SCHEDULED
+    assert (
+        wiring.expander(function_settings("expand")).expand(later, owner="stream:t", takeover=True) == Outcome.SCHEDULED
+    )
     assert Store(moto_stack.settings).get_request(later).status == RequestStatus.QUEUED
     old = submit()
     store = Store(moto_stack.settings)
     Request = store.models.MessageRequest
     Request(old).update(actions=[Request.created_at.set(utcnow() - timedelta(days=8))])
-    assert wiring.expander().expand(old, owner="stream:t", takeover=True) == Outcome.EXPIRED
+    assert wiring.expander(function_settings("expand")).expand(old, owner="stream:t", takeover=True) == Outcome.EXPIRED
     assert store.get_request(old).status == RequestStatus.EXPIRED
 
 
@@ -131,7 +143,7 @@ def test_a_live_lease_held_by_the_schedule_is_not_taken_by_the_stream(moto_stack
     store = Store(moto_stack.settings)
     now = utcnow()
     assert store.claim_request(rid, "schedule:x", now, now + timedelta(minutes=5), takeover=False)
-    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.BUSY
+    assert wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True) == Outcome.BUSY
 
 
 def test_a_raw_item_without_status_is_expanded_and_one_without_created_at_fails_clearly(moto_stack):
@@ -149,9 +161,14 @@ def test_a_raw_item_without_status_is_expanded_and_one_without_created_at_fails_
         TableName=moto_stack.settings.request_table,
         Item={**base, "created_at": {"S": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")}},
     )
-    assert wiring.expander().expand("raw-1", owner="stream:t", takeover=True) == Outcome.PROCESSED
+    assert (
+        wiring.expander(function_settings("expand")).expand("raw-1", owner="stream:t", takeover=True)
+        == Outcome.PROCESSED
+    )
     dynamodb.put_item(TableName=moto_stack.settings.request_table, Item={**base, "request_id": {"S": "raw-2"}})
-    assert wiring.expander().expand("raw-2", owner="stream:t", takeover=True) == Outcome.FAILED
+    assert (
+        wiring.expander(function_settings("expand")).expand("raw-2", owner="stream:t", takeover=True) == Outcome.FAILED
+    )
     assert "created_at is required" in store.get_request("raw-2").error
 
 
@@ -169,8 +186,13 @@ def test_a_template_that_breaks_a_limit_fails_its_request_alone_and_at_once(moto
     )
     normal = submit(n=2, sendto_fn_name="")
     # when both are expanded
-    assert wiring.expander().expand(hostile, owner="stream:t", takeover=True) == Outcome.FAILED
-    assert wiring.expander().expand(normal, owner="stream:t", takeover=True) == Outcome.PROCESSED
+    assert (
+        wiring.expander(function_settings("expand")).expand(hostile, owner="stream:t", takeover=True) == Outcome.FAILED
+    )
+    assert (
+        wiring.expander(function_settings("expand")).expand(normal, owner="stream:t", takeover=True)
+        == Outcome.PROCESSED
+    )
     # then the hostile one failed with the limit named, before writing any of its emails
     status = request_status(hostile)
     assert status["status"] == "failed" and "iteration limit" in status["error"]
@@ -211,7 +233,10 @@ def test_a_request_item_that_cannot_be_read_is_recorded_failed_not_retried(moto_
         },
     )
     # when it is expanded, the expansion returns (the stream record succeeds) with the request failed
-    assert wiring.expander().expand("raw-bad", owner="stream:t", takeover=True) == Outcome.FAILED
+    assert (
+        wiring.expander(function_settings("expand")).expand("raw-bad", owner="stream:t", takeover=True)
+        == Outcome.FAILED
+    )
     item = boto3.client("dynamodb", region_name="us-east-1").get_item(
         TableName=table, Key={"request_id": {"S": "raw-bad"}}
     )["Item"]

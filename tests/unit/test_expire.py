@@ -10,18 +10,20 @@ from dbmail.core.clock import utcnow
 from dbmail.core.errors import DeliveryError, FailureKind
 from dbmail.outgoing.expand import Outcome
 from dbmail.outgoing.store import Store
-from tests.conftest import drain
+from tests.conftest import drain, function_settings
 from tests.unit.test_expand import submit
 
 
 def test_a_scheduled_request_is_expanded_once_its_time_has_come(moto_stack):
     # given a request scheduled for later that the stream left waiting
     rid = submit(n=2, sendto_fn_name="", processed_by=utcnow() + timedelta(minutes=10))
-    assert wiring.expander().expand(rid, owner="stream:t", takeover=True) == Outcome.SCHEDULED
-    expirer = wiring.expirer()
+    assert (
+        wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True) == Outcome.SCHEDULED
+    )
+    expirer = wiring.expirer(function_settings("expire"))
     # when the schedule runs before and after its time
     assert expirer.run(owner="schedule:1") == {}
-    expirer.clock = wiring.expander().clock = lambda: utcnow() + timedelta(minutes=11)
+    expirer.clock = wiring.expander(function_settings("expire")).clock = lambda: utcnow() + timedelta(minutes=11)
     summary = expirer.run(owner="schedule:2")
     # then it is expanded only the second time
     assert summary == {"expand_processed": 1}
@@ -31,11 +33,11 @@ def test_a_scheduled_request_is_expanded_once_its_time_has_come(moto_stack):
 
 def test_unsent_mail_older_than_seven_days_is_expired(moto_stack):
     rid = submit(n=2, sendto_fn_name="")
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
     store = Store(moto_stack.settings)
     email = store.get_email(rid, "u0000000001#0")
     store.mark_sent(email, utcnow(), "p", "<m@x>")
-    expirer = wiring.expirer()
+    expirer = wiring.expirer(function_settings("expire"))
     expirer.clock = lambda: utcnow() + timedelta(days=7, minutes=1)
     summary = expirer.run(owner="schedule:1")
     assert summary == {"emails_expired": 1, "requests_settled": 1}
@@ -46,7 +48,7 @@ def test_unsent_mail_older_than_seven_days_is_expired(moto_stack):
 
 def test_a_request_the_stream_missed_is_expanded_by_the_schedule(moto_stack):
     rid = submit(n=1, sendto_fn_name="")
-    expirer = wiring.expirer()
+    expirer = wiring.expirer(function_settings("expire"))
     expirer.clock = lambda: utcnow() + timedelta(minutes=3)  # past the stream's grace, well within the sweep's
     assert expirer.run(owner="schedule:1") == {"expand_processed": 1}
     assert request_status(rid)["status"] == "processed"
@@ -54,8 +56,8 @@ def test_a_request_the_stream_missed_is_expanded_by_the_schedule(moto_stack):
 
 def test_an_unprocessed_request_past_seven_days_is_expired(moto_stack):
     rid = submit(n=1, sendto_fn_name="")
-    expirer = wiring.expirer()
-    expirer.clock = wiring.expander().clock = lambda: utcnow() + timedelta(days=8)
+    expirer = wiring.expirer(function_settings("expire"))
+    expirer.clock = wiring.expander(function_settings("expire")).clock = lambda: utcnow() + timedelta(days=8)
     assert expirer.run(owner="schedule:1") == {"expand_expired": 1}
     assert request_status(rid)["status"] == "expired"
 
@@ -68,7 +70,7 @@ def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
     from tests.unit.test_send import RecordingTransport, sender
 
     rid = submit(n=2, sendto_fn_name="")
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
     refusing = sender(
         moto_stack,
         RecordingTransport(DeliveryError("MessageRejected: Address blacklisted", kind=FailureKind.PERMANENT)),
@@ -77,10 +79,13 @@ def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
     before = len(ses.sent_messages)
     refusing.deliver(QueuedEmail(rid, "u0000000002#0"), claim_id="m", receive_count=1)
     # when the schedule runs while the other email is still on its way, nothing is reported yet
-    assert wiring.expirer().run(owner="schedule:1") == {}
+    assert wiring.expirer(function_settings("expire")).run(owner="schedule:1") == {}
     refusing.deliver(QueuedEmail(rid, "u0000000001#0"), claim_id="m", receive_count=1)
-    assert wiring.expirer().run(owner="schedule:2") == {"failure_reports": 1, "requests_settled": 1}
-    assert wiring.expirer().run(owner="schedule:3") == {}
+    assert wiring.expirer(function_settings("expire")).run(owner="schedule:2") == {
+        "failure_reports": 1,
+        "requests_settled": 1,
+    }
+    assert wiring.expirer(function_settings("expire")).run(owner="schedule:3") == {}
     # then exactly one "Mail delivery failure" report went, listing both, to the sender and the bounces address
     reports = ses.sent_messages[before:]
     assert len(reports) == 1
@@ -100,9 +105,9 @@ def lose_queue_messages(moto_stack):
 def test_emails_whose_messages_were_lost_are_queued_again_after_the_grace_period(moto_stack):
     # given an expanded request whose SQS messages were all lost
     rid = submit(n=3, sendto_fn_name="")
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
     lose_queue_messages(moto_stack)
-    expirer = wiring.expirer()
+    expirer = wiring.expirer(function_settings("expire"))
     # when the sweep runs within the grace period, nothing is queued again
     assert expirer.run(owner="schedule:1") == {}
     # and after it, each email is queued again exactly once
@@ -118,8 +123,8 @@ def test_emails_whose_messages_were_lost_are_queued_again_after_the_grace_period
 def test_a_busy_queue_delays_the_sweep_but_never_forever(moto_stack):
     # given emails still waiting in a long queue (their messages are there)
     rid = submit(n=2, sendto_fn_name="")
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
-    expirer = wiring.expirer()
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
+    expirer = wiring.expirer(function_settings("expire"))
     grace = moto_stack.settings.stranded_after
     # then a sweep past the grace period leaves them alone while the queue is busy
     expirer.clock = lambda: utcnow() + grace + timedelta(seconds=1)
@@ -136,12 +141,12 @@ def test_an_email_under_a_lapsed_claim_is_queued_again_and_sent_once(moto_stack)
 
     # given an email whose sender died holding its claim, and whose message is gone
     rid = submit(n=1, sendto_fn_name="")
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
     lose_queue_messages(moto_stack)
     store = Store(moto_stack.settings)
     assert store.claim_email(store.email_ref(rid, "u0000000001#0"), "dead-receive", utcnow(), utcnow() + CLAIM_LEASE)
     # when the sweep runs past the claim's lease and the grace period
-    expirer = wiring.expirer()
+    expirer = wiring.expirer(function_settings("expire"))
     later = utcnow() + CLAIM_LEASE + moto_stack.settings.stranded_after + timedelta(seconds=1)
     expirer.clock = lambda: later
     assert expirer.run(owner="schedule:1") == {"emails_requeued": 1}
@@ -160,14 +165,17 @@ def test_resend_delivers_each_failed_email_once_with_the_same_message_id(moto_st
 
     # given a request both of whose emails were refused (an unverified identity, since fixed)
     rid = submit(n=2, sendto_fn_name="")
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
     lose_queue_messages(moto_stack)
     refusing = sender(
         moto_stack, RecordingTransport(DeliveryError("MessageRejected: not verified", kind=FailureKind.PERMANENT))
     )
     for key in ("u0000000001#0", "u0000000002#0"):
         refusing.deliver(QueuedEmail(rid, key), claim_id="m", receive_count=1)
-    assert wiring.expirer().run(owner="schedule:1") == {"failure_reports": 1, "requests_settled": 1}
+    assert wiring.expirer(function_settings("expire")).run(owner="schedule:1") == {
+        "failure_reports": 1,
+        "requests_settled": 1,
+    }
     # when the operator resends, twice by mistake
     assert main(["resend", rid]) == 0
     assert main(["resend", rid]) == 0
@@ -190,14 +198,14 @@ def test_resend_delivers_each_failed_email_once_with_the_same_message_id(moto_st
     status = request_status(rid)
     assert status["emails_by_status"] == {"sent": 2} and status["resent"] == 2
     # and the request settles again without a second report
-    assert wiring.expirer().run(owner="schedule:2") == {"requests_settled": 1}
+    assert wiring.expirer(function_settings("expire")).run(owner="schedule:2") == {"requests_settled": 1}
 
 
 def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
     # given two requests the stream missed, the first of which fails to expand (e.g. a throttled table)
     first = submit(n=1, sendto_fn_name="")
     second = submit(n=1, sendto_fn_name="")
-    expander = wiring.expander()
+    expander = wiring.expander(function_settings("expire"))
     real = expander.expand
 
     def flaky(request_id, **kwargs):
@@ -206,7 +214,7 @@ def test_one_broken_request_does_not_stop_the_sweep(moto_stack, monkeypatch):
         return real(request_id, **kwargs)
 
     monkeypatch.setattr(expander, "expand", flaky)
-    expirer = wiring.expirer()
+    expirer = wiring.expirer(function_settings("expire"))
     expirer.clock = lambda: utcnow() + timedelta(minutes=3)
     # then the other is still expanded, and the failure is counted for the next run
     assert expirer.run(owner="schedule:1") == {"expand_error": 1, "expand_processed": 1}

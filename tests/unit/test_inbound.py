@@ -14,7 +14,7 @@ import pytest
 from dbmail import wiring
 from dbmail.client import add_email_list, publish_directory, set_plain_redirect
 from dbmail.core.statuses import InboundStatus
-from tests.conftest import DIRECTORY
+from tests.conftest import DIRECTORY, function_settings
 from tests.conftest import inbound_message as message
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "cpython"
@@ -26,7 +26,7 @@ def receive(stack, raw: bytes, recipients=("E1234-class@example.org",), spam="PA
     boto3.client("s3", region_name="us-east-1").put_object(
         Bucket=stack.settings.inbound_bucket, Key=f"{stack.settings.inbound_prefix}{message_id}", Body=raw
     )
-    status = wiring.inbound_router().handle(message_id, list(recipients), spam, virus)
+    status = wiring.inbound_router(function_settings("inbound")).handle(message_id, list(recipients), spam, virus)
     return message_id, status
 
 
@@ -36,7 +36,7 @@ class Outbox:
 
     def __init__(self):
         self.calls = []
-        ses = wiring.inbound_router().transport._ses
+        ses = wiring.inbound_router(function_settings("inbound")).transport._ses
         ses.meta.events.register("provide-client-params.sesv2.SendEmail", self._capture)
 
     def _capture(self, params, **_):
@@ -184,7 +184,7 @@ def test_our_own_forward_coming_back_to_the_same_list_is_dropped_as_a_loop(inbou
     message_id, status = receive(inbound, looped, recipients=["E1234-class@example.org"])
     # then it stops after one pass
     assert status == InboundStatus.DROPPED and outbox.sent() == []
-    assert "loop" in wiring.inbound_router().store.get(message_id).detail
+    assert "loop" in wiring.inbound_router(function_settings("inbound")).store.get(message_id).detail
 
 
 def test_the_directors_copy_of_class_mail_coming_back_through_ses_is_delivered(inbound):
@@ -220,7 +220,7 @@ def test_virus_is_dropped_and_spam_is_held_then_released_by_a_moderator(inbound)
     assert status == InboundStatus.HELD
     ((destinations, note),) = outbox.sent()
     assert destinations == [inbound.settings.moderator_address] and message_id in note.get_content()
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(function_settings("inbound"))
     assert [i.message_id for i in router.store.with_status(InboundStatus.HELD)] == [message_id]
     outbox = Outbox()
     assert router.release(message_id) == InboundStatus.RELEASED
@@ -236,7 +236,7 @@ def test_admin_hold_keeps_the_raw_message_and_reject_ends_it(inbound):
     )
     assert status == InboundStatus.HELD
     assert recipients_of(outbox.sent()) == [inbound.settings.moderator_address]
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(function_settings("inbound"))
     assert router.reject(message_id) == InboundStatus.REJECTED
     item = router.store.get(message_id)
     assert boto3.client("s3", region_name="us-east-1").get_object(
@@ -266,11 +266,11 @@ def ses_down(monkeypatch):
     def broken(*args, **kwargs):
         raise ConnectionError("SES unreachable")
 
-    monkeypatch.setattr(wiring.inbound_router().transport, "send_raw", broken)
+    monkeypatch.setattr(wiring.inbound_router(function_settings("inbound")).transport, "send_raw", broken)
 
 
 def test_a_handler_error_leaves_the_message_recorded_and_reprocessable(inbound, monkeypatch):
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(function_settings("inbound"))
     ses_down(monkeypatch)
     with pytest.raises(ConnectionError):
         receive(inbound, message())
@@ -288,7 +288,7 @@ def test_the_sweep_processes_again_what_failed_once_it_has_been_quiet_and_gives_
     from dbmail.core.clock import utcnow
     from dbmail.inbound.router import SWEEP_MAX_ATTEMPTS, SWEEP_NOT_BEFORE
 
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(function_settings("inbound"))
     # given a message that failed, and one that failed for good (its attempts used up)
     ses_down(monkeypatch)
     with pytest.raises(ConnectionError):
@@ -312,7 +312,7 @@ def test_the_sweep_processes_again_what_failed_once_it_has_been_quiet_and_gives_
 
 
 def test_a_retry_after_a_partial_forward_does_not_send_twice(inbound, monkeypatch):
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(function_settings("inbound"))
     real = router.transport.send_raw
     calls = []
 
@@ -340,7 +340,7 @@ def test_a_retry_after_a_partial_forward_does_not_send_twice(inbound, monkeypatc
 def test_real_world_mime_samples_route_without_a_crash(inbound, sample):
     outbox = Outbox()
     message_id, status = receive(inbound, (CORPUS / sample).read_bytes(), recipients=["Directors@example.org"])
-    item = wiring.inbound_router().store.get(message_id)
+    item = wiring.inbound_router(function_settings("inbound")).store.get(message_id)
     assert item.status == status
     if status == InboundStatus.FORWARDED:
         assert recipients_of(outbox.sent()) == ["dir1@example.net", "dir2@example.net"]

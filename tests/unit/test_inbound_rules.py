@@ -20,7 +20,7 @@ from dbmail.inbound import routing
 from dbmail.inbound import store as inbound_store
 from dbmail.inbound.routing import DEFAULT_RULES, DirectoryInvalid, RedirectInvalid, RuleInvalid, route
 from dbmail.inbound.store import InboundStore
-from tests.conftest import DIRECTORY, inbound_message
+from tests.conftest import DIRECTORY, function_settings, inbound_message
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def put_raw_rule(settings, **attributes):
 
 def receive(stack, to: str):
     """What SES's receipt rule does (the raw mail in S3, then the router); returns (status, destinations)."""
-    ses = wiring.inbound_router().transport._ses
+    ses = wiring.inbound_router(function_settings("inbound")).transport._ses
     sent = []
 
     def capture(params, **_):
@@ -62,7 +62,7 @@ def receive(stack, to: str):
         Key=f"{stack.settings.inbound_prefix}{message_id}",
         Body=inbound_message(to=to),
     )
-    status = wiring.inbound_router().handle(message_id, [to], "PASS", "PASS")
+    status = wiring.inbound_router(function_settings("inbound")).handle(message_id, [to], "PASS", "PASS")
     ses.meta.events.unregister("provide-client-params.sesv2.SendEmail", capture)
     return status, sorted(sent)
 

@@ -12,6 +12,7 @@ from dbmail.core.errors import DeliveryError, FailureKind
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.send import CLAIM_LEASE, EmailSender, SendOutcome
 from dbmail.outgoing.store import Store
+from tests.conftest import function_settings
 from tests.unit.test_expand import submit
 
 
@@ -32,19 +33,21 @@ class RecordingTransport:
 @pytest.fixture
 def expanded(moto_stack):
     rid = submit(n=1, sendto_fn_name="", special_headers={"Reply-To": "splash@example.org"})
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True)
     return QueuedEmail(rid, "u0000000001#0")
 
 
 def sender(moto_stack, transport):
-    return EmailSender(
-        store=Store(moto_stack.settings), transport=transport, queue=wiring.send_queue(), settings=moto_stack.settings
-    )
+    settings = function_settings("send")
+    return EmailSender(store=Store(settings), transport=transport, queue=wiring.send_queue(settings), settings=settings)
 
 
 def test_delivery_through_ses_records_sent_and_clears_the_body(moto_stack, expanded):
     # when the real (moto) SES transport delivers the email
-    assert wiring.email_sender().deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.SENT
+    assert (
+        wiring.email_sender(function_settings("send")).deliver(expanded, claim_id="m1", receive_count=1)
+        == SendOutcome.SENT
+    )
     # then it is sent, its body is cleared and its Message-ID kept
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
     assert email.status == "sent" and email.sent is not None and email.msgtext is None
@@ -90,7 +93,7 @@ def test_the_message_carries_headers_and_unsubscribe(moto_stack, expanded):
 
 def queued_messages(moto_stack) -> int:
     """Messages on the send queue, delayed ones included."""
-    return wiring.send_queue().backlog()
+    return wiring.send_queue(function_settings("send")).backlog()
 
 
 def test_a_transient_failure_counts_a_try_and_queues_the_email_again_later(moto_stack, expanded):
@@ -157,7 +160,7 @@ def test_a_permanent_refusal_is_recorded_without_retrying(moto_stack, expanded):
 
 def test_an_email_past_its_sent_by_is_expired_not_sent(moto_stack):
     rid = submit(n=1, sendto_fn_name="", sent_by=utcnow() + timedelta(seconds=1))
-    wiring.expander().expand(rid, owner="stream:t", takeover=True)
+    wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True)
     transport = RecordingTransport()
     service = sender(moto_stack, transport)
     service.clock = lambda: utcnow() + timedelta(minutes=1)

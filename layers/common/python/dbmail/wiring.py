@@ -1,4 +1,6 @@
-"""The composition root: services built once per process from settings, on first use (never at import)."""
+"""The composition root: services built from the settings they are given, on first use (never
+at import), and cached per settings, since the local runner runs every function in one process
+(each with its own settings) and the CLI runs with the website's."""
 
 from __future__ import annotations
 
@@ -6,9 +8,8 @@ from functools import lru_cache
 
 import boto3
 
-from dbmail.core.settings import get_settings
+from dbmail.core.settings import Settings
 from dbmail.core.transports import SesTransport, make_transport
-from dbmail.core.unsubscribe import check_secret
 from dbmail.inbound.router import InboundRouter
 from dbmail.inbound.store import InboundStore
 from dbmail.outgoing.expand import Expander
@@ -17,29 +18,29 @@ from dbmail.outgoing.queue import SendQueue
 from dbmail.outgoing.send import EmailSender
 from dbmail.outgoing.store import Store
 
+CACHED = 8  # settings per process: the four functions', the website's, and a test's
 
-@lru_cache(maxsize=1)
-def send_queue() -> SendQueue:
-    settings = get_settings()
+
+@lru_cache(maxsize=CACHED)
+def send_queue(settings: Settings) -> SendQueue:
     return SendQueue(boto3.session.Session().client("sqs", region_name=settings.region), settings.send_queue_url)
 
 
-@lru_cache(maxsize=1)
-def expander() -> Expander:
-    settings = get_settings()
-    return Expander(store=Store(settings), queue=send_queue(), settings=settings)
+@lru_cache(maxsize=CACHED)
+def expander(settings: Settings) -> Expander:
+    return Expander(store=Store(settings), queue=send_queue(settings), settings=settings)
 
 
-@lru_cache(maxsize=1)
-def email_sender() -> EmailSender:
-    settings = get_settings()
-    check_secret(settings.unsubscribe_secret)  # fail at start-up, not on the first email
-    return EmailSender(store=Store(settings), transport=make_transport(settings), queue=send_queue(), settings=settings)
+@lru_cache(maxsize=CACHED)
+def email_sender(settings: Settings) -> EmailSender:
+    return EmailSender(
+        store=Store(settings), transport=make_transport(settings), queue=send_queue(settings), settings=settings
+    )
 
 
-@lru_cache(maxsize=1)
-def inbound_router() -> InboundRouter:
-    settings = get_settings().require_inbound()
+@lru_cache(maxsize=CACHED)
+def inbound_router(settings: Settings) -> InboundRouter:
+    settings.require_inbound()
     session = boto3.session.Session()
     return InboundRouter(
         store=InboundStore(settings),
@@ -49,6 +50,15 @@ def inbound_router() -> InboundRouter:
     )
 
 
-@lru_cache(maxsize=1)
-def expirer() -> Expirer:
-    return Expirer(expander=expander(), transport=make_transport(get_settings()))
+@lru_cache(maxsize=CACHED)
+def expirer(settings: Settings) -> Expirer:
+    return Expirer(expander=expander(settings), transport=make_transport(settings))
+
+
+FACTORIES = (send_queue, expander, email_sender, inbound_router, expirer)
+
+
+def clear() -> None:
+    """Forget every service built (tests: each gets fresh ones)."""
+    for factory in FACTORIES:
+        factory.cache_clear()

@@ -59,9 +59,9 @@ def reach(service: str, url: str | None) -> None:
 
 
 def reach_dynamodb() -> None:
-    from dbmail.core.settings import get_settings
+    from dbmail.core.settings import website_settings
 
-    reach("DynamoDB", get_settings().dynamodb_endpoint)
+    reach("DynamoDB", website_settings().dynamodb_endpoint)
 
 
 def reach_sqs() -> None:

@@ -65,7 +65,7 @@ def _lists(args) -> int:
     from dataclasses import asdict
 
     from dbmail import client as inbound_client
-    from dbmail.core.settings import get_settings
+    from dbmail.core.settings import website_settings
     from dbmail.inbound.store import InboundStore
 
     reach_dynamodb()
@@ -89,10 +89,10 @@ def _lists(args) -> int:
         ]
     elif args.action == "delete":
         _require(args, "id")
-        InboundStore(get_settings()).delete_rule(args.id)
+        InboundStore(website_settings()).delete_rule(args.id)
         rules = []
     else:
-        rules = InboundStore(get_settings()).rules()
+        rules = InboundStore(website_settings()).rules()
     for rule in rules:
         print(json.dumps(asdict(rule)))
     return EXIT_OK
@@ -100,7 +100,7 @@ def _lists(args) -> int:
 
 def _redirects(args) -> int:
     from dbmail import client as inbound_client
-    from dbmail.core.settings import get_settings
+    from dbmail.core.settings import website_settings
     from dbmail.inbound.store import InboundStore
 
     reach_dynamodb()
@@ -109,9 +109,9 @@ def _redirects(args) -> int:
         inbound_client.set_plain_redirect(args.original, args.destination)
     elif args.action == "delete":
         _require(args, "original")
-        InboundStore(get_settings()).delete_redirect(args.original)
+        InboundStore(website_settings()).delete_redirect(args.original)
     else:
-        for redirect in InboundStore(get_settings()).redirects():
+        for redirect in InboundStore(website_settings()).redirects():
             print(f"{redirect.original}\t{redirect.destination}")
     return EXIT_OK
 
@@ -143,10 +143,11 @@ def _show_inbound(item, stuck: bool = False) -> str:
 
 def _held(args) -> int:
     from dbmail import wiring
+    from dbmail.core.settings import website_settings
     from dbmail.core.statuses import InboundStatus
 
     reach_dynamodb()
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(website_settings())
     if args.action == "list":
         for item in router.store.with_status(InboundStatus.HELD):
             print(_show_inbound(item))
@@ -162,10 +163,11 @@ def _held(args) -> int:
 def _inbound(args) -> int:
     from dbmail import wiring
     from dbmail.core.errors import NotFound
+    from dbmail.core.settings import website_settings
     from dbmail.core.statuses import InboundStatus
 
     reach_dynamodb()
-    router = wiring.inbound_router()
+    router = wiring.inbound_router(website_settings())
     if args.action == "show":
         _require(args, "message_id")
         item = router.store.get(args.message_id)

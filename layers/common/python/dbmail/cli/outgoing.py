@@ -157,10 +157,10 @@ def _render(args) -> int:
 def _redrive(args) -> int:
     import boto3
 
-    from dbmail.core.settings import get_settings
+    from dbmail.core.settings import website_settings
     from dbmail.outgoing.queue import redrive
 
-    settings = get_settings()
+    settings = website_settings()
     reach_sqs()
     dead_letter_url = args.dlq_url or os.environ.get("DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL")
     if not dead_letter_url:
@@ -173,10 +173,11 @@ def _redrive(args) -> int:
 def _resend(args) -> int:
     from dbmail import wiring
     from dbmail.core.clock import utcnow
+    from dbmail.core.settings import website_settings
     from dbmail.outgoing.resend import resend
 
     reach_dynamodb()
-    expander = wiring.expander()
+    expander = wiring.expander(website_settings())
     count = resend(expander.store, expander.queue, args.request_id, utcnow(), statuses=args.status)
     print(f"{count} emails of request {args.request_id} queued again")
     return EXIT_OK

@@ -13,7 +13,7 @@ from typing import Any
 
 from dbmail.core.addresses import check_sender
 from dbmail.core.errors import RequestInvalid
-from dbmail.core.settings import Settings, get_settings
+from dbmail.core.settings import Settings, website_settings
 from dbmail.inbound.routing import (
     DEFAULT_RULES,
     SUBADDRESS_SEPARATOR,
@@ -34,7 +34,7 @@ MAX_LISTED_PROBLEMS = 10
 
 
 def _store(store: InboundStore | None, settings: Settings | None) -> tuple[InboundStore, Settings]:
-    settings = settings or get_settings()
+    settings = settings or website_settings()
     return store or InboundStore(settings), settings
 
 

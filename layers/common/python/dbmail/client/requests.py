@@ -17,7 +17,7 @@ from dbmail.core.addresses import check_special_headers, mask, parse_address
 from dbmail.core.clock import parse_datetime, utcnow
 from dbmail.core.errors import AddressInvalid, RequestInvalid
 from dbmail.core.models import Person
-from dbmail.core.settings import Settings, get_settings
+from dbmail.core.settings import Settings, website_settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing.expand import RECIPIENT_FIELDS, prepare
 from dbmail.outgoing.render import RenderLimits
@@ -89,7 +89,7 @@ def submit_request(
 ) -> str:
     """Validate and write a request; return its id. Raises a RequestInvalid subclass on bad input,
     in which case no request item exists (recipients already written are removed)."""
-    settings = settings or get_settings()
+    settings = settings or website_settings()
     store = store or Store(settings)
     now = utcnow()
     processed_by, sent_by = _as_datetime(processed_by), _as_datetime(sent_by)
@@ -159,7 +159,7 @@ def submit_request(
 def request_status(request_id: str, *, settings: Settings | None = None, store: Store | None = None) -> dict[str, Any]:
     """The request's state and counts, its emails by status, whether they reconcile, and, when
     something is stuck, what and why."""
-    settings = settings or get_settings()
+    settings = settings or website_settings()
     store = store or Store(settings)
     request = store.get_request(request_id)
     if request is None:
@@ -237,7 +237,7 @@ def render_again(
     request_id: str, email_key: str, *, settings: Settings | None = None, store: Store | None = None
 ) -> dict[str, str]:
     """Re-render a sent email (whose body was cleared) from its request and recipient."""
-    settings = settings or get_settings()
+    settings = settings or website_settings()
     store = store or Store(settings)
     request = store.get_request(request_id)
     email = store.get_email(request_id, email_key)
