@@ -311,10 +311,11 @@ class Template:
         return {name: _stringify(value) for name, value in self.resolve(variables).items()}
 
     def environment(self) -> dict[str, str]:
-        """The union of every function's environment, for the one process that runs them all.
+        """The union of every function's environment: stack.env's, for the clients (the
+        website SDK, the CLI, tests) that use the whole stack. Never a function's: the runner
+        gives each function its own ``function_environment``, as Lambda does.
 
-        Where functions disagree on a variable the first one's value is kept and a warning
-        logged; the runner still gives each function its own values while it imports it.
+        Where functions disagree on a variable the first one's value is kept and a warning logged.
         """
         union: dict[str, str] = {}
         for logical_id in self.resources("AWS::Serverless::Function"):

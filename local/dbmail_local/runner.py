@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from botocore.exceptions import ClientError
 from . import logs
 from .async_invoke import AsyncInvoker
 from .cfn import LocalTarget, Template, TemplateError, as_bool
-from .lambda_runtime import HandlerLoadError, LocalFunction
+from .lambda_runtime import HandlerLoadError, LocalFunction, function_variables, is_setting, shared_environment
 from .schedule import ScheduleTrigger
 from .ses_receiving import LambdaAction, SmtpFront, receipt_rules
 from .sqs import SqsTrigger
@@ -166,6 +167,22 @@ class Runner:
                 self.runtime.stopping.wait(RESTART_DELAY)
 
 
+def set_process_environment(template: Template, stack_env: Mapping[str, str]) -> None:
+    """os.environ of the process all functions share: stack.env's stack-wide variables (the AWS
+    endpoints, credentials and region; DBMAIL_LOCAL_*) and what every function is given alike
+    (Globals), but no variable that only some functions are given and no other dbmail setting,
+    inherited or from stack.env (its union of them is for clients). Each function gets its own
+    while it imports (LocalFunction.load), so one whose template lacks a variable fails as in
+    Lambda."""
+    per_function = function_variables(template)
+    for name in [*per_function, *filter(is_setting, os.environ)]:
+        os.environ.pop(name, None)
+    os.environ.update(
+        {name: value for name, value in stack_env.items() if name not in per_function and not is_setting(name)}
+    )
+    os.environ.update(shared_environment(template))
+
+
 def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str, smtp_port: int | None = None) -> int:
     """``python -m dbmail_local runner``: runs in the foreground until SIGTERM or Ctrl-C.
 
@@ -187,7 +204,6 @@ def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str
         signal.signal(signum, lambda *_: stopping.set())
     settings = RunnerSettings.from_environ()
     env = read_env_file(state.env_file)
-    os.environ.update(env)  # handlers read their settings from the environment, once
     client = client_factory(env)
 
     def stream_arn(table: str) -> str:
@@ -195,7 +211,7 @@ def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str
 
     target = LocalTarget(sqs_url=env["AWS_ENDPOINT_URL_SQS"], stream_arn=stream_arn)
     template = Template.load(template_path, parameter_file, target)
-    os.environ.update(template.environment())
+    set_process_environment(template, env)
     smtp_address = (
         env.get("DBMAIL_LOCAL_SMTP_HOST", HOST),
         smtp_port if smtp_port is not None else int(env.get("DBMAIL_LOCAL_SMTP_PORT", DEFAULT_SMTP_PORT)),
