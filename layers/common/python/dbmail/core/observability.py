@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
 # Read at cold start: Powertools' own variables (template.yaml's Globals), with the same defaults.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "dbmail"
@@ -66,3 +68,36 @@ def count_outcomes(name: str, outcomes: Mapping[str, int], **dimensions: str) ->
             default_dimensions={"service": SERVICE, **dimensions},
         ) as metric:
             metric.add_dimension(name=OUTCOME, value=str(outcome))
+
+
+def process_batch_counting_outcomes(
+    event: dict,
+    context,
+    event_type: EventType,
+    record_handler: Callable,
+    metric: str,
+    failures: Mapping[type[BaseException], str] | None = None,
+    **dimensions: str,
+) -> dict:
+    """Powertools' partial batch processing, with the invocation's outcomes counted in ``metric``.
+
+    ``record_handler(record, context)`` returns the record's outcome. An exception reports the
+    record as failed (it is retried) and counts as the outcome ``failures`` names for its type,
+    else as ``error``. A BatchProcessor per invocation: the local runner runs invocations at once."""
+    outcomes: Counter = Counter()
+    failures = dict(failures or {})
+
+    def handle(record, lambda_context) -> None:
+        try:
+            outcome = record_handler(record, lambda_context)
+        except Exception as exc:
+            outcomes[next((name for kind, name in failures.items() if isinstance(exc, kind)), ERROR)] += 1
+            raise
+        outcomes[outcome] += 1
+
+    try:
+        return process_partial_response(
+            event=event, record_handler=handle, processor=BatchProcessor(event_type=event_type), context=context
+        )
+    finally:
+        count_outcomes(metric, outcomes, **dimensions)

@@ -22,15 +22,8 @@ from dbmail.core.clock import utcnow
 from dbmail.core.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid, TemplateLimitExceeded
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
+from dbmail.outgoing import render as rendering
 from dbmail.outgoing.queue import QueuedEmail, SendQueue
-from dbmail.outgoing.render import (
-    DEFAULT_LIMITS,
-    CompiledMessage,
-    RenderLimits,
-    UserContext,
-    build_context,
-    compile_message,
-)
 from dbmail.outgoing.sendto import Destination, get_sendto_function
 
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
@@ -121,7 +114,7 @@ class PreparedRequest:
     """Everything per-request, computed once: compiled templates, send-to function, sender."""
 
     request_id: str
-    compiled: CompiledMessage
+    compiled: rendering.CompiledMessage
     destinations: Callable
     send_from: str
     created_at: datetime
@@ -131,14 +124,16 @@ class PreparedRequest:
     email_host_sender: str
 
     def render(self, recipient) -> tuple[list[Destination], str, str]:
-        user = UserContext({f: getattr(recipient, f) for f in RECIPIENT_FIELDS}, recipient.vars)
+        user = rendering.UserContext({f: getattr(recipient, f) for f in RECIPIENT_FIELDS}, recipient.vars)
         subject, body = self.compiled.render(
-            build_context(user, self.request_context, self.email_host_sender, self.message_vars)
+            rendering.build_context(user, self.request_context, self.email_host_sender, self.message_vars)
         )
         return self.destinations(recipient), subject, body
 
 
-def prepare(request: MessageRequestBase, settings: Settings, limits: RenderLimits = DEFAULT_LIMITS) -> PreparedRequest:
+def prepare(
+    request: MessageRequestBase, settings: Settings, limits: rendering.RenderLimits = rendering.DEFAULT_LIMITS
+) -> PreparedRequest:
     """Validate the request as a whole; any RequestInvalid here fails it before any email exists."""
     message_vars = request.message_vars or {}
     if not isinstance(message_vars, dict):
@@ -146,7 +141,7 @@ def prepare(request: MessageRequestBase, settings: Settings, limits: RenderLimit
     check_special_headers(request.special_headers)
     return PreparedRequest(
         request_id=request.request_id,
-        compiled=compile_message(request.subject, request.msgtext, limits),
+        compiled=rendering.compile_message(request.subject, request.msgtext, limits),
         destinations=get_sendto_function(request.sendto_fn_name),
         send_from=resolve_sender(request, settings),
         created_at=request.created_at,
