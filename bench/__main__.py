@@ -117,6 +117,7 @@ class QueueDrain:
 
 def bench_expand(sizes: list[int]) -> None:
     from dbmail import wiring
+    from dbmail.cli.files import read_env_file
     from dbmail.client import submit_request
     from dbmail.core import models, settings
     from dbmail_local import stack
@@ -125,7 +126,7 @@ def bench_expand(sizes: list[int]) -> None:
     stack.up(state, dynamodb_port=0, moto_port=0, smtp_port=0)
     try:
         stack.stop_runner(state)  # expand runs here, in-process, so it can be measured
-        os.environ.update(stack.read_env_file(state.env_file))
+        os.environ.update(read_env_file(state.env_file))
         settings.website_settings.cache_clear()
         models.bind_models.cache_clear()
         expander = wiring.expander(settings.Settings.for_function("expand"))

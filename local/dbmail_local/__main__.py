@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from dbmail.cli.files import read_env_file
+
 from . import DEFAULT_PARAMETERS, DEFAULT_TEMPLATE, logs
 from .cfn import TemplateError
 from .stack import (
@@ -30,7 +32,6 @@ from .stack import (
     StackError,
     StatePaths,
     down,
-    read_env_file,
     start_runner,
     status,
     stop_runner,

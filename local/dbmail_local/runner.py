@@ -23,6 +23,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from dbmail.cli.files import read_env_file
+
 from . import logs
 from .async_invoke import AsyncInvoker
 from .cfn import LocalTarget, Template, TemplateError, as_bool
@@ -30,7 +32,7 @@ from .lambda_runtime import HandlerLoadError, LocalFunction, function_variables,
 from .schedule import ScheduleTrigger
 from .ses_receiving import LambdaAction, SmtpFront, receipt_rules
 from .sqs import SqsTrigger
-from .stack import DEFAULT_SMTP_PORT, HOST, StatePaths, client_factory, read_env_file, running_pid
+from .stack import DEFAULT_SMTP_PORT, HOST, StatePaths, client_factory, running_pid
 from .streams import StreamTrigger
 from .triggers import RunnerSettings, Runtime, Trigger, TriggerKind
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -135,16 +134,6 @@ def write_env_file(path: Path, env: Mapping[str, str]) -> None:
     lines = ["# The dbmail local stack's environment, written by `python -m dbmail_local up`. Source it."]
     lines += [f"export {key}={_shell_quote(value)}" for key, value in sorted(env.items())]
     write_atomically(path, "\n".join(lines) + "\n")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Reads a file written by write_env_file back into a dict."""
-    env: dict[str, str] = {}
-    for word in shlex.split(path.read_text(encoding="utf-8"), comments=True):
-        key, separator, value = word.partition("=")
-        if separator:
-            env[key] = value
-    return env
 
 
 def stack_environment(

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dbmail.cli.files import read_env_file
 from dbmail_local import stack
 from dbmail_local.lambda_runtime import temporary_environment
 
@@ -93,7 +94,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     state = stack.StatePaths(tmp_path_factory.mktemp("dbmail-local"))
     try:
         stack.up(state, dynamodb_port=0, moto_port=0, smtp_port=0)
-        env = stack.read_env_file(state.env_file)
+        env = read_env_file(state.env_file)
         with temporary_environment(env):
             yield LocalStack(state, env)
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dbmail_local.stack import read_env_file
+from dbmail.cli.files import read_env_file
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from dbmail.cli.files import read_env_file
 from dbmail_local import DEFAULT_PARAMETERS
 from dbmail_local.cfn import LocalTarget, Template
 from dbmail_local.resources import create_resources
-from dbmail_local.stack import read_env_file, write_env_file
+from dbmail_local.stack import write_env_file
 
 pytestmark = pytest.mark.integration
 

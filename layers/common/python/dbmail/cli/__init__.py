@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from dbmail.cli import inbound, outgoing
 from dbmail.cli.errors import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, explain, one_line
+from dbmail.cli.files import read_env_file
 from dbmail.core.errors import ConfigurationError
 
 __all__ = ["build_parser", "main"]
@@ -38,14 +38,8 @@ __all__ = ["build_parser", "main"]
 
 def load_env_file(path: Path) -> None:
     """Read `export KEY='value'` lines into os.environ without overriding what is set."""
-    for line in path.read_text().splitlines():
-        parts = shlex.split(line, comments=True)
-        if parts[:1] == ["export"]:
-            parts = parts[1:]
-        for part in parts:
-            key, sep, value = part.partition("=")
-            if sep:
-                os.environ.setdefault(key, value)
+    for key, value in read_env_file(path).items():
+        os.environ.setdefault(key, value)
 
 
 def build_parser() -> argparse.ArgumentParser:

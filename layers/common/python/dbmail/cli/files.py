@@ -4,10 +4,22 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from dbmail.cli.errors import BadInput
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a shell file of ``export KEY='value'`` lines (the local stack's stack.env),
+    as bash would read them: quoting, comments and values over several lines included."""
+    env: dict[str, str] = {}
+    for word in shlex.split(path.read_text(encoding="utf-8"), comments=True):
+        key, separator, value = word.partition("=")
+        if separator:
+            env[key] = value
+    return env
 
 
 def kind(value: Any) -> str:

@@ -124,48 +124,52 @@ class InboundStore:
     def put_users(self, users: Iterable[User]) -> int:
         """A user is written twice: by username (UserEmail) and by address (is the sender known?)."""
         Entry = self.models.DirectoryEntry
-        users = [check_user(user, f"users[{i}]") for i, user in enumerate(users)]  # all checked before any write
-        count = 0
-        with Entry.batch_write() as batch:
-            for user in users:
-                fields = {
-                    "username": user.username,
-                    "email": user.email,
-                    "first_name": user.first_name,
-                    "last_name": user.last_name,
-                    "is_teacher": user.is_teacher,
-                }
-                batch.save(Entry(entry_key=f"user#{user.username.lower()}", **fields))
-                batch.save(Entry(entry_key=f"email#{user.email.strip().lower()}", **fields))
-                count += 1
-        return count
+
+        def entries(user: User):
+            fields = {
+                "username": user.username,
+                "email": user.email,
+                "first_name": user.first_name,
+                "last_name": user.last_name,
+                "is_teacher": user.is_teacher,
+            }
+            yield Entry(entry_key=f"user#{user.username.lower()}", **fields)
+            yield Entry(entry_key=f"email#{user.email.strip().lower()}", **fields)
+
+        return self._put_directory(users, check_user, "users", entries)
 
     def put_classes(self, classes: Iterable[ClassInfo]) -> int:
         Entry = self.models.DirectoryEntry
-        classes = [check_class(cls, f"classes[{i}]") for i, cls in enumerate(classes)]  # all checked before any write
-        count = 0
-        with Entry.batch_write() as batch:
-            for cls in classes:
-                batch.save(
-                    Entry(
-                        entry_key=f"class#{int(cls.class_id)}",
-                        class_id=cls.class_id,
-                        emailcode=cls.emailcode,
-                        program_name=cls.program_name,
-                        directors_email=cls.directors_email,
-                        teachers=[DirectoryPerson(name=p.name, email=p.email) for p in cls.teachers],
-                        sections=[
-                            DirectorySection(
-                                index=s.index,
-                                emailcode=s.emailcode,
-                                students=[DirectoryPerson(name=p.name, email=p.email) for p in s.students],
-                            )
-                            for s in cls.sections
-                        ],
+
+        def entries(cls: ClassInfo):
+            yield Entry(
+                entry_key=f"class#{int(cls.class_id)}",
+                class_id=cls.class_id,
+                emailcode=cls.emailcode,
+                program_name=cls.program_name,
+                directors_email=cls.directors_email,
+                teachers=[DirectoryPerson(name=p.name, email=p.email) for p in cls.teachers],
+                sections=[
+                    DirectorySection(
+                        index=s.index,
+                        emailcode=s.emailcode,
+                        students=[DirectoryPerson(name=p.name, email=p.email) for p in s.students],
                     )
-                )
-                count += 1
-        return count
+                    for s in cls.sections
+                ],
+            )
+
+        return self._put_directory(classes, check_class, "classes", entries)
+
+    def _put_directory(self, items: Iterable, check, label: str, entries) -> int:
+        """Every item is checked before any is written (one bad item writes nothing), then each
+        item's entries go in batches; returns how many items were written."""
+        checked = [check(item, f"{label}[{i}]") for i, item in enumerate(items)]
+        with self.models.DirectoryEntry.batch_write() as batch:
+            for item in checked:
+                for entry in entries(item):
+                    batch.save(entry)
+        return len(checked)
 
     def _user(self, key: str) -> User | None:
         entry = get_or_none(self.models.DirectoryEntry, key)
