@@ -67,7 +67,7 @@ class InboundRouter:
         spam_verdict: str = "PASS",
         virus_verdict: str = "PASS",
         release: bool = False,
-    ) -> str:
+    ) -> InboundStatus:
         """Process one received message; returns the InboundStatus it ends in."""
         settings = self.settings
         key = f"{settings.inbound_prefix}{message_id}"
@@ -75,7 +75,7 @@ class InboundRouter:
             message_id, key, recipients, self.clock(), {"spam": spam_verdict, "virus": virus_verdict}
         )
         if item.status in InboundStatus.FINAL and not release:
-            return item.status
+            return InboundStatus(item.status)
         try:
             return self._handle(item, recipients, spam_verdict, virus_verdict, release)
         except Exception as exc:
@@ -271,19 +271,19 @@ class InboundRouter:
         )
         self.transport.send(notice)
 
-    def _finish(self, item, status: str, detail: str, log: dict, **fields) -> str:
+    def _finish(self, item, status: InboundStatus, detail: str, log: dict, **fields) -> InboundStatus:
         self.store.finish(item, status, detail, **fields)
         logger.info("inbound message handled", extra={**log, "status": status, "detail": detail})
         return status
 
-    def reject(self, message_id: str) -> str:
+    def reject(self, message_id: str) -> InboundStatus:
         item = self.store.get(message_id)
         if item is None or item.status != InboundStatus.HELD:
             raise NotFound(f"no held message {message_id!r}")
         self.store.finish(item, InboundStatus.REJECTED, "rejected by a moderator")
         return InboundStatus.REJECTED
 
-    def release(self, message_id: str) -> str:
+    def release(self, message_id: str) -> InboundStatus:
         item = self.store.get(message_id)
         if item is None or item.status != InboundStatus.HELD:
             raise NotFound(f"no held message {message_id!r}")

@@ -199,7 +199,7 @@ class Expander:
 
     def expand(
         self, request_id: str, *, owner: str, takeover: bool, time_left: Callable[[], float] = lambda: float("inf")
-    ) -> str:
+    ) -> Outcome:
         """Expand one request; ``takeover`` marks the stream trigger (see Store.claim_request)."""
         now = self.clock()
         try:
