@@ -43,7 +43,6 @@ class RenderLimits:
 
 
 DEFAULT_LIMITS = RenderLimits()
-MAX_RENDERED_CHARS = DEFAULT_LIMITS.output_chars
 
 
 # ---- the budget of the render in progress (per thread: the local runner renders in several) ----
