@@ -245,3 +245,73 @@ def test_python_m_dbmail_cli_runs_main_and_exits_with_its_status(moto_stack, mon
     assert exited.value.code == 0
     request_id = capsys.readouterr().out.strip()
     assert Store(moto_stack.settings).get_request(request_id) is not None
+
+
+# --- the request file: how a wrong value is named -------------------------------------------------
+
+
+def _request_file(tmp_path, **changes) -> str:
+    spec = json.loads((ROOT / "examples" / "request.json").read_text(encoding="utf-8"))
+    spec.update(changes)
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "changes, line",
+    [
+        ({"subject": None}, "subject must be a string, not null"),
+        ({"subject": True}, "subject must be a string, not a boolean (true)"),
+        ({"priority_level": 1.5}, "priority_level must be an integer or null, not a number (1.5)"),
+        (
+            {"sender": 12345678901234567890123456789012345678901234567890},
+            "sender must be a string or null, not an integer (1234567890123456789012345678901234567...)",
+        ),
+        ({"creator": "ada@example.net"}, "creator must be an object, not a string ('ada@example.net')"),
+        ({"creator": {"user_id": 1, "email": ["a"]}}, "creator.email must be a string or null, not a list"),
+        ({"special_headers": {"X-Note": 1}}, "special_headers['X-Note'] must be a string, not an integer (1)"),
+    ],
+)
+def test_a_wrong_value_is_named_with_its_type_and_short_value(changes, line, moto_stack, tmp_path, capsys):
+    assert main(["submit", _request_file(tmp_path, **changes)]) == 2
+    assert capsys.readouterr().err == f"dbmail: {line}\n"
+    assert Store(moto_stack.settings).models.MessageRequest.count() == 0
+
+
+def test_null_optional_fields_are_accepted(moto_stack, tmp_path, capsys):
+    # given a request file whose optional fields are null
+    path = _request_file(tmp_path, creator=None, processed_by=None, sent_by=None, var_dict=None, priority_level=None)
+    # when submitted, then it is written, unscheduled and without a creator
+    assert main(["submit", path]) == 0
+    request = Store(moto_stack.settings).get_request(capsys.readouterr().out.strip())
+    assert (request.creator, request.processed_by, request.sent_by) == (None, None, None)
+
+
+def test_a_directory_or_an_unreadable_path_is_named(moto_stack, tmp_path, capsys):
+    # a directory given as the request file
+    assert main(["submit", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"dbmail: {tmp_path}: is a directory, not a JSON file\n"
+    # a path the system cannot open (a name too long)
+    long = str(tmp_path / ("x" * 300))
+    assert main(["submit", long]) == 2
+    assert capsys.readouterr().err == f"dbmail: {long}: cannot read: File name too long\n"
+
+
+def test_without_debug_the_services_logs_go_nowhere(moto_stack, capsys):
+    import logging
+
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        for handler in handlers:
+            root.removeHandler(handler)
+        # given no logging configured; when a command runs, then a NullHandler swallows the logs
+        assert main(["status", submit(n=1, sendto_fn_name="")]) == 0
+        assert [type(h) for h in root.handlers] == [logging.NullHandler]
+        assert capsys.readouterr().err == ""
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
