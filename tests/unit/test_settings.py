@@ -156,3 +156,11 @@ def test_region_and_endpoint_come_from_the_aws_variables():
     )
     dynamodb_only = {**local, "AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:8001"}
     assert Settings.for_function("send", dynamodb_only).dynamodb_endpoint == "http://127.0.0.1:8001"
+
+
+def test_sendgrid_with_its_key_is_accepted():
+    env = stack_env(DBMAIL_PROVIDER="sendgrid", DBMAIL_SENDGRID_API_KEY="SG.key")
+    settings = Settings.for_function("send", env)
+    assert (settings.provider, settings.sendgrid_api_key) == ("sendgrid", "SG.key")
+    # and a reader without the transport's variables never checks the key
+    assert Settings.for_function("inbound", stack_env(DBMAIL_PROVIDER="sendgrid")).provider == "ses"
