@@ -125,10 +125,6 @@ def test_resend_refuses_emails_that_are_not_failed(moto_stack):
     assert int(expander.store.get_request(rid).resent_count or 0) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: resend's refusal shows the statuses' enum reprs ([<EmailStatus.SENT: 'sent'>]), not their values",
-)
 def test_resends_refusal_names_the_statuses_by_their_values(moto_stack):
     from dbmail.core.clock import utcnow
     from dbmail.core.errors import RequestInvalid

@@ -28,7 +28,8 @@ def resend(
     resend (or a send) took meanwhile is skipped, so running this twice resends nothing twice."""
     statuses = frozenset(EmailStatus(status) for status in (statuses or [EmailStatus.FAILED]))
     if not statuses <= RESENDABLE:
-        raise RequestInvalid(f"only emails in {sorted(RESENDABLE)} can be resent, not {sorted(statuses - RESENDABLE)}")
+        allowed, refused = sorted(map(str, RESENDABLE)), sorted(map(str, statuses - RESENDABLE))
+        raise RequestInvalid(f"only emails in {allowed} can be resent, not {refused}")
     if store.get_request(request_id) is None:
         raise NotFound(f"no request {request_id!r}")
     store.reopen(request_id)  # first, so that the sweep finds any email a crash leaves queued below
