@@ -44,6 +44,14 @@ def test_managed_headers_may_not_be_overridden(name):
         check_special_headers({name: "x"})
 
 
+@pytest.mark.parametrize("name", ["Received", "dkim-signature", "X-SG-ID", "x-sg-eid"])
+def test_server_trace_and_signature_headers_may_not_be_forged(name):
+    # given a request that would set a header only mail servers add (and SendGrid reserves),
+    # then it is refused at submit with the header named, instead of failing every send
+    with pytest.raises(HeaderInvalid, match=f"header '{name}' is added by mail servers"):
+        check_special_headers({name: "from evil.example by mx"})
+
+
 def test_bad_header_names_are_refused():
     with pytest.raises(HeaderInvalid, match="invalid header name"):
         check_special_headers({"X Bad: name": "x"})

@@ -37,6 +37,10 @@ MANAGED_HEADERS = frozenset(
     )
 )
 
+# Trace and signature headers belong to the servers a message passes through: a request that
+# set them would forge its path, and SendGrid refuses every send that carries one.
+SERVER_HEADERS = frozenset(h.lower() for h in ("Received", "DKIM-Signature", "X-SG-ID", "X-SG-EID"))
+
 
 def mask(address: str) -> str:
     """An address fit for logs: the domain only ('***@example.org')."""
@@ -110,7 +114,8 @@ def check_sender(value: str, allowed_domains: Iterable[str]) -> Address:
 
 def check_special_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """Validate a request's special_headers: names are tokens, values carry no CR/LF,
-    and dbmail's own headers are not overridden. Reply-To is trimmed and must be an address."""
+    dbmail's own headers are not overridden and no server's trace or signature is forged.
+    Reply-To is trimmed and must be an address."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
@@ -121,6 +126,8 @@ def check_special_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
             raise HeaderInvalid(f"invalid header name {name!r}")
         if name.lower() in MANAGED_HEADERS:
             raise HeaderInvalid(f"header {name!r} is set by dbmail and may not be overridden")
+        if name.lower() in SERVER_HEADERS:
+            raise HeaderInvalid(f"header {name!r} is added by mail servers; a request may not set it")
         if not isinstance(value, str):
             raise HeaderInvalid(f"header {name!r} must have a string value")
         if "\r" in value or "\n" in value:
