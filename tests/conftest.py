@@ -17,7 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from moto import mock_aws
 
 from dbmail import wiring
-from dbmail.core import models, settings
+from dbmail.core import models, secrets, settings
 
 # Property tests draw the same examples on every run, so a red CI is reproducible; set
 # HYPOTHESIS_RANDOM=1 to explore new ones.
@@ -39,6 +39,7 @@ def clear_caches() -> None:
     function_settings.cache_clear()
     models.bind_models.cache_clear()
     wiring.clear()
+    secrets.clear()
 
 
 @cache

@@ -82,6 +82,8 @@ def _print_status(state: StatePaths) -> int:
             f"{('pid ' + str(row.pid)) if row.running else '':<11} {where:<24} log: {row.log}"
         )
     if all(row.running for row in rows):
+        for function, url in urls.get("function_urls", {}).items():
+            print(f"  {function:<24} {url}")
         print(f"source {state.env_file} to use it; mail lands in {state.outbox}/")
         return 0
     return 1

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ _NAME_PROPERTY = {
     "AWS::Logs::LogGroup": "LogGroupName",
     "AWS::Serverless::Function": "FunctionName",
     "AWS::Serverless::LayerVersion": "LayerName",
+    "AWS::SNS::Topic": "TopicName",
+    "AWS::SES::ConfigurationSet": "Name",
+    "AWS::SecretsManager::Secret": "Name",
 }
 # The intrinsic functions template.yaml uses; any other is refused (TemplateError), never guessed.
 _INTRINSICS = frozenset({"Ref", "Fn::GetAtt", "Fn::Sub", "Fn::Join"})
@@ -74,6 +77,9 @@ class LocalTarget:
 
     ``stream_arn`` looks up a table's latest stream ARN (DynamoDB Local makes one up at table
     creation), so only callers that resolve ``!GetAtt Table.StreamArn`` need to give it.
+    ``function_urls`` are the URLs the runner serves the functions with a FunctionUrlConfig on,
+    by logical id (stack.env's ``DBMAIL_LOCAL_<LOGICALID>_URL``); a function missing there gets a
+    URL of Lambda's form, for callers that only read the template.
     """
 
     sqs_url: str = "http://127.0.0.1:5000"
@@ -81,6 +87,7 @@ class LocalTarget:
     account_id: str = ACCOUNT_ID
     stack_name: str = STACK_NAME
     stream_arn: Callable[[str], str] | None = None
+    function_urls: Mapping[str, str] = field(default_factory=dict)
 
 
 def as_bool(value: Any) -> bool:
@@ -236,9 +243,33 @@ class Template:
             return self.queue_url(physical)
         if kind == "AWS::Serverless::LayerVersion":
             return self._arn("lambda", f"layer:{physical}:1")
+        if kind == "AWS::SecretsManager::Secret":  # a partial ARN (no random suffix): Secrets Manager takes it
+            return self._arn("secretsmanager", f"secret:{physical}")
+        if kind == "AWS::SNS::Topic":
+            return self._arn("sns", physical)
         return physical
 
+    def url_functions(self) -> list[str]:
+        """The functions with a FunctionUrlConfig (SAM adds an AWS::Lambda::Url ``<Function>Url`` to each)."""
+        return [
+            logical_id
+            for logical_id, resource in self.resources("AWS::Serverless::Function").items()
+            if "FunctionUrlConfig" in resource.get("Properties", {})
+        ]
+
+    def function_url(self, logical_id: str) -> str:
+        """The function's URL (with Lambda's trailing slash): the runner's, else one of Lambda's form."""
+        if logical_id in self.target.function_urls:
+            return self.target.function_urls[logical_id]
+        url_id = re.sub(r"[^a-z0-9]", "", self.physical_name(logical_id).lower())
+        return f"https://{url_id}.lambda-url.{self.target.region}.on.aws/"
+
     def get_att(self, logical_id: str, attribute: str) -> str:
+        function = logical_id.removesuffix("Url")
+        if logical_id not in self.body.get("Resources", {}) and function in self.url_functions():
+            if attribute != "FunctionUrl":
+                raise TemplateError(f"!GetAtt {logical_id}.{attribute} (SAM's function URL) has no local value")
+            return self.function_url(function)
         kind = self._resource(logical_id)["Type"]
         name = self.physical_name(logical_id)
         attributes: dict[str, Callable[[], str]] = {}
@@ -253,6 +284,8 @@ class Template:
             attributes = {"Arn": lambda: f"arn:aws:s3:::{name}"}
         elif kind == "AWS::Serverless::Function":
             attributes = {"Arn": lambda: self._arn("lambda", f"function:{name}")}
+        elif kind == "AWS::SNS::Topic":
+            attributes = {"TopicArn": lambda: self._arn("sns", name), "TopicName": lambda: name}
         if attribute not in attributes:
             raise TemplateError(f"!GetAtt {logical_id}.{attribute} ({kind}) has no local value")
         return attributes[attribute]()

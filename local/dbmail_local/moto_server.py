@@ -4,6 +4,8 @@ Run as ``python -m dbmail_local.moto_server --port N --outbox DIR``. The outbox 
 emulator side, so it sees exactly what any client (a handler, a test, the website) handed to SES.
 SES v1 SendRawEmail and v2 SendEmail with Raw content both end in the SES backend's
 ``send_raw_email``; Simple sends end in ``send_email`` and are written as a composed message.
+A send naming a configuration set gets SES's events (Send, then Delivery, Bounce or
+Complaint per the SES mailbox simulator) on the set's SNS event destination (see ses_events.py).
 It also fixes moto's SQS races (one message handed to several receivers at once, deleted
 messages coming back, sent messages lost; see serialize_sqs_queues), gives moto's SQS a cheaper
 clock (see speed_up_sqs_clock), and, for tests only, injects faults read from a JSON file given
@@ -33,12 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from moto.server import ThreadedMotoServer
-from moto.ses.models import SESBackend
+from moto.ses.exceptions import ConfigurationSetDoesNotExist
+from moto.ses.models import SESBackend, ses_backends
+from moto.ses.responses import EmailResponse
 from moto.sesv2.responses import SESV2Response
+from moto.sns.models import sns_backends
 from moto.sqs import models as sqs_models
 from moto.sqs.models import Message, Queue, SQSBackend
 
 from . import logs
+from .ses_events import EventPublisher, SentMail
 from .stack import write_atomically
 
 log = logging.getLogger("dbmail_local.moto_server")  # also when run as __main__
@@ -122,12 +128,43 @@ class SesHop:
                     time.sleep(1 + attempt)
 
 
-def record_sent_mail(outbox: Outbox, hop: SesHop | None = None) -> None:
-    """Wraps moto's SES backend so each send it accepts is also written to the outbox (and,
-    with ``hop``, mail to our own domains comes back in through SES receiving).
+@dataclass(frozen=True)
+class SendRequest:
+    """What a SES send request names besides the message: its configuration set, tags, feedback address."""
 
-    A send SES rejects (unverified sender, bad address) raises before anything is written,
-    as a real SES would not deliver it either.
+    configuration_set: str | None
+    tags: dict[str, str]
+    feedback_address: str | None
+
+
+_current_send = threading.local()  # the SendRequest of the send this request thread is handling
+
+
+def _sent_mail(backend: SESBackend, message_id: str, source: str, recipients: list[str], raw: bytes) -> SentMail | None:
+    request: SendRequest | None = getattr(_current_send, "request", None)
+    if request is None or not request.configuration_set:
+        return None
+    bare = tuple(dict.fromkeys(address for address in (parseaddr(r)[1] for r in recipients) if address))
+    return SentMail(
+        message_id=message_id,
+        source=source or "",
+        recipients=bare,
+        raw=raw,
+        configuration_set=request.configuration_set,
+        account_id=backend.account_id,
+        region=backend.region_name,
+        tags=request.tags,
+        feedback_address=request.feedback_address,
+    )
+
+
+def record_sent_mail(outbox: Outbox, hop: SesHop | None = None, events: EventPublisher | None = None) -> None:
+    """Wraps moto's SES backend so each send it accepts is also written to the outbox (with
+    ``hop``, mail to our own domains comes back in through SES receiving; with ``events``, a
+    send naming a configuration set gets SES's events, see ses_events.py).
+
+    A send SES rejects (unverified sender, bad address, unknown configuration set) raises
+    before anything is written, as a real SES would not deliver it either.
     """
     send_raw_email = SESBackend.send_raw_email
     send_email = SESBackend.send_email
@@ -135,22 +172,86 @@ def record_sent_mail(outbox: Outbox, hop: SesHop | None = None) -> None:
     def send_raw_email_to_outbox(self: SESBackend, source: str, destinations: list[str], raw_data: str) -> Any:
         explicit = list(destinations)  # moto appends the header recipients to the list it is given
         message = send_raw_email(self, source, destinations, raw_data)
-        path = outbox.write(raw_data.encode("utf-8"))
+        raw = raw_data.encode("utf-8")
+        path = outbox.write(raw)
         log.info("raw email accepted", extra={"message_id": message.id, "eml": path.name})
         if hop is not None:
-            hop.offer(source or "", explicit or list(destinations), raw_data.encode("utf-8"))
+            hop.offer(source or "", explicit or list(destinations), raw)
+        sent = _sent_mail(self, message.id, source, explicit or list(destinations), raw)
+        if events is not None and sent is not None:
+            events.offer(sent)
         return message
 
     def send_email_to_outbox(
         self: SESBackend, source: str, subject: str, body: str, destinations: dict[str, list[str]]
     ) -> Any:
         message = send_email(self, source, subject, body, destinations)
-        path = outbox.write(_compose(source, subject, body, destinations))
+        raw = _compose(source, subject, body, destinations)
+        path = outbox.write(raw)
         log.info("simple email accepted", extra={"message_id": message.id, "eml": path.name})
+        recipients = [
+            address for key in ("ToAddresses", "CcAddresses", "BccAddresses") for address in destinations.get(key, [])
+        ]
+        sent = _sent_mail(self, message.id, source, recipients, raw)
+        if events is not None and sent is not None:
+            events.offer(sent)
         return message
 
     SESBackend.send_raw_email = send_raw_email_to_outbox  # type: ignore[method-assign]
     SESBackend.send_email = send_email_to_outbox  # type: ignore[method-assign]
+    _read_send_requests()
+
+
+def _read_send_requests() -> None:
+    """Wraps the SES v2 SendEmail and v1 SendEmail / SendRawEmail handlers: each notes the
+    request's configuration set, tags and feedback address for the backend (see _sent_mail),
+    and refuses a configuration set SES does not have, as SES does (v2: 404 NotFoundException,
+    v1: ConfigurationSetDoesNotExist)."""
+    v2_send = SESV2Response.send_email
+
+    def v2_send_email(self: SESV2Response) -> Any:
+        params = json.loads(self.body or "{}")
+        name = params.get("ConfigurationSetName")
+        if name and name not in self.sesv2_backend.core_backend.config_sets:
+            headers = {"status": 404, "Content-Type": "application/json", "x-amzn-ErrorType": "NotFoundException"}
+            return json.dumps({"message": f"Configuration set <{name}> does not exist."}), headers
+        tags = {t.get("Name", ""): t.get("Value", "") for t in params.get("EmailTags") or []}
+        return _handling(SendRequest(name, tags, params.get("FeedbackForwardingEmailAddress")), v2_send, self)
+
+    def v1(handler: Callable[[EmailResponse], Any]) -> Callable[[EmailResponse], Any]:
+        def send(self: EmailResponse) -> Any:
+            name = self._get_param("ConfigurationSetName")
+            if name and name not in self.backend.config_sets:
+                raise ConfigurationSetDoesNotExist(f"Configuration set <{name}> does not exist.")
+            tags = {t.get("Name", ""): t.get("Value", "") for t in self._get_param("Tags", []) or []}
+            return _handling(SendRequest(name, tags, self._get_param("ReturnPath")), handler, self)
+
+        send.__name__ = handler.__name__
+        return send
+
+    v2_send_email.__name__ = v2_send.__name__
+    SESV2Response.send_email = v2_send_email  # type: ignore[method-assign]
+    EmailResponse.send_email = v1(EmailResponse.send_email)  # type: ignore[method-assign]
+    EmailResponse.send_raw_email = v1(EmailResponse.send_raw_email)  # type: ignore[method-assign]
+
+
+def _handling(request: SendRequest, handler: Callable[[Any], Any], response: Any) -> Any:
+    _current_send.request = request
+    try:
+        return handler(response)
+    finally:
+        _current_send.request = None
+
+
+def publish_to_sns(account_id: str, region: str, topic_arn: str, message: str) -> None:
+    """Publishes on a topic of this moto's SNS: its SQS subscriptions get it at once."""
+    sns_backends[account_id][region].get_topic(topic_arn).publish(message)
+
+
+def event_destinations(account_id: str, region: str, configuration_set: str) -> list[Mapping[str, Any]]:
+    """The configuration set's event destinations, as SES v1's CreateConfigurationSetEventDestination took them."""
+    destination = ses_backends[account_id][region].config_set_event_destination.get(configuration_set)
+    return [destination] if destination else []
 
 
 def speed_up_sqs_clock() -> None:
@@ -531,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ses_hop and args.ses_hop_recipients:
         host, _, port = args.ses_hop.rpartition(":")
         hop = SesHop(host, int(port), tuple(r.strip().lower() for r in args.ses_hop_recipients.split(",") if r.strip()))
-    record_sent_mail(Outbox(args.outbox), hop)
+    events = EventPublisher(event_destinations, publish_to_sns, hop.offer if hop is not None else None)
+    record_sent_mail(Outbox(args.outbox), hop, events)
     faults = Faults(args.faults.resolve()) if args.faults else None
     serialize_sqs_queues(faults)
     speed_up_sqs_clock()

@@ -1,4 +1,5 @@
-"""Creates the template's tables, queues and buckets in the emulators and verifies SES identities.
+"""Creates the template's tables, queues, buckets, SNS topics and subscriptions and SES
+configuration sets (with their event destinations) in the emulators, and verifies SES identities.
 
 Everything is read from the template (see cfn.py). Creation is idempotent: what exists is kept.
 ``create_resources`` works against any boto3 client factory, so a unit test can build the same
@@ -7,6 +8,8 @@ tables and queues with moto in-process (``mock_aws``).
 
 import json
 import logging
+import secrets
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
@@ -15,7 +18,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from .cfn import Template, TemplateError
+from .cfn import Template, TemplateError, as_bool
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,15 @@ class CreatedResources:
     tables: list[str] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
     buckets: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+    configuration_sets: list[str] = field(default_factory=list)
     ses_identities: list[str] = field(default_factory=list)
 
 
 def create_resources(template: Template, client: ClientFactory | None = None) -> CreatedResources:
-    """Creates every table, queue and bucket of the template and verifies its sender domains."""
+    """Creates every table, queue, bucket, topic (with its subscriptions) and configuration set
+    (with its event destinations) of the template, and verifies its sender domains."""
     if client is None:
         region = template.target.region
 
@@ -64,8 +71,20 @@ def create_resources(template: Template, client: ClientFactory | None = None) ->
         _set_redrive_policies(sqs, template, logical_id)
     for logical_id in template.resources("AWS::S3::Bucket"):
         created.buckets.append(_create_bucket(s3, template, logical_id))
-    created.ses_identities = ses_identities(template)
+    secretsmanager = client("secretsmanager")
+    for logical_id in template.resources("AWS::SecretsManager::Secret"):
+        created.secrets.append(_create_secret(secretsmanager, template, logical_id))
+    sns = client("sns")
+    for logical_id in template.resources("AWS::SNS::Topic"):
+        created.topics.append(_create_topic(sns, template, logical_id))
+    for logical_id in template.resources("AWS::SNS::Subscription"):
+        _subscribe(sns, template, logical_id)
     ses = client("ses")
+    for logical_id in template.resources("AWS::SES::ConfigurationSet"):
+        created.configuration_sets.append(_create_configuration_set(ses, template, logical_id))
+    for logical_id in template.resources("AWS::SES::ConfigurationSetEventDestination"):
+        _create_event_destination(ses, template, logical_id)
+    created.ses_identities = ses_identities(template)
     for domain in created.ses_identities:
         ses.verify_domain_identity(Domain=domain)
     return created
@@ -148,6 +167,128 @@ def _create_bucket(s3: Any, template: Template, logical_id: str) -> str:
     return name
 
 
+def secret_value(template: Template, logical_id: str) -> str:
+    """The secret's SecretString, or for GenerateSecretString a new random one of its length
+    (letters and digits; local secrets need no punctuation)."""
+    properties = template.resolve(template.properties(logical_id))
+    if "SecretString" in properties:
+        return str(properties["SecretString"])
+    generate = properties.get("GenerateSecretString")
+    if generate is None or "SecretStringTemplate" in generate:
+        raise TemplateError(f"{logical_id}: only SecretString or a plain GenerateSecretString is created locally")
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(int(generate.get("PasswordLength", 32))))
+
+
+def _create_secret(secretsmanager: Any, template: Template, logical_id: str) -> str:
+    name = template.physical_name(logical_id)
+    try:
+        secretsmanager.create_secret(Name=name, SecretString=secret_value(template, logical_id))
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ResourceExistsException":
+            raise
+    log.info("secret ready", extra={"secret": name})
+    return name
+
+
+def _create_topic(sns: Any, template: Template, logical_id: str) -> str:
+    name = template.physical_name(logical_id)
+    sns.create_topic(Name=name)  # idempotent in SNS
+    log.info("topic ready", extra={"topic": name})
+    return name
+
+
+# Subscription properties that are subscription attributes in the SNS API.
+_SUBSCRIPTION_ATTRIBUTES = ("RawMessageDelivery", "FilterPolicy", "FilterPolicyScope", "RedrivePolicy")
+
+
+def _attribute(value: Any) -> str:
+    """An SNS attribute value: booleans lower-case, policies as JSON."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _subscribe(sns: Any, template: Template, logical_id: str) -> None:
+    """An SNS subscription (SNS finds an existing one with the same topic, protocol and endpoint)."""
+    properties = template.resolve(template.properties(logical_id))
+    attributes = {name: _attribute(properties[name]) for name in _SUBSCRIPTION_ATTRIBUTES if name in properties}
+    sns.subscribe(
+        TopicArn=properties["TopicArn"],
+        Protocol=properties["Protocol"],
+        Endpoint=properties["Endpoint"],
+        Attributes=attributes,
+        ReturnSubscriptionArn=True,
+    )
+    log.info("subscription ready", extra={"subscription": logical_id, "protocol": properties["Protocol"]})
+
+
+def _create_configuration_set(ses: Any, template: Template, logical_id: str) -> str:
+    name = template.physical_name(logical_id)
+    try:
+        ses.create_configuration_set(ConfigurationSet={"Name": name})
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ConfigurationSetAlreadyExists":
+            raise
+    log.info("configuration set ready", extra={"configuration_set": name})
+    return name
+
+
+# SES v1's spelling of each event type (CloudFormation's), by its normalised name (see ses_events.event_type_key).
+_V1_EVENT_TYPES = {
+    "send": "send",
+    "reject": "reject",
+    "bounce": "bounce",
+    "complaint": "complaint",
+    "delivery": "delivery",
+    "open": "open",
+    "click": "click",
+    "renderingfailure": "renderingFailure",
+    "deliverydelay": "deliveryDelay",
+    "subscription": "subscription",
+}
+
+
+def event_destination_request(template: Template, logical_id: str) -> dict[str, Any]:
+    """The SES v1 CreateConfigurationSetEventDestination request for the resource (SNS destinations only)."""
+    properties = template.resolve(template.properties(logical_id))
+    destination = properties["EventDestination"]
+    topic = (destination.get("SnsDestination") or {}).get("TopicARN")
+    if not topic:
+        raise TemplateError(f"{logical_id}: only SNS event destinations (SnsDestination.TopicARN) are emulated locally")
+    types = []
+    for event_type in destination.get("MatchingEventTypes", []):
+        key = event_type.replace("_", "").lower()
+        if key not in _V1_EVENT_TYPES:
+            raise TemplateError(f"{logical_id}: unknown event type {event_type!r}")
+        types.append(_V1_EVENT_TYPES[key])
+    return {
+        "ConfigurationSetName": properties["ConfigurationSetName"],
+        "EventDestination": {
+            "Name": destination.get("Name") or logical_id,
+            "Enabled": as_bool(destination.get("Enabled", True)),
+            "MatchingEventTypes": types,
+            "SNSDestination": {"TopicARN": topic},
+        },
+    }
+
+
+def _create_event_destination(ses: Any, template: Template, logical_id: str) -> None:
+    request = event_destination_request(template, logical_id)
+    try:
+        ses.create_configuration_set_event_destination(**request)
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "EventDestinationAlreadyExists":
+            raise
+    log.info(
+        "event destination ready",
+        extra={
+            "configuration_set": request["ConfigurationSetName"],
+            "events": request["EventDestination"]["MatchingEventTypes"],
+        },
+    )
+
+
 def ses_identities(template: Template) -> list[str]:
     """Domains to verify in SES: the allowed sender domains and the bounces address's domain."""
     domains: list[str] = []
@@ -161,7 +302,7 @@ def ses_identities(template: Template) -> list[str]:
 
 
 def resource_variables(template: Template) -> dict[str, str]:
-    """``DBMAIL_LOCAL_<LOGICALID>_{NAME,URL,ARN}`` for every table, queue and bucket.
+    """``DBMAIL_LOCAL_<LOGICALID>_{NAME,URL,ARN}`` for every table, queue, bucket and topic.
 
     The template's own environment names only what the functions need; tests and tools also
     need the dead-letter and failure queues.
@@ -174,4 +315,11 @@ def resource_variables(template: Template) -> dict[str, str]:
         variables[f"{prefix}_NAME"] = template.physical_name(logical_id)
         variables[f"{prefix}_URL"] = template.ref(logical_id)
         variables[f"{prefix}_ARN"] = template.get_att(logical_id, "Arn")
+    for logical_id in template.resources("AWS::SNS::Topic"):
+        variables[f"DBMAIL_LOCAL_{logical_id.upper()}_NAME"] = template.physical_name(logical_id)
+        variables[f"DBMAIL_LOCAL_{logical_id.upper()}_ARN"] = template.ref(logical_id)
+    for logical_id in template.resources("AWS::SES::ConfigurationSet"):
+        variables[f"DBMAIL_LOCAL_{logical_id.upper()}_NAME"] = template.physical_name(logical_id)
+    for logical_id in template.resources("AWS::SecretsManager::Secret"):
+        variables[f"DBMAIL_LOCAL_{logical_id.upper()}_ARN"] = template.ref(logical_id)
     return variables

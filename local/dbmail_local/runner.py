@@ -5,7 +5,8 @@ Trigger kinds are looked up by event Type in TRIGGER_KINDS, and each runs in its
 (see triggers.py for what a trigger is). SES's part comes from the template's
 AWS::SES::ReceiptRule resources: if there are any, the runner listens for SMTP on loopback
 (ses_receiving.py) before it reports ready, and each function a rule's LambdaAction names gets
-an asynchronous event queue (async_invoke.py), worked off like a trigger.
+an asynchronous event queue (async_invoke.py), worked off like a trigger. Each function with a
+FunctionUrlConfig is served over HTTP on loopback at stack.env's URL for it (function_urls.py).
 
 A function whose handler does not import is logged and left out; the others run. On SIGTERM
 or SIGINT the runner stops listening for SMTP, tells in-flight invocations that no time is left
@@ -18,6 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from dbmail.cli.files import read_env_file
 from . import logs
 from .async_invoke import AsyncInvoker
 from .cfn import LocalTarget, Template, TemplateError, as_bool
+from .function_urls import url_servers, urls_from_env
 from .lambda_runtime import HandlerLoadError, LocalFunction, function_variables, is_setting, shared_environment
 from .schedule import ScheduleTrigger
 from .ses_receiving import LambdaAction, SmtpFront, receipt_rules
@@ -130,6 +133,7 @@ class Runner:
         stopping = self.runtime.stopping
         functions = self.functions()
         front, invokers = self.smtp_front(functions)
+        http_servers = url_servers(self.runtime.template, functions)
         threads = [
             threading.Thread(target=self._keep_running, args=(trigger,), name=f"{trigger.name}#{n}", daemon=True)
             for trigger in [*self.triggers(functions), *invokers]
@@ -141,6 +145,8 @@ class Runner:
             except OSError as error:
                 log.error("cannot listen for SMTP; is another runner on that port?", extra={"error": str(error)})
                 return 1
+        for server in http_servers:
+            server.start()
         for thread in threads:
             thread.start()
         ready = self.runtime.state.ready_file(self.name)
@@ -152,6 +158,8 @@ class Runner:
             log.info("stopping: in-flight invocations see no time left and finish")
             if front is not None:
                 front.stop()
+            for server in http_servers:
+                server.stop()
             for thread in threads:
                 thread.join()
         finally:
@@ -212,7 +220,8 @@ def main(state: StatePaths, template_path: Path, parameter_file: Path, name: str
         return client("dynamodb").describe_table(TableName=table)["Table"]["LatestStreamArn"]
 
     target = LocalTarget(sqs_url=env["AWS_ENDPOINT_URL_SQS"], stream_arn=stream_arn)
-    template = Template.load(template_path, parameter_file, target)
+    urls = urls_from_env(Template.load(template_path, parameter_file, target), env)  # the ports `up` chose
+    template = Template.load(template_path, parameter_file, replace(target, function_urls=urls))
     set_process_environment(template, env)
     smtp_address = (
         env.get("DBMAIL_LOCAL_SMTP_HOST", HOST),

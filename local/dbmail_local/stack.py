@@ -27,6 +27,7 @@ import boto3
 
 from . import DEFAULT_PARAMETERS, DEFAULT_TEMPLATE, REPO_ROOT
 from .cfn import LocalTarget, Template
+from .function_urls import local_urls, url_variable
 from .resources import ClientFactory, create_resources, resource_variables
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def stack_environment(
         "AWS_ENDPOINT_URL_SES": moto_url,
         "AWS_ENDPOINT_URL_SESV2": moto_url,
         "AWS_ENDPOINT_URL_S3": moto_url,
+        "AWS_ENDPOINT_URL_SECRETSMANAGER": moto_url,
         "POWERTOOLS_TRACE_DISABLED": "true",
         "DBMAIL_LOCAL_STATE_DIR": str(state.root),
         "DBMAIL_LOCAL_OUTBOX": str(state.outbox),
@@ -163,6 +165,8 @@ def stack_environment(
         "DBMAIL_LOCAL_SMTP_HOST": HOST,
         "DBMAIL_LOCAL_SMTP_PORT": str(smtp_port),
         **resource_variables(template),
+        # the runner's function URLs (function_urls.py), which `!GetAtt <Function>Url.FunctionUrl` names
+        **{url_variable(logical_id): url for logical_id, url in template.target.function_urls.items()},
         **template.environment(),
     }
 
@@ -452,6 +456,11 @@ def up(
 
     dynamodb_url, moto_url = (f"http://{HOST}:{ports[name]}" for name in EMULATORS)
     loaded = Template.load(template, parameters, target=LocalTarget(sqs_url=moto_url))
+    url_ports: dict[str, int] = {}
+    for logical_id in loaded.url_functions():  # any free ports: a test's stack runs beside a developer's
+        url_ports[logical_id] = choose_port(0, taken={*ports.values(), *url_ports.values()})
+    urls = local_urls(loaded, url_ports)
+    loaded = Template.load(template, parameters, target=LocalTarget(sqs_url=moto_url, function_urls=urls))
     env = stack_environment(state, loaded, dynamodb_url, moto_url, ports["smtp"])
     try:
         processes = {
@@ -482,6 +491,7 @@ def up(
             "dynamodb_url": dynamodb_url,
             "moto_url": moto_url,
             "runner_url": f"smtp://{HOST}:{ports['smtp']}",
+            "function_urls": urls,  # the runner serves them (function_urls.py)
         }
         write_atomically(state.config_file, json.dumps(config, indent=2) + "\n")
         start_runner(state, extra_env=runner_env)

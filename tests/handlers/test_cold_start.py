@@ -18,7 +18,7 @@ from dbmail_local.lambda_runtime import HandlerLoadError, LocalFunction
 from dbmail_local.runner import Runner, set_process_environment
 from tests.handlers.conftest import load_module, logical_id, template
 
-FUNCTIONS = ("expand", "send", "expire", "inbound")
+FUNCTIONS = ("expand", "send", "expire", "inbound", "feedback", "unsubscribe", "sendgrid_events")
 
 
 def without(function: str, variable: str) -> Template:
@@ -34,8 +34,8 @@ def without(function: str, variable: str) -> Template:
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_each_function_starts_with_its_own_template_environment_alone(function):
-    # given a process that has no dbmail variable at all
+def test_each_function_starts_with_its_own_template_environment_alone(function, moto_stack):
+    # given a process that has no dbmail variable at all (and the stack's secrets in Secrets Manager)
     with mock.patch.dict(os.environ, {n: v for n, v in os.environ.items() if not n.startswith("DBMAIL_")}, clear=True):
         # when the handler is imported with the environment template.yaml gives its function
         module = load_module(function)
@@ -49,7 +49,7 @@ def test_each_function_starts_with_its_own_template_environment_alone(function):
     ("function", "variable"),
     [
         ("send", "DBMAIL_EMAIL_TABLE"),
-        ("send", "DBMAIL_UNSUBSCRIBE_SECRET"),
+        ("send", "DBMAIL_UNSUBSCRIBE_SECRET_ARN"),
         ("expand", "DBMAIL_RECIPIENT_TABLE"),
         ("expire", "DBMAIL_STRANDED_AFTER_SECONDS"),
         ("inbound", "DBMAIL_DIRECTORY_TABLE"),
@@ -68,14 +68,15 @@ def test_the_runner_fails_a_cold_start_that_lacks_a_variable_and_names_it(functi
     assert variable in str(cause) and f"the {function} function's environment" in str(cause)
 
 
-def test_the_runner_leaves_out_the_function_that_cannot_start_and_runs_the_others(caplog):
+def test_the_runner_leaves_out_the_function_that_cannot_start_and_runs_the_others(caplog, moto_stack):
     # given the send function without its email table
     broken = without("send", "DBMAIL_EMAIL_TABLE")
     runner = Runner(SimpleNamespace(template=broken, stopping=threading.Event()), "test", ("127.0.0.1", 0))
     # when the runner loads its functions
     functions = runner.functions()
-    # then the three others run, and the log says why send does not
-    assert sorted(f.logical_id for f in functions) == ["ExpandFunction", "ExpireFunction", "InboundFunction"]
+    # then all the others run, and the log says why send does not
+    others = set(broken.resources("AWS::Serverless::Function")) - {"SendFunction"}
+    assert sorted(f.logical_id for f in functions) == sorted(others)
     (record,) = [r for r in caplog.records if r.getMessage().startswith("function left out")]
     assert record.function == "SendFunction" and "DBMAIL_EMAIL_TABLE" in record.error
 

@@ -186,3 +186,70 @@ def test_inbound_handler_routes_the_received_message(moto_stack, context, capsys
     # then the class list got it
     assert response == {"disposition": "CONTINUE", "outcome": "forwarded"}
     assert outcome_counts(capsys, "InboundMessages", trigger="receipt") == {"forwarded": 1}
+
+
+def sent_example_request(moto_stack, context) -> Store:
+    """The example request expanded and its first two emails sent (the ones events/feedback_sqs.json names)."""
+    store = Store(moto_stack.settings)
+    seed_example_request(store)
+    load_handler("expand")(load_event("expand_insert.json"), context)
+    load_handler("send")(load_event("send_sqs.json"), context)
+    return store
+
+
+def test_feedback_handler_records_the_sample_bounce_and_delivery(moto_stack, context, capsys):
+    from dbmail import wiring
+    from tests.conftest import function_settings
+
+    # given the example request's first two emails sent
+    store = sent_example_request(moto_stack, context)
+    capsys.readouterr()
+    # when the sample SQS event (an SES Bounce for the first, a Delivery for the second) arrives
+    response = load_handler("feedback")(load_event("feedback_sqs.json"), context)
+    # then both are recorded on their emails
+    assert response == {"batchItemFailures": []}
+    bounced = store.get_email(EXAMPLE_REQUEST, "u0000000001#0")
+    assert (bounced.status, bounced.bounce_type) == ("bounced", "permanent")
+    assert "550 5.1.1" in bounced.feedback and "@" not in bounced.feedback
+    assert store.get_email(EXAMPLE_REQUEST, "u0000000002#0").status == "delivered"
+    # and the bounced address is suppressed, the delivered one is not
+    suppressions = wiring.suppression_store(function_settings("send"))
+    assert suppressions.get("user1@example.net").reason == "bounce"
+    assert not suppressions.is_suppressed("user2@example.net")
+    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"recorded": 2}
+    # and the same event delivered again changes nothing
+    load_handler("feedback")(load_event("feedback_sqs.json"), context)
+    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"duplicate": 2}
+
+
+def test_a_malformed_feedback_record_is_acknowledged_and_does_not_block_the_batch(moto_stack, context, capsys):
+    store = sent_example_request(moto_stack, context)
+    capsys.readouterr()
+    # given a batch whose first record is not an SES event at all
+    event = load_event("feedback_sqs.json")
+    event["Records"][0]["body"] = '{"eventType": "Bounce", "mail": [1, 2' + "9" * 5000
+    # when it arrives, the malformed one is logged as invalid and acknowledged (retrying cannot fix it)
+    response = load_handler("feedback")(event, context)
+    assert response == {"batchItemFailures": []}
+    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"invalid": 1, "recorded": 1}
+    # and the rest of the batch is recorded
+    assert store.get_email(EXAMPLE_REQUEST, "u0000000001#0").status == "sent"
+    assert store.get_email(EXAMPLE_REQUEST, "u0000000002#0").status == "delivered"
+
+
+def test_a_young_feedback_event_for_an_email_not_found_yet_is_retried(moto_stack, context, capsys):
+    import json
+
+    sent_example_request(moto_stack, context)
+    capsys.readouterr()
+    # given a just-published bounce whose email the index does not show yet
+    event = load_event("feedback_sqs.json")
+    body = json.loads(event["Records"][0]["body"])
+    body["mail"]["tags"]["message_ref"] = ["f" * 32]
+    body["mail"]["headers"] = []
+    body["bounce"]["timestamp"] = utcnow().isoformat()
+    event["Records"][0]["body"] = json.dumps(body)
+    # when it arrives, it alone is reported for retry
+    response = load_handler("feedback")(event, context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"recorded": 1, "retry": 1}

@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 import uuid
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 from dbmail.cli.files import read_env_file
 from dbmail_local import DEFAULT_PARAMETERS
 from dbmail_local.cfn import LocalTarget, Template
+from dbmail_local.function_urls import urls_from_env
 from dbmail_local.resources import create_resources
 from dbmail_local.stack import write_env_file
 
@@ -72,9 +74,15 @@ def test_tables_queues_and_ses_identities_are_those_of_the_template_and_creating
 
 
 def test_stack_env_holds_every_function_variable_and_bash_reads_back_exactly_what_was_written(local_stack, tmp_path):
-    template = Template.load(target=LocalTarget(sqs_url=local_stack.env["AWS_ENDPOINT_URL_SQS"]))
+    target = LocalTarget(sqs_url=local_stack.env["AWS_ENDPOINT_URL_SQS"])
+    urls = urls_from_env(Template.load(target=target), local_stack.env)  # the function URLs `up` chose
+    template = Template.load(target=replace(target, function_urls=urls))
     expected = template.environment()
     assert {name: local_stack.env[name] for name in expected} == expected
+    # the send function's unsubscribe links point at the runner's URL of the unsubscribe function
+    assert set(urls) == {"UnsubscribeFunction", "SendGridEventsFunction"}
+    assert local_stack.env["DBMAIL_UNSUBSCRIBE_URL"] == urls["UnsubscribeFunction"]
+    assert urls["UnsubscribeFunction"].startswith("http://127.0.0.1:") and urls["UnsubscribeFunction"].endswith("/")
     assert local_stack.env["DBMAIL_SITE_URL"] == json.loads(DEFAULT_PARAMETERS.read_text())["SiteUrl"]
     assert local_stack.env["DBMAIL_SEND_QUEUE_URL"] == local_stack.env["DBMAIL_LOCAL_SENDQUEUE_URL"]
 

@@ -32,7 +32,10 @@ def test_dbmail_template_resolves_to_local_names_and_parameter_file_values():
     assert environment["DBMAIL_SEND_QUEUE_URL"] == "http://127.0.0.1:4999/123456789012/dbmail-SendQueue"
     assert environment["DBMAIL_REQUEST_TABLE"] == "dbmail-MessageRequestTable"
     assert environment["DBMAIL_ALLOWED_SENDER_DOMAINS"] == "example.org,learningu.org"
-    assert environment["DBMAIL_UNSUBSCRIBE_SECRET"] == "local-only-unsubscribe-secret-not-for-production"
+    # a secret's variable holds the secret's ARN (the value is in the local Secrets Manager)
+    assert environment["DBMAIL_UNSUBSCRIBE_SECRET_ARN"] == (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:dbmail-UnsubscribeSecret"
+    )
     assert template.resolve(template.properties("SendQueue"))["RedrivePolicy"]["deadLetterTargetArn"] == (
         "arn:aws:sqs:us-east-1:123456789012:dbmail-SendDeadLetterQueue"
     )

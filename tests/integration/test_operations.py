@@ -73,7 +73,7 @@ def test_dbmail_status_reconciles_a_delivered_request_and_render_gives_back_what
     wait_delivered(local_stack, request_id)
     local_stack.wait_for(lambda: request_status(request_id)["reconciliation"]["settled"], timeout=30)
     # then `dbmail status` shows every count reconciled and nothing stuck
-    out = dbmail(capsys, "status", request_id)
+    out = dbmail(capsys, "status", "--json", request_id)
     status = json.loads(out)
     assert (status["status"], status["recipients"], status["emails"]) == ("processed", 3, 5)
     assert (status["skipped_no_address"], status["render_failed"], status["resent"]) == (0, 0, 0)

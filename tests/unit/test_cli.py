@@ -16,8 +16,8 @@ def test_submit_then_status(moto_stack, capsys):
     # given the example request file from the README
     assert main(["submit", str(ROOT / "examples" / "request.json")]) == 0
     request_id = capsys.readouterr().out.strip()
-    # when its status is asked for
-    assert main(["status", request_id]) == 0
+    # when its status is asked for (as JSON)
+    assert main(["status", "--json", request_id]) == 0
     status = json.loads(capsys.readouterr().out)
     # then it is queued with its two recipients
     assert (status["status"], status["recipients"]) == ("queued", 2)

@@ -163,7 +163,7 @@ def test_with_no_settings_in_the_environment_the_env_file_is_read(moto_stack, mo
         monkeypatch.delenv(name)  # restored (to the same values) after the test
     clear_caches()
     # when a status is asked for with that file
-    assert main(["--env-file", str(env_file), "status", rid]) == 0
+    assert main(["--env-file", str(env_file), "status", "--json", rid]) == 0
     # then the file's settings are used
     assert json.loads(capsys.readouterr().out)["recipients"] == 2
     assert {name: os.environ[name] for name in settings} == settings
@@ -176,7 +176,7 @@ def test_settings_in_the_environment_win_over_the_env_file(moto_stack, tmp_path,
     env_file.write_text("export DBMAIL_REQUEST_TABLE=elsewhere\n")
     table = os.environ["DBMAIL_REQUEST_TABLE"]
     # when a status is asked for, then the environment's table is read, the file ignored
-    assert main(["--env-file", str(env_file), "status", rid]) == 0
+    assert main(["--env-file", str(env_file), "status", "--json", rid]) == 0
     assert json.loads(capsys.readouterr().out)["request_id"] == rid
     assert os.environ["DBMAIL_REQUEST_TABLE"] == table
 

@@ -18,14 +18,21 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "common" / "python" / "dbmail"
-INTEGRATION = {"outgoing/store.py", "inbound/store.py", "core/models.py", "core/transports.py", "wiring.py"}
+INTEGRATION = {
+    "outgoing/store.py",
+    "inbound/store.py",
+    "feedback/store.py",
+    "core/models.py",
+    "core/transports.py",
+    "wiring.py",
+}
 SDK = {"boto3", "botocore", "pynamodb"}
 INTEGRATION_MODULES = {"dbmail." + name.removesuffix(".py").replace("/", ".") for name in INTEGRATION}
 
 
 def domain_modules() -> list[str]:
     found = []
-    for folder in ("outgoing", "inbound", "core"):
+    for folder in ("outgoing", "inbound", "feedback", "core"):
         for path in sorted((PACKAGE / folder).glob("*.py")):
             relative = f"{folder}/{path.name}"
             if relative in INTEGRATION or path.name == "__init__.py":
@@ -61,8 +68,13 @@ def imported_sdks(module: str) -> list[str]:
 def test_the_domain_folders_hold_the_flow():
     # given the package, then its folders are the flow's parts and every domain module is found
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__"))
-    assert folders == ["cli", "client", "core", "inbound", "outgoing"]
-    assert {"dbmail.outgoing.expand", "dbmail.outgoing.send", "dbmail.inbound.router"} <= set(domain_modules())
+    assert folders == ["cli", "client", "core", "feedback", "inbound", "outgoing"]
+    assert {
+        "dbmail.outgoing.expand",
+        "dbmail.outgoing.send",
+        "dbmail.inbound.router",
+        "dbmail.feedback.recorder",
+    } <= set(domain_modules())
 
 
 @pytest.mark.parametrize("module", domain_modules())

@@ -1,6 +1,7 @@
 """Sending a queued email: exactly once, expiry before sending, retries counted, permanent failures recorded."""
 
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,9 @@ from dbmail import wiring
 from dbmail.core.clock import utcnow
 from dbmail.core.compose import OutgoingEmail
 from dbmail.core.errors import DeliveryError, FailureKind
+from dbmail.core.unsubscribe import verify_token
+from dbmail.feedback.events import message_ref_of
+from dbmail.outgoing.expand import message_ref_for
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.send import CLAIM_LEASE, EmailSender, SendOutcome
 from dbmail.outgoing.store import Store
@@ -39,7 +43,13 @@ def expanded(moto_stack):
 
 def sender(moto_stack, transport):
     settings = function_settings("send")
-    return EmailSender(store=Store(settings), transport=transport, queue=wiring.send_queue(settings), settings=settings)
+    return EmailSender(
+        store=Store(settings),
+        transport=transport,
+        queue=wiring.send_queue(settings),
+        settings=settings,
+        suppressions=wiring.suppression_store(settings),
+    )
 
 
 def test_delivery_through_ses_records_sent_and_clears_the_body(moto_stack, expanded):
@@ -86,9 +96,19 @@ def test_the_message_carries_headers_and_unsubscribe(moto_stack, expanded):
     message = transport.sent[0]
     headers = dict(message.headers)
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert headers["List-Unsubscribe"].startswith("<https://")
+    # the link is the unsubscribe function's URL with a token good for DBMAIL_UNSUBSCRIBE_TOKEN_DAYS
+    settings = function_settings("send")
+    base, _, token = headers["List-Unsubscribe"].strip("<>").rpartition("/unsubscribe/")
+    assert base + "/" == os.environ["DBMAIL_UNSUBSCRIBE_URL"] and base.startswith("https://")
+    verified = verify_token(settings.unsubscribe_secret, token)
+    assert (verified.user_id, verified.address) == (1, "user1@example.net")
+    assert verified.expires_at - verified.issued_at == timedelta(days=settings.unsubscribe_token_days)
     assert message.reply_to[0].addr_spec == "splash@example.org"
-    assert message.envelope_sender == moto_stack.settings.bounces_address
+    # and its envelope sender is the bounces address tagged with the email's message_ref (VERP)
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    local, _, domain = moto_stack.settings.bounces_address.rpartition("@")
+    assert message.envelope_sender == f"{local}+{email.message_ref}@{domain}"
+    assert message_ref_of(message.envelope_sender) == message_ref_of(message.message_id) == email.message_ref
 
 
 def queued_messages(moto_stack) -> int:
@@ -222,7 +242,11 @@ def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_sta
     # with the Message-ID the dropped attempt carried
     ((method, path, headers, dropped),) = hostile.requests
     assert v3_mail_send_problems(method, path, headers, dropped) == []
-    assert body["custom_args"] == json.loads(dropped)["custom_args"] == {"dbmail_message_id": email.message_id}
+    assert (
+        body["custom_args"]
+        == json.loads(dropped)["custom_args"]
+        == {"dbmail_message_id": email.message_id, "message_ref": email.message_ref}
+    )
 
 
 def test_an_invocation_nearly_out_of_time_hands_the_email_back_untried(moto_stack, expanded):
@@ -235,3 +259,87 @@ def test_an_invocation_nearly_out_of_time_hands_the_email_back_untried(moto_stac
     email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
     assert (email.status, email.tries, email.claim_id) == ("queued", 0, None)
     assert queued_messages(moto_stack) == 1
+
+
+def test_a_suppressed_address_is_recorded_suppressed_with_its_reason_and_nothing_is_sent(moto_stack, expanded):
+    from dbmail.client import request_status
+
+    # given the recipient's address on the suppression list, spelled another way
+    settings = function_settings("send")
+    assert Store(settings).get_email(expanded.request_id, expanded.email_key).send_to.endswith("<user1@example.net>")
+    wiring.suppression_store(settings).add(" User1@Example.NET ", "complaint", "ses")
+    transport = RecordingTransport()
+    # when the email's message is delivered
+    outcome = sender(moto_stack, transport).deliver(expanded, claim_id="m1", receive_count=1)
+    # then nothing is sent and the email is final, suppressed, with the reason
+    assert outcome == SendOutcome.SUPPRESSED and transport.sent == []
+    email = Store(settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.msgtext, email.claimed_until) == ("suppressed", None, None)
+    assert email.error.startswith("suppressed: complaint (by ses, ")
+    # and a second message for it sends nothing either
+    assert sender(moto_stack, transport).deliver(expanded, claim_id="m2", receive_count=1) == SendOutcome.DUPLICATE
+    assert transport.sent == []
+    # and the reconciliation counts it: nothing outstanding, and the sweep settles the request
+    reconciliation = request_status(expanded.request_id, settings=moto_stack.settings)["reconciliation"]
+    assert (reconciliation["final"], reconciliation["outstanding"], reconciliation["balanced"]) == (1, 0, True)
+    summary = wiring.expirer(function_settings("expire")).run(owner="test")
+    assert summary.get("requests_settled") == 1 and "failure_reports" not in summary
+
+
+def test_another_address_on_the_list_does_not_stop_the_email(moto_stack, expanded):
+    settings = function_settings("send")
+    wiring.suppression_store(settings).add("user10@example.net", "bounce", "ses")
+    transport = RecordingTransport()
+    assert sender(moto_stack, transport).deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.SENT
+    assert len(transport.sent) == 1
+
+
+def test_an_ses_send_names_the_configuration_set_the_message_ref_tag_and_the_verp_feedback_address(
+    moto_stack, expanded
+):
+    from botocore.stub import ANY
+
+    from dbmail.core.transports import SesTransport
+    from tests.unit.test_transports import stubbed_ses
+
+    # given the send function's settings and SES (stubbed, to see the call's parameters)
+    settings = function_settings("send")
+    assert settings.configuration_set == moto_stack.template.physical_name("SendingConfigurationSet")
+    client, stubber = stubbed_ses()
+    store = Store(settings)
+    ref = message_ref_for(expanded.request_id, expanded.email_key)
+    local, _, domain = settings.bounces_address.rpartition("@")
+    stubber.add_response(
+        "send_email",
+        {"MessageId": "ses-1"},
+        expected_params={
+            "FromEmailAddress": ANY,
+            "Destination": {"ToAddresses": ["user1@example.net"]},
+            "Content": ANY,
+            "FeedbackForwardingEmailAddress": f"{local}+{ref}@{domain}",
+            "ConfigurationSetName": settings.configuration_set,
+            "EmailTags": [{"Name": "message_ref", "Value": ref}],
+        },
+    )
+    # when the email is sent through SES
+    with stubber:
+        outcome = sender(moto_stack, SesTransport(client, settings.configuration_set)).deliver(
+            expanded, claim_id="m1", receive_count=1
+        )
+    # then SES was told all three, and the email carries the same message_ref, written at claim time
+    assert outcome == SendOutcome.SENT
+    stubber.assert_no_pending_responses()
+    assert store.get_email(expanded.request_id, expanded.email_key).message_ref == ref
+
+
+def test_every_function_that_sends_through_ses_names_the_configuration_set(moto_stack):
+    # given the functions' own settings, when wiring builds their SES transports
+    for function, transport in (
+        ("send", lambda s: wiring.email_sender(s).transport),
+        ("expire", lambda s: wiring.expirer(s).transport),
+        ("inbound", lambda s: wiring.inbound_router(s).transport),
+    ):
+        settings = function_settings(function)
+        # then each names the stack's configuration set
+        assert settings.configuration_set == moto_stack.template.physical_name("SendingConfigurationSet")
+        assert transport(settings)._configuration_set == settings.configuration_set, function

@@ -1,15 +1,43 @@
 """Settings.for_function: each reader of settings gets only the variables it declares, each checked
-at its cold start, and an error names the variable and what is wrong with it."""
+at its cold start, and an error names the variable and what is wrong with it. Secrets are read from
+Secrets Manager (moto in-process, with the template's secrets) by the ARN their variable holds."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from functools import cache
 
+import boto3
 import pytest
+from moto import mock_aws
 
+from dbmail.core import secrets
 from dbmail.core.errors import ConfigurationError
 from dbmail.core.settings import ENVIRONMENT, WEBSITE, Settings
+
+
+@pytest.fixture(autouse=True)
+def secrets_manager(monkeypatch):
+    """The template's secrets in moto (the unsubscribe secret generated, the SendGrid ones "none")."""
+    from dbmail_local.cfn import LocalTarget, Template
+    from dbmail_local.resources import create_resources
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SECRETSMANAGER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        secrets.clear()
+        create_resources(Template.load(target=LocalTarget(sqs_url="https://sqs.us-east-1.amazonaws.com")))
+        yield boto3.client("secretsmanager", region_name="us-east-1")
+    secrets.clear()
+
+
+def set_secret(client, variable: str, value: str) -> None:
+    """Give the secret ``variable`` names a new value (as an operator's put-secret-value does)."""
+    client.put_secret_value(SecretId=stack_env()[variable], SecretString=value)
+    secrets.clear()
 
 
 @cache
@@ -38,12 +66,19 @@ def test_each_function_reads_its_variables_from_the_stack_env():
         settings = Settings.for_function(function, stack_env())
         assert settings.function == function
     send = Settings.for_function("send", stack_env())
-    assert (send.email_table, send.unsubscribe_secret) == (
-        "dbmail-TextOfEmailTable",
-        "local-only-unsubscribe-secret-not-for-production",
-    )
+    assert send.email_table == "dbmail-TextOfEmailTable"
+    # and its secrets are the values of the secrets its variables name, never the variables' text
+    env = stack_env()
+    assert env["DBMAIL_UNSUBSCRIBE_SECRET_ARN"].startswith("arn:aws:secretsmanager:us-east-1:")
+    generated = secrets_manager_value(env["DBMAIL_UNSUBSCRIBE_SECRET_ARN"])
+    assert send.unsubscribe_secret == generated and len(generated) == 64
+    assert send.sendgrid_api_key == ""  # the secret holds "none": not set
     # and a variable the function does not declare is not read (send has no inbound tables)
     assert send.inbound_table == ""
+
+
+def secrets_manager_value(arn: str) -> str:
+    return boto3.client("secretsmanager", region_name="us-east-1").get_secret_value(SecretId=arn)["SecretString"]
 
 
 def test_an_unknown_function_is_a_configuration_error_naming_the_known_ones():
@@ -114,17 +149,62 @@ def test_require_inbound_names_the_inbound_settings_the_website_lacks():
         ),
         (
             "send",
-            "DBMAIL_UNSUBSCRIBE_SECRET",
-            "short",
-            "DBMAIL_UNSUBSCRIBE_SECRET: the unsubscribe secret must be at least 32 characters",
+            "DBMAIL_PROVIDER",
+            "sendgrid",
+            "DBMAIL_PROVIDER is sendgrid but the SendGrid API key is not set: the secret "
+            "DBMAIL_SENDGRID_API_KEY_SECRET_ARN names holds 'none'",
         ),
-        ("send", "DBMAIL_PROVIDER", "sendgrid", "DBMAIL_PROVIDER is sendgrid but DBMAIL_SENDGRID_API_KEY is empty"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(function, name, raw, message):
     with pytest.raises(ConfigurationError) as failed:
         Settings.for_function(function, stack_env(**{name: raw}))
     assert str(failed.value).startswith(message)
+
+
+def test_a_bad_secret_is_refused_naming_its_variable(secrets_manager):
+    # given an unsubscribe secret an operator set too short
+    set_secret(secrets_manager, "DBMAIL_UNSUBSCRIBE_SECRET_ARN", "short")
+    # when the send function starts, then the variable naming the secret is named, not the value
+    with pytest.raises(ConfigurationError) as failed:
+        Settings.for_function("send", stack_env())
+    assert str(failed.value) == ("DBMAIL_UNSUBSCRIBE_SECRET_ARN: the unsubscribe secret must be at least 32 characters")
+    # and an unset unsubscribe secret ("none") is refused too: the function cannot sign links
+    set_secret(secrets_manager, "DBMAIL_UNSUBSCRIBE_SECRET_ARN", "none")
+    with pytest.raises(ConfigurationError, match="DBMAIL_UNSUBSCRIBE_SECRET_ARN: the secret it names holds no value"):
+        Settings.for_function("send", stack_env())
+
+
+def test_a_secret_that_cannot_be_read_fails_the_cold_start_naming_its_variable():
+    # given a variable naming a secret that does not exist
+    env = stack_env(DBMAIL_UNSUBSCRIBE_SECRET_ARN="arn:aws:secretsmanager:us-east-1:123456789012:secret:gone")
+    # then the cold start fails with a ConfigurationError naming the variable and the secret
+    with pytest.raises(ConfigurationError) as failed:
+        Settings.for_function("send", env)
+    assert str(failed.value).startswith(
+        "DBMAIL_UNSUBSCRIBE_SECRET_ARN: cannot read the secret 'arn:aws:secretsmanager:us-east-1:123456789012:secret:gone'"
+    )
+
+
+def test_secrets_are_cached_between_cold_starts_in_one_process(secrets_manager):
+    # given the send function's settings, read once
+    first = Settings.for_function("send", stack_env())
+    # when the secret changes and settings are read again within the cache's max age
+    secrets_manager.put_secret_value(
+        SecretId=stack_env()["DBMAIL_UNSUBSCRIBE_SECRET_ARN"], SecretString="a-new-secret-of-at-least-32-characters"
+    )
+    # then the cached value is used (no second call to Secrets Manager) until the cache is cleared
+    assert Settings.for_function("send", stack_env()).unsubscribe_secret == first.unsubscribe_secret
+    secrets.clear()
+    assert Settings.for_function("send", stack_env()).unsubscribe_secret == "a-new-secret-of-at-least-32-characters"
+
+
+def test_the_website_reads_no_secret():
+    # given settings read with no Secrets Manager at all, then the website's need none
+    def no_secrets(variable, arn):
+        raise AssertionError(f"the website read {variable}")
+
+    assert Settings.for_function(WEBSITE, stack_env(), read_secret=no_secrets).function == WEBSITE
 
 
 def test_values_are_normalised():
@@ -158,8 +238,9 @@ def test_region_and_endpoint_come_from_the_aws_variables():
     assert Settings.for_function("send", dynamodb_only).dynamodb_endpoint == "http://127.0.0.1:8001"
 
 
-def test_sendgrid_with_its_key_is_accepted():
-    env = stack_env(DBMAIL_PROVIDER="sendgrid", DBMAIL_SENDGRID_API_KEY="SG.key")
+def test_sendgrid_with_its_key_is_accepted(secrets_manager):
+    set_secret(secrets_manager, "DBMAIL_SENDGRID_API_KEY_SECRET_ARN", "SG.key")
+    env = stack_env(DBMAIL_PROVIDER="sendgrid")
     settings = Settings.for_function("send", env)
     assert (settings.provider, settings.sendgrid_api_key) == ("sendgrid", "SG.key")
     # and a reader without the transport's variables never checks the key

@@ -103,8 +103,14 @@ def test_a_function_is_given_every_variable_its_settings_read_and_no_other(templ
     # and no DBMAIL_* variable it does not read
     extra = {name for name in given if name.startswith("DBMAIL_")} - declared
     assert extra == set(), f"{logical_id} is given variables it never reads"
-    # and its environment makes valid settings (every value parses)
-    assert Settings.for_function(function, env_of(template, logical_id)).function == function
+    # and its environment makes valid settings (every value parses; a secret's variable holds the
+    # secret's ARN, and the secret's value stands in for what Secrets Manager returns)
+    assert Settings.for_function(function, env_of(template, logical_id), read_secret=secret_value).function == function
+
+
+def secret_value(variable: str, arn: str) -> str:
+    assert arn.startswith("arn:aws:secretsmanager:us-east-1:123456789012:secret:"), (variable, arn)
+    return "a-secret-value-of-forty-two-characters-xyz"
 
 
 def test_stack_env_gives_the_website_and_the_cli_what_they_read(template):
@@ -132,4 +138,5 @@ def test_alarms_on_dbmail_metrics_name_metrics_and_dimensions_the_handlers_emit(
             continue
         assert alarm["MetricName"] in observability.METRIC_NAMES, logical_id
         names = {dimension["Name"] for dimension in alarm.get("Dimensions", [])}
-        assert "service" in names and names <= {"service", observability.OUTCOME, observability.TRIGGER}, logical_id
+        allowed = {"service", observability.OUTCOME, observability.TRIGGER, observability.SOURCE}
+        assert "service" in names and names <= allowed, logical_id

@@ -4,12 +4,16 @@ at import), and cached per settings, since the local runner runs every function 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import boto3
 
 from dbmail.core.settings import Settings
 from dbmail.core.transports import SesTransport, make_transport
+from dbmail.feedback.one_click import OneClickUnsubscribe
+from dbmail.feedback.recorder import FeedbackRecorder
+from dbmail.feedback.sendgrid_webhook import SendGridEvents, SignatureVerifier
+from dbmail.feedback.store import FeedbackStore, SuppressionStore
 from dbmail.inbound.router import InboundRouter
 from dbmail.inbound.store import InboundStore
 from dbmail.outgoing.expand import Expander
@@ -32,9 +36,33 @@ def expander(settings: Settings) -> Expander:
 
 
 @lru_cache(maxsize=CACHED)
+def suppression_store(settings: Settings) -> SuppressionStore:
+    return SuppressionStore(settings)
+
+
+@lru_cache(maxsize=CACHED)
+def feedback_recorder(settings: Settings) -> FeedbackRecorder:
+    return FeedbackRecorder(emails=FeedbackStore(settings), suppressions=suppression_store(settings), settings=settings)
+
+
+@lru_cache(maxsize=CACHED)
+def one_click_unsubscribe(settings: Settings) -> OneClickUnsubscribe:
+    return OneClickUnsubscribe(suppressions=suppression_store(settings), secret=settings.unsubscribe_secret)
+
+
+@lru_cache(maxsize=CACHED)
+def sendgrid_events(settings: Settings) -> SendGridEvents:
+    return SendGridEvents(SignatureVerifier(settings.sendgrid_webhook_public_key), feedback_recorder(settings))
+
+
+@lru_cache(maxsize=CACHED)
 def email_sender(settings: Settings) -> EmailSender:
     return EmailSender(
-        store=Store(settings), transport=make_transport(settings), queue=send_queue(settings), settings=settings
+        store=Store(settings),
+        transport=make_transport(settings),
+        queue=send_queue(settings),
+        settings=settings,
+        suppressions=suppression_store(settings),
     )
 
 
@@ -45,8 +73,11 @@ def inbound_router(settings: Settings) -> InboundRouter:
     return InboundRouter(
         store=InboundStore(settings),
         s3=session.client("s3", region_name=settings.region),
-        transport=SesTransport(session.client("sesv2", region_name=settings.region)),
+        transport=SesTransport(
+            session.client("sesv2", region_name=settings.region), settings.configuration_set or None
+        ),
         settings=settings,
+        feedback=partial(feedback_recorder, settings),
     )
 
 
@@ -55,7 +86,17 @@ def expirer(settings: Settings) -> Expirer:
     return Expirer(expander=expander(settings), transport=make_transport(settings))
 
 
-FACTORIES = (send_queue, expander, email_sender, inbound_router, expirer)
+FACTORIES = (
+    send_queue,
+    expander,
+    email_sender,
+    inbound_router,
+    expirer,
+    suppression_store,
+    feedback_recorder,
+    one_click_unsubscribe,
+    sendgrid_events,
+)
 
 
 def clear() -> None:

@@ -1,7 +1,8 @@
 """`dbmail`: submit requests and inspect them from a shell (website developers and operators).
 
 Settings come from the environment; with none set, `.local/stack.env` (written by `make up`)
-is read, so the command works against the local stack out of the box.
+is read, so the command works against the local stack out of the box. `--stack-name NAME` reads
+them from a deployed stack instead (its CloudFormation outputs and parameters; cli/stack.py).
 
 Errors never print a traceback: the command prints ONE line on stderr, `dbmail: <what is wrong>`,
 and exits with a status that says whose problem it is:
@@ -15,9 +16,10 @@ and exits with a status that says whose problem it is:
 
 `--debug` re-raises every error with its traceback instead.
 
-The modules: this one reads the settings, builds the parser and runs a command; cli/outgoing.py
-and cli/inbound.py are the commands (with their arguments), cli/files.py reads their JSON files,
-cli/errors.py turns any error into the one line and the exit status.
+The modules: this one reads the settings, builds the parser and runs a command; cli/outgoing.py,
+cli/suppressions.py and cli/inbound.py are the commands (with their arguments), cli/stack.py reads
+a deployed stack's settings, cli/files.py reads their JSON files, cli/errors.py turns any error
+into the one line and the exit status.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dbmail.cli import inbound, outgoing
+from dbmail.cli import inbound, outgoing, suppressions
 from dbmail.cli.errors import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, explain, one_line
 from dbmail.cli.files import read_env_file
 from dbmail.core.errors import ConfigurationError
@@ -52,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-file",
         default=".local/stack.env",
         help="settings to read when DBMAIL_* are not set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stack-name",
+        help="a deployed stack (sam deploy's stack name, in AWS_REGION): its outputs and parameters "
+        "are the settings, instead of DBMAIL_* or --env-file",
     )
     parser.add_argument(
         "--debug",
@@ -86,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     outgoing.add_commands(command)
+    suppressions.add_commands(command)
     inbound.add_commands(command)
     return parser
 
@@ -105,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a usage error exits 2 (argparse's usage line and message)
     _quiet_service_logs(args.debug)
     try:
-        if "DBMAIL_REQUEST_TABLE" not in os.environ and Path(args.env_file).is_file():
+        if args.stack_name:
+            from dbmail.cli.stack import use_stack
+
+            args.stack = use_stack(args.stack_name)
+        elif "DBMAIL_REQUEST_TABLE" not in os.environ and Path(args.env_file).is_file():
             try:
                 load_env_file(Path(args.env_file))
             except (OSError, ValueError) as exc:

@@ -1,5 +1,6 @@
-"""Outgoing mail from a shell: submit a request file, a request's status, render an email again,
-redrive the send dead-letter queue, resend failed emails."""
+"""Outgoing mail from a shell: submit a request file, a request's status (once, or live with
+--watch), who did not get its mail and why, render an email again, redrive the send dead-letter
+queue, resend failed emails."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import argparse
 import inspect
 import json
 import os
-from collections.abc import Callable
-from typing import Any
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
 from dbmail.cli.errors import EXIT_OK, BadInput, reach_dynamodb, reach_sqs
 from dbmail.cli.files import expect, is_int, kind, read_json
@@ -138,11 +141,133 @@ def _submit(args) -> int:
     return EXIT_OK
 
 
+# --- a request's progress --------------------------------------------------------------------
+
+BAR_WIDTH = 30
+
+
+def status_counts(status: Mapping[str, Any]) -> dict[str, int]:
+    """Every email status, in the order an email moves through them, with its count (0 included)."""
+    from dbmail.core.statuses import EmailStatus
+
+    counts = status["emails_by_status"]
+    return {str(s): int(counts.get(s, 0)) for s in EmailStatus} | {
+        name: int(count) for name, count in counts.items() if name not in set(EmailStatus)
+    }
+
+
+def _total(status: Mapping[str, Any]) -> int:
+    """Emails the request has, or will have once expanded (the expansion's count, when larger)."""
+    return max(status["reconciliation"]["emails"], status["emails"] + status["render_failed"])
+
+
+def is_finished(status: Mapping[str, Any]) -> bool:
+    """The request is final and so is every one of its emails."""
+    from dbmail.core.statuses import RequestStatus
+
+    return status["status"] in RequestStatus.FINAL and status["reconciliation"]["outstanding"] == 0
+
+
+def progress_line(status: Mapping[str, Any]) -> str:
+    """``[#######-----]  341/1003 final  queued 600 processing 62 sent 300 ...`` (counts that are not 0)."""
+    total, final = _total(status), status["reconciliation"]["final"]
+    filled = BAR_WIDTH if total and final >= total else (BAR_WIDTH * final // total if total else 0)
+    counts = "  ".join(f"{name} {count}" for name, count in status_counts(status).items() if count)
+    return f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {final}/{total} final  {status['status']}  {counts}".rstrip()
+
+
+def status_text(status: Mapping[str, Any]) -> str:
+    """The request's state, every status's count, the reconciliation and what is stuck, for a person."""
+    reconciled = status["reconciliation"]
+    lines = [
+        f"request {status['request_id']}: {status['status']}" + (f" ({status['error']})" if status["error"] else ""),
+        f"created {status['created_at']}"
+        + (f", processed {status['processed_at']}" if status["processed_at"] else "")
+        + (f", scheduled for {status['processed_by']}" if status["processed_by"] else ""),
+        f"recipients {status['recipients']}, emails {status['emails']} (skipped, no address: "
+        f"{status['skipped_no_address']}; render failed: {status['render_failed']}; resent: {status['resent']})",
+        "",
+    ]
+    counts = status_counts(status)
+    width = max(map(len, counts))
+    lines += [f"  {name:<{width}}  {count:>7}" for name, count in counts.items()]
+    lines += [
+        f"  {'final':<{width}}  {reconciled['final']:>7} of {_total(status)}",
+        "",
+        "reconciliation: "
+        + ", ".join(
+            [
+                "balanced" if reconciled["balanced"] else "NOT BALANCED (emails missing or in an unknown state)",
+                f"{reconciled['outstanding']} outstanding",
+                "settled" if reconciled["settled"] else "not settled",
+                "failure report sent" if reconciled["failure_report_sent"] else "no failure report sent",
+            ]
+        ),
+    ]
+    missed = sum(counts[name] for name in ("bounced", "complained", "suppressed", "failed", "expired"))
+    if missed:
+        lines.append(f"did not get the mail: {missed} (dbmail failures {status['request_id']})")
+    lines += [f"stuck: {sentence}" for sentence in status["stuck"]]
+    return "\n".join(lines)
+
+
+def watch(
+    read_status: Callable[[], Mapping[str, Any]],
+    out: TextIO,
+    interval: float,
+    *,
+    tty: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Mapping[str, Any]:
+    """Show the progress line until the request and all its emails are final; returns the last
+    status. On a terminal the line is redrawn in place; otherwise a line is printed each time it changes."""
+    shown = None
+    try:
+        while True:
+            status = read_status()
+            line = progress_line(status)
+            if tty:
+                out.write("\r" + line + "\033[K")
+                out.flush()
+            elif line != shown:
+                out.write(line + "\n")
+                out.flush()
+            shown = line
+            if is_finished(status):
+                return status
+            sleep(interval)
+    finally:
+        if tty and shown is not None:
+            out.write("\n")  # the prompt (or "dbmail: interrupted") starts on a line of its own
+            out.flush()
+
+
 def _status(args) -> int:
     from dbmail.client import request_status
 
+    if args.watch and args.interval <= 0:
+        raise BadInput(f"--interval must be more than 0 seconds, not {args.interval}")
     reach_dynamodb()
-    print(json.dumps(request_status(args.request_id), indent=2))
+    if args.watch:
+        status = watch(lambda: request_status(args.request_id), sys.stdout, args.interval, tty=sys.stdout.isatty())
+    else:
+        status = request_status(args.request_id)
+    print(json.dumps(status, indent=2) if args.json else status_text(status))
+    return EXIT_OK
+
+
+def _failures(args) -> int:
+    from dbmail.client import request_failures
+
+    reach_dynamodb()
+    failures = request_failures(args.request_id)
+    for failure in failures:
+        if args.json:
+            print(json.dumps(failure.as_dict(), ensure_ascii=False))
+        else:
+            print(f"{failure.status:<10}  {failure.send_to}  {failure.why}")
+    if not args.json:
+        print(f"{len(failures)} emails of request {args.request_id} did not get the mail", file=sys.stderr)
     return EXIT_OK
 
 
@@ -162,7 +287,12 @@ def _redrive(args) -> int:
 
     settings = website_settings()
     reach_sqs()
-    dead_letter_url = args.dlq_url or os.environ.get("DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL")
+    stack = getattr(args, "stack", None)
+    dead_letter_url = (
+        args.dlq_url
+        or (stack.send_dead_letter_queue_url if stack else None)
+        or os.environ.get("DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL")
+    )
     if not dead_letter_url:
         raise BadInput("give --dlq-url (the stack output SendDeadLetterQueueUrl)")
     sqs = boto3.session.Session().client("sqs", region_name=settings.region)
@@ -196,16 +326,43 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "processed_by, public, priority_level, sent_by (see examples/request.json, "
         "docs/schema.md); prints the new request's id",
     )
-    status = command("status", _status, "a request's state and counts")
+    status = command(
+        "status",
+        _status,
+        "a request's state, its emails by status (queued to expired), the reconciliation and what is stuck",
+    )
     status.add_argument("request_id", help="the id `dbmail submit` (or submit_request) returned")
+    status.add_argument("--json", action="store_true", help="print request_status's JSON object instead of text")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="show a live progress bar (final / total and each status's count) until every email is "
+        "final, then the status; Ctrl-C stops it (a line per change when stdout is not a terminal)",
+    )
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between reads under --watch (default: %(default)s)"
+    )
+    failures = command(
+        "failures",
+        _failures,
+        "every email of a request that did not get the mail, and why: bounced, complained, suppressed, "
+        "failed, expired (one line each)",
+    )
+    failures.add_argument("request_id", help="the request whose emails to list")
+    failures.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: email_key, send_to, user_id, status, why, bounce_type, "
+        "diagnostic, error, tries, at",
+    )
     render = command("render", _render, "render a (sent) email again from its request")
     render.add_argument("request_id", help="the request the email belongs to")
     render.add_argument("email_key", help="the email's key within the request (its TextOfEmail sort key)")
     again = command("redrive", _redrive, "move failed emails from the send DLQ back to the send queue")
     again.add_argument(
         "--dlq-url",
-        help="the send dead-letter queue's URL (stack output SendDeadLetterQueueUrl); "
-        "default: the local stack's, DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL",
+        help="the send dead-letter queue's URL; default: with --stack-name the stack's output "
+        "SendDeadLetterQueueUrl, else the local stack's, DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL",
     )
     resend = command(
         "resend",

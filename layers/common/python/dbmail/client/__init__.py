@@ -1,10 +1,12 @@
 """The website's SDK: one import for everything the ESP Website asks of dbmail.
 
-Outgoing: ``submit_request``, ``request_status``, ``render_again``.
+Outgoing: ``submit_request``, ``request_status``, ``request_failures`` (who did not get the mail
+and why), ``render_again``.
 Inbound: ``add_email_list``, ``set_plain_redirect``, ``install_default_email_lists``,
 ``check_directory_data``, ``publish_directory``.
 """
 
+from dbmail.client.failures import request_failures
 from dbmail.client.lists import (
     add_email_list,
     check_directory_data,
@@ -21,6 +23,7 @@ __all__ = [
     "publish_directory",
     "recipient_key",
     "render_again",
+    "request_failures",
     "request_status",
     "set_plain_redirect",
     "submit_request",

@@ -42,6 +42,14 @@ MANAGED_HEADERS = frozenset(
 SERVER_HEADERS = frozenset(h.lower() for h in ("Received", "DKIM-Signature", "X-SG-ID", "X-SG-EID"))
 
 
+_ANY_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"'@]+@[^\s<>()\[\],;:\"'@]+")
+
+
+def redact_addresses(text: str) -> str:
+    """``text`` (a provider's error or diagnostic) without the email addresses it may quote."""
+    return _ANY_ADDRESS.sub("<address>", text)
+
+
 def mask(address: str) -> str:
     """An address fit for logs: the domain only ('***@example.org')."""
     _, addr = parseaddr(address)

@@ -21,7 +21,7 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
 )
 from pynamodb.constants import STRING
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
 from dbmail.core.clock import format_datetime, parse_datetime
@@ -51,15 +51,31 @@ class Person(MapAttribute):
     last_name = UnicodeAttribute(null=True)
 
 
-class ByStatusIndex(GlobalSecondaryIndex):
-    """Requests by status and creation time: scheduled, stuck and recent requests for expire."""
+def status_index(name: str, time_attribute: str, doc: str) -> type[GlobalSecondaryIndex]:
+    """A ``ByStatus`` index class: items by ``status``, then by the time in ``time_attribute``
+    (every attribute projected). The request and inbound tables each have one."""
+    meta = type("Meta", (), {"index_name": "ByStatus", "projection": AllProjection()})
+    attributes = {"status": UnicodeAttribute(hash_key=True), time_attribute: ISODateTimeAttribute(range_key=True)}
+    return type(name, (GlobalSecondaryIndex,), {"__doc__": doc, "Meta": meta, **attributes})
+
+
+ByStatusIndex = status_index(
+    "ByStatusIndex", "created_at", "Requests by status and creation time: scheduled, stuck and recent requests."
+)
+InboundByStatusIndex = status_index(
+    "InboundByStatusIndex", "received_at", "Inbound messages by status and arrival: failed or cut-off ones to retry."
+)
+
+
+class ByMessageRefIndex(GlobalSecondaryIndex):
+    """Emails by ``message_ref``, the digest in their Message-ID: how provider feedback finds its
+    email. Keys only (the table's keys come with them); eventually consistent, like every GSI."""
 
     class Meta:
-        index_name = "ByStatus"
-        projection = AllProjection()
+        index_name = "ByMessageRef"
+        projection = KeysOnlyProjection()
 
-    status = UnicodeAttribute(hash_key=True)
-    created_at = ISODateTimeAttribute(range_key=True)
+    message_ref = UnicodeAttribute(hash_key=True)
 
 
 class MessageRequestBase(Model):
@@ -137,6 +153,37 @@ class TextOfEmailBase(Model):
     provider_message_id = UnicodeAttribute(null=True)
     claim_id = UnicodeAttribute(null=True)
     claimed_until = ISODateTimeAttribute(null=True)
+    # provider feedback (docs/schema.md): written at claim time, before the provider is called
+    message_ref = UnicodeAttribute(null=True)  # the 32-hex digest of message_id
+    delivered_at = ISODateTimeAttribute(null=True)
+    bounce_type = UnicodeAttribute(null=True)  # permanent | transient | undetermined
+    feedback = UnicodeAttribute(null=True)  # the provider's diagnostic, addresses redacted
+    feedback_at = ISODateTimeAttribute(null=True)  # when the event that set the status happened
+    feedback_events = UnicodeSetAttribute(null=True)  # ids of the events already applied
+
+    by_message_ref = ByMessageRefIndex()
+
+
+class SuppressionBase(Model):
+    """An address dbmail sends nothing to any more: the website's contract (docs/schema.md)."""
+
+    address = UnicodeAttribute(hash_key=True)  # the bare address, lower-cased
+    reason = UnicodeAttribute()  # bounce | complaint | unsubscribe | operator | soft_bounce
+    source = UnicodeAttribute()  # ses | sendgrid | dsn | unsubscribe | cli
+    detail = UnicodeAttribute(null=True)
+    created_at = ISODateTimeAttribute()
+    user_id = NumberAttribute(null=True)
+    request_id = UnicodeAttribute(null=True)
+
+
+class SoftBounceBase(Model):
+    """One transient bounce of an address, kept for the soft-bounce window (``expires_at`` is
+    the table's TTL): the tally that suppresses an address after DBMAIL_SOFT_BOUNCE_LIMIT."""
+
+    address = UnicodeAttribute(hash_key=True)
+    event_id = UnicodeAttribute(range_key=True)
+    occurred_at = ISODateTimeAttribute()
+    expires_at = NumberAttribute()  # epoch seconds
 
 
 class EmailListBase(Model):
@@ -190,15 +237,6 @@ class DirectoryEntryBase(Model):
     sections = ListAttribute(of=DirectorySection, null=True)
 
 
-class InboundByStatusIndex(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "ByStatus"
-        projection = AllProjection()
-
-    status = UnicodeAttribute(hash_key=True)
-    received_at = ISODateTimeAttribute(range_key=True)
-
-
 class InboundMessageBase(Model):
     """One message SES received for a chapter domain; the raw MIME stays in S3 at ``s3_key``."""
 
@@ -236,6 +274,8 @@ class BoundModels:
     PlainRedirect: type[PlainRedirectBase] | None = None
     DirectoryEntry: type[DirectoryEntryBase] | None = None
     InboundMessage: type[InboundMessageBase] | None = None
+    Suppression: type[SuppressionBase] | None = None
+    SoftBounce: type[SoftBounceBase] | None = None
 
 
 def _bind(base: type[Model], table_name: str, settings: Settings) -> type[Model]:
@@ -263,9 +303,15 @@ def bind_models(settings: Settings) -> BoundModels:
             "DirectoryEntry": _bind(DirectoryEntryBase, settings.directory_table, settings),
             "InboundMessage": _bind(InboundMessageBase, settings.inbound_table, settings),
         }
+    feedback = {}
+    if settings.suppression_table:
+        feedback["Suppression"] = _bind(SuppressionBase, settings.suppression_table, settings)
+    if settings.soft_bounce_table:
+        feedback["SoftBounce"] = _bind(SoftBounceBase, settings.soft_bounce_table, settings)
     return BoundModels(
         MessageRequest=_bind(MessageRequestBase, settings.request_table, settings),
         EmailRequest=_bind(EmailRequestBase, settings.recipient_table, settings),
         TextOfEmail=_bind(TextOfEmailBase, settings.email_table, settings),
         **inbound,
+        **feedback,
     )

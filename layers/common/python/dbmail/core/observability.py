@@ -8,6 +8,7 @@ outcome StrEnum's value), so one alarm or graph covers a name and picks outcomes
 - ``EmailsSwept`` {outcome: expired | requeued} and ``RequestsSwept`` {outcome: settled | reported |
   incomplete | error}: the expire run
 - ``InboundMessages`` {trigger: receipt | sweep, outcome: InboundStatus}
+- ``FeedbackEvents`` {source: ses, outcome: recorder.RecordOutcome, invalid, retry, error}
 
 Every metric also has Powertools' ``service`` dimension. EMF gives every metric of one blob the
 same dimension values, so a batch's outcomes cannot share the handler's ``metrics`` blob (which
@@ -43,15 +44,19 @@ EMAILS_PROCESSED = "EmailsProcessed"
 EMAILS_SWEPT = "EmailsSwept"
 REQUESTS_SWEPT = "RequestsSwept"
 INBOUND_MESSAGES = "InboundMessages"
-METRIC_NAMES = (REQUESTS_EXPANDED, EMAILS_PROCESSED, EMAILS_SWEPT, REQUESTS_SWEPT, INBOUND_MESSAGES)
+FEEDBACK_EVENTS = "FeedbackEvents"
+METRIC_NAMES = (REQUESTS_EXPANDED, EMAILS_PROCESSED, EMAILS_SWEPT, REQUESTS_SWEPT, INBOUND_MESSAGES, FEEDBACK_EVENTS)
 
 # dimensions
 OUTCOME = "outcome"
 TRIGGER = "trigger"
+SOURCE = "source"
 
 # outcomes of a handler's own, beside the domain's enums
 INCOMPLETE = "incomplete"  # ran out of time; it resumes on the next attempt
 ERROR = "error"  # an unforeseen exception: the record or event is retried
+INVALID = "invalid"  # a malformed record: logged and acknowledged (retrying cannot fix it)
+RETRY = "retry"  # not recordable yet (its email not found or not sent yet): retried
 
 
 def count_outcomes(name: str, outcomes: Mapping[str, int], **dimensions: str) -> None:

@@ -6,6 +6,11 @@ read, and every one must be set, so a missing one stops the cold start with a
 ConfigurationError naming it. template.yaml gives each function exactly its variables (the
 coupling test checks both ways), and the local runner gives each function its own, as Lambda does.
 
+Secrets (the SendGrid API key, the unsubscribe secret, SendGrid's webhook verification key) are
+never in an environment: a ``DBMAIL_*_SECRET_ARN`` variable names the Secrets Manager secret, and
+for_function reads its value at cold start (``core/secrets.py``: Powertools Parameters, cached)
+into the field that holds it, so nothing that reads settings knows where a value came from.
+
 The website SDK (``dbmail.client``) and the CLI run outside Lambda, with the stack's variables
 (``source .local/stack.env``, or the site's own configuration): ``website_settings()`` reads
 what they need, and there the optional variables may be left unset (their defaults apply; the
@@ -21,8 +26,9 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+from dbmail.core import secrets
 from dbmail.core.errors import ConfigurationError
-from dbmail.core.unsubscribe import check_secret
+from dbmail.core.unsubscribe import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, check_secret
 
 PROVIDERS = ("ses", "sendgrid")
 SPAM_ACTIONS = ("drop", "hold")
@@ -47,6 +53,11 @@ class Settings:
     sendgrid_api_key: str = ""
     sendgrid_url: str = "https://api.sendgrid.com"
     unsubscribe_secret: str = ""
+    # One-click unsubscribe: the unsubscribe function's URL (the links' base) and how long a link works.
+    unsubscribe_url: str = ""
+    unsubscribe_token_days: int = DEFAULT_TOKEN_DAYS
+    # SendGrid's Event Webhook verification key (base64 DER or PEM of its P-256 public key).
+    sendgrid_webhook_public_key: str = ""
     dynamodb_endpoint: str | None = None
     max_age: timedelta = timedelta(days=7)
     max_tries: int = 3
@@ -65,6 +76,13 @@ class Settings:
     moderator_address: str = ""
     spam_action: str = "hold"
     subaddress_separator: str | None = "+"  # directors+trip@ routes as directors@; None: off
+    # Feedback: the SES configuration set every SES send names (its events come back to the
+    # feedback function), the suppression list, and when soft bounces suppress an address.
+    configuration_set: str = ""
+    suppression_table: str = ""
+    soft_bounce_table: str = ""
+    soft_bounce_limit: int = 3
+    soft_bounce_window: timedelta = timedelta(days=7)
     function: str = ""  # whose settings these are: a function of ENVIRONMENT, or "website"
 
     def require_inbound(self) -> Settings:
@@ -76,16 +94,23 @@ class Settings:
         return self
 
     @classmethod
-    def for_function(cls, function: str, env: Mapping[str, str] | None = None) -> Settings:
+    def for_function(
+        cls,
+        function: str,
+        env: Mapping[str, str] | None = None,
+        read_secret: Callable[[str, str], str] = secrets.read_secret,
+    ) -> Settings:
         """The settings of ``function`` (a key of ENVIRONMENT), read from ``env`` (default:
         os.environ): only the variables it declares, each checked. A function needs every one of
-        them; the website may leave the optional ones unset."""
+        them; the website may leave the optional ones unset. A secret's variable names its secret
+        (an ARN): ``read_secret(variable, arn)`` reads the value (Secrets Manager, cached)."""
         env = os.environ if env is None else env
         if function not in ENVIRONMENT:
             raise ConfigurationError(f"no settings are declared for {function!r}; one of {sorted(ENVIRONMENT)}")
         lenient = function == WEBSITE
         values: dict[str, Any] = {}
         missing = []
+        named_secrets: list[tuple[str, Variable, str]] = []
         for name in ENVIRONMENT[function]:
             variable = VARIABLES[name]
             raw = env.get(name)
@@ -93,6 +118,9 @@ class Settings:
                 if not variable.in_template or (lenient and variable.optional):
                     continue  # the field's default applies
                 missing.append(name)
+                continue
+            if variable.secret:
+                named_secrets.append((name, variable, raw))
                 continue
             values[variable.field] = variable.parse(name, raw)
         if missing:
@@ -102,6 +130,11 @@ class Settings:
                 + ", ".join(missing)
                 + f" ({where}deployed: set by template.yaml; local: source .local/stack.env)"
             )
+        for name, variable, arn in named_secrets:  # once every variable is there: no call for a broken start
+            value = read_secret(name, arn)
+            if not value.strip() and not variable.allow_empty:
+                raise ConfigurationError(f"{name}: the secret it names holds no value ({secrets.UNSET!r})")
+            values[variable.field] = variable.parse(name, value)
         settings = cls(
             **values,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -110,7 +143,10 @@ class Settings:
         )
         if "DBMAIL_PROVIDER" in ENVIRONMENT[function] and settings.provider == "sendgrid":
             if not settings.sendgrid_api_key:
-                raise ConfigurationError("DBMAIL_PROVIDER is sendgrid but DBMAIL_SENDGRID_API_KEY is empty")
+                raise ConfigurationError(
+                    "DBMAIL_PROVIDER is sendgrid but the SendGrid API key is not set: the secret "
+                    f"DBMAIL_SENDGRID_API_KEY_SECRET_ARN names holds {secrets.UNSET!r} (docs/operations.md)"
+                )
         return settings
 
 
@@ -160,6 +196,17 @@ def _timedelta(name: str, raw: str) -> timedelta:
     return timedelta(seconds=_seconds(name, raw))
 
 
+def _count(name: str, raw: str) -> int:
+    value = raw.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"{name} must be a whole number, at least 1, not {value!r}")
+    return int(value)
+
+
+def _days(name: str, raw: str) -> timedelta:
+    return timedelta(days=_count(name, raw))
+
+
 def _separator(name: str, raw: str) -> str | None:
     return raw.strip() or None
 
@@ -172,6 +219,13 @@ def _secret(name: str, raw: str) -> str:
     return raw
 
 
+def _token_days(name: str, raw: str) -> int:
+    value = raw.strip()
+    if not value.isdigit() or not 1 <= int(value) <= MAX_TOKEN_DAYS:
+        raise ConfigurationError(f"{name} must be a whole number of days from 1 to {MAX_TOKEN_DAYS}, not {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Variable:
     """One DBMAIL_* variable: the Settings field it fills and how its text is checked.
@@ -179,7 +233,9 @@ class Variable:
     ``allow_empty``: set but empty is a value (a function needs it set all the same).
     ``optional``: the website and the CLI may leave it unset (the field's default applies); a
     function never may. ``in_template``: template.yaml sets it; False marks an override for tests
-    and the local stack, which nobody needs to set.
+    and the local stack, which nobody needs to set. ``secret``: the variable holds the ARN of a
+    Secrets Manager secret, whose value (read at cold start) is what ``parse`` checks and the field
+    holds; an environment never holds a secret itself.
     """
 
     field: str
@@ -187,6 +243,7 @@ class Variable:
     allow_empty: bool = False
     optional: bool = False
     in_template: bool = True
+    secret: bool = False
 
 
 VARIABLES: Mapping[str, Variable] = {
@@ -200,9 +257,15 @@ VARIABLES: Mapping[str, Variable] = {
     "DBMAIL_EMAIL_HOST_SENDER": Variable("email_host_sender", allow_empty=True, optional=True),
     "DBMAIL_SITE_URL": Variable("site_url", _url),
     "DBMAIL_PROVIDER": Variable("provider", _choice(*PROVIDERS)),
-    "DBMAIL_SENDGRID_API_KEY": Variable("sendgrid_api_key", allow_empty=True),  # empty unless sendgrid
+    # empty unless sendgrid
+    "DBMAIL_SENDGRID_API_KEY_SECRET_ARN": Variable("sendgrid_api_key", allow_empty=True, secret=True),
     "DBMAIL_SENDGRID_URL": Variable("sendgrid_url", _url, in_template=False),
-    "DBMAIL_UNSUBSCRIBE_SECRET": Variable("unsubscribe_secret", _secret),
+    "DBMAIL_UNSUBSCRIBE_SECRET_ARN": Variable("unsubscribe_secret", _secret, secret=True),
+    "DBMAIL_UNSUBSCRIBE_URL": Variable("unsubscribe_url", _url),
+    "DBMAIL_UNSUBSCRIBE_TOKEN_DAYS": Variable("unsubscribe_token_days", _token_days),
+    "DBMAIL_SENDGRID_WEBHOOK_PUBLIC_KEY_SECRET_ARN": Variable(
+        "sendgrid_webhook_public_key", allow_empty=True, secret=True
+    ),
     "DBMAIL_RETRY_MAX_DELAY_SECONDS": Variable("retry_max_delay_seconds", _seconds),
     "DBMAIL_STRANDED_AFTER_SECONDS": Variable("stranded_after", _timedelta, optional=True),
     "DBMAIL_INBOUND_BUCKET": Variable("inbound_bucket", optional=True),
@@ -216,6 +279,11 @@ VARIABLES: Mapping[str, Variable] = {
     "DBMAIL_MODERATOR_ADDRESS": Variable("moderator_address", allow_empty=True, optional=True),
     "DBMAIL_SPAM_ACTION": Variable("spam_action", _choice(*SPAM_ACTIONS), optional=True),
     "DBMAIL_SUBADDRESS_SEPARATOR": Variable("subaddress_separator", _separator, allow_empty=True, optional=True),
+    "DBMAIL_CONFIGURATION_SET": Variable("configuration_set", optional=True),
+    "DBMAIL_SUPPRESSION_TABLE": Variable("suppression_table", optional=True),
+    "DBMAIL_SOFT_BOUNCE_TABLE": Variable("soft_bounce_table"),
+    "DBMAIL_SOFT_BOUNCE_LIMIT": Variable("soft_bounce_limit", _count),
+    "DBMAIL_SOFT_BOUNCE_WINDOW_DAYS": Variable("soft_bounce_window", _days),
 }
 
 # What each reader of settings reads. A Lambda function's variables are exactly what template.yaml
@@ -238,7 +306,22 @@ _EXPAND = (
     "DBMAIL_EMAIL_HOST_SENDER",  # a template variable
     "DBMAIL_SITE_URL",  # the request's public URL
 )
-_TRANSPORT = ("DBMAIL_PROVIDER", "DBMAIL_SENDGRID_API_KEY", "DBMAIL_SENDGRID_URL")
+# every function that sends names the configuration set (SES sends only; SendGrid ignores it)
+_TRANSPORT = (
+    "DBMAIL_PROVIDER",
+    "DBMAIL_SENDGRID_API_KEY_SECRET_ARN",
+    "DBMAIL_SENDGRID_URL",
+    "DBMAIL_CONFIGURATION_SET",
+)
+# what recording provider feedback reads (wiring.feedback_recorder): the feedback function's,
+# and any other function that records feedback (DSNs, webhooks) includes these
+FEEDBACK_VARIABLES = (
+    "DBMAIL_EMAIL_TABLE",
+    "DBMAIL_SUPPRESSION_TABLE",
+    "DBMAIL_SOFT_BOUNCE_TABLE",
+    "DBMAIL_SOFT_BOUNCE_LIMIT",
+    "DBMAIL_SOFT_BOUNCE_WINDOW_DAYS",
+)
 _INBOUND = (
     *INBOUND_VARIABLES,
     "DBMAIL_INBOUND_PREFIX",
@@ -249,6 +332,7 @@ _INBOUND = (
     "DBMAIL_DEFAULT_SENDER",  # the site's name in notices
     "DBMAIL_BOUNCES_ADDRESS",  # the notices' envelope sender
     "DBMAIL_STRANDED_AFTER_SECONDS",  # the sweep's quiet period
+    "DBMAIL_CONFIGURATION_SET",  # forwards and notices go through SES
 )
 WEBSITE = "website"
 ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
@@ -258,16 +342,28 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
         "DBMAIL_EMAIL_TABLE",
         "DBMAIL_SEND_QUEUE_URL",  # retries are queued again with a delay
         "DBMAIL_BOUNCES_ADDRESS",
-        "DBMAIL_SITE_URL",  # unsubscribe links
+        "DBMAIL_UNSUBSCRIBE_URL",  # one-click unsubscribe links (the unsubscribe function's URL)
+        "DBMAIL_UNSUBSCRIBE_TOKEN_DAYS",
         *_TRANSPORT,
-        "DBMAIL_UNSUBSCRIBE_SECRET",
+        "DBMAIL_UNSUBSCRIBE_SECRET_ARN",
         "DBMAIL_RETRY_MAX_DELAY_SECONDS",
+        "DBMAIL_SUPPRESSION_TABLE",  # suppressed addresses are skipped
     ),
-    # expire expands scheduled requests and mails failure reports
-    "expire": (*_EXPAND, "DBMAIL_BOUNCES_ADDRESS", *_TRANSPORT, "DBMAIL_STRANDED_AFTER_SECONDS"),
-    "inbound": _INBOUND,
+    # expire expands scheduled requests and mails failure reports (to the sender, a copy to support)
+    "expire": (
+        *_EXPAND,
+        "DBMAIL_BOUNCES_ADDRESS",
+        "DBMAIL_SUPPORT_ADDRESS",
+        *_TRANSPORT,
+        "DBMAIL_STRANDED_AFTER_SECONDS",
+    ),
+    "inbound": (*_INBOUND, *FEEDBACK_VARIABLES),  # DSNs to the bounces address are recorded
+    "feedback": FEEDBACK_VARIABLES,
+    # the HTTP functions (function URLs): one-click unsubscribe, and SendGrid's signed Event Webhook
+    "unsubscribe": ("DBMAIL_UNSUBSCRIBE_SECRET_ARN", "DBMAIL_SUPPRESSION_TABLE"),
+    "sendgrid_events": (*FEEDBACK_VARIABLES, "DBMAIL_SENDGRID_WEBHOOK_PUBLIC_KEY_SECRET_ARN"),
     # submit, status, render, resend, redrive; EmailLists, redirects, the directory, held mail
-    WEBSITE: tuple(dict.fromkeys((*_EXPAND, *_INBOUND))),
+    WEBSITE: tuple(dict.fromkeys((*_EXPAND, *_INBOUND, "DBMAIL_SUPPRESSION_TABLE"))),
 }
 
 

@@ -18,17 +18,43 @@ RequestStatus.FINAL = frozenset({RequestStatus.PROCESSED, RequestStatus.FAILED, 
 
 class EmailStatus(StrEnum):
     """States of a TextOfEmail. ``processing`` means a send holds the claim right now.
-    ``failed`` is final too, until an operator resends it (``dbmail resend``)."""
+    ``failed`` is final too, until an operator resends it (``dbmail resend``).
+
+    After ``sent`` the provider's feedback moves an email on, never back: sent < delivered <
+    bounced < complained (``FEEDBACK_RANK``). ``suppressed``: never sent, the address is on the
+    suppression list (the reason is in ``error``)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    SUPPRESSED = "suppressed"
     FAILED = "failed"
     EXPIRED = "expired"
 
 
-EmailStatus.FINAL = frozenset({EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.EXPIRED})
+EmailStatus.FINAL = frozenset(
+    {
+        EmailStatus.SENT,
+        EmailStatus.DELIVERED,
+        EmailStatus.BOUNCED,
+        EmailStatus.COMPLAINED,
+        EmailStatus.SUPPRESSED,
+        EmailStatus.FAILED,
+        EmailStatus.EXPIRED,
+    }
+)
 EmailStatus.OUTSTANDING = frozenset({EmailStatus.QUEUED, EmailStatus.PROCESSING})
+# The statuses feedback may move a sent email through, lowest first: an event that would not
+# move an email up (a delivery after its bounce, a repeat) leaves its status alone.
+EmailStatus.FEEDBACK_RANK = {
+    EmailStatus.SENT: 0,
+    EmailStatus.DELIVERED: 1,
+    EmailStatus.BOUNCED: 2,
+    EmailStatus.COMPLAINED: 3,
+}
 
 
 class InboundStatus(StrEnum):
@@ -42,6 +68,8 @@ class InboundStatus(StrEnum):
     DROPPED = "dropped"  # virus, spam (when dropping), or a forwarding loop
     UNDELIVERABLE = "undeliverable"  # no rule sent it
     TOO_LARGE = "too_large"
+    FEEDBACK = "feedback"  # a DSN to the bounces address, recorded on the emails it reports on
+    NOT_FEEDBACK = "not_feedback"  # to the bounces address, but no DSN we can read (an auto-reply): dropped
     FAILED = "failed"  # an error; the raw message is in S3 and `dbmail inbound reprocess` retries it
 
 
@@ -54,5 +82,7 @@ InboundStatus.FINAL = frozenset(
         InboundStatus.DROPPED,
         InboundStatus.UNDELIVERABLE,
         InboundStatus.TOO_LARGE,
+        InboundStatus.FEEDBACK,
+        InboundStatus.NOT_FEEDBACK,
     }
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import urllib.error
 import urllib.request
 from email.utils import quote as _quote
@@ -14,9 +13,11 @@ from aws_lambda_powertools import Logger
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dbmail.core.addresses import redact_addresses
 from dbmail.core.compose import MAX_MESSAGE_BYTES, OutgoingEmail, to_mime
 from dbmail.core.errors import ConfigurationError, DeliveryError, FailureKind
 from dbmail.core.settings import Settings
+from dbmail.feedback.events import MESSAGE_REF_TAG, message_ref_of
 
 # SES error codes that retrying will not fix. SendingPausedException (SendEmail's documented
 # "the account's ability to send email is currently paused") needs an operator or AWS to lift
@@ -41,17 +42,11 @@ SES_THROTTLED = frozenset(
 # client down) before we classify what is left. 3 attempts in all ("max_attempts" would count
 # retries: 3 means 4 tries); a hung SES costs at most 3 x (3 + 5) s, inside a 30 s invocation.
 SES_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
-_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"'@]+@[^\s<>()\[\],;:\"'@]+")
 # SendGrid's v3 mail/send limitations: "less than 30MB" for the whole email; we measure the
 # JSON body we would post and refuse it before the call (SES's 40 MB is MAX_MESSAGE_BYTES).
 SENDGRID_MAX_BYTES = 30 * 1024 * 1024
 
 logger = Logger(child=True)
-
-
-def _redact(text: str) -> str:
-    """A provider's error text without the email addresses it may quote (SES names the sender)."""
-    return _ADDRESS.sub("<address>", text)
 
 
 def ses_failure_kind(exc: ClientError) -> FailureKind:
@@ -86,13 +81,20 @@ class SesTransport:
             email.sender.addr_spec,
             [a.addr_spec for a in email.to],
             feedback_address=email.envelope_sender,
+            message_ref=message_ref_of(email.message_id),
         )
 
     def send_raw(
-        self, raw: bytes, from_address: str, destinations: list[str] | None, feedback_address: str | None = None
+        self,
+        raw: bytes,
+        from_address: str,
+        destinations: list[str] | None,
+        feedback_address: str | None = None,
+        message_ref: str | None = None,
     ) -> str:
         """Send MIME bytes as they are (also used to forward inbound mail). Without
-        ``destinations`` SES sends to the addresses in the To, Cc and Bcc headers."""
+        ``destinations`` SES sends to the addresses in the To, Cc and Bcc headers. ``message_ref``
+        (our email's) becomes the message tag the configuration set's events carry back."""
         if len(raw) > MAX_MESSAGE_BYTES:
             raise DeliveryError(
                 f"message is {len(raw)} bytes, over SES's {MAX_MESSAGE_BYTES}", kind=FailureKind.PERMANENT
@@ -104,12 +106,14 @@ class SesTransport:
             kwargs["FeedbackForwardingEmailAddress"] = feedback_address
         if self._configuration_set:
             kwargs["ConfigurationSetName"] = self._configuration_set
+        if message_ref:
+            kwargs["EmailTags"] = [{"Name": MESSAGE_REF_TAG, "Value": message_ref}]
         try:
             return self._ses.send_email(**kwargs)["MessageId"]
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise DeliveryError(
-                f"SES {error.get('Code', 'ClientError')}: {_redact(error.get('Message', ''))}",
+                f"SES {error.get('Code', 'ClientError')}: {redact_addresses(error.get('Message', ''))}",
                 kind=ses_failure_kind(exc),
             ) from exc
         except BotoCoreError as exc:  # connection errors, timeouts, retries exhausted on the wire
@@ -141,6 +145,8 @@ def sendgrid_payload(email: OutgoingEmail) -> dict:
         "content": content,
         "custom_args": {"dbmail_message_id": email.message_id},
     }
+    if message_ref := message_ref_of(email.message_id):  # the Event Webhook's events carry it back
+        payload["custom_args"][MESSAGE_REF_TAG] = message_ref
     if len(email.reply_to) == 1:
         payload["reply_to"] = _person(email.reply_to[0])
     elif email.reply_to:  # several: reply_to_list (never together with reply_to)
@@ -162,7 +168,10 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 class SendGridTransport:
     def __init__(self, api_key: str, base_url: str = "https://api.sendgrid.com", timeout: float = 10):
         if not api_key:
-            raise ConfigurationError("MailProvider is sendgrid but DBMAIL_SENDGRID_API_KEY is empty")
+            raise ConfigurationError(
+                "MailProvider is sendgrid but the SendGrid API key (the secret DBMAIL_SENDGRID_API_KEY_SECRET_ARN "
+                "names) is empty"
+            )
         self._api_key = api_key
         self._url = base_url.rstrip("/") + "/v3/mail/send"
         self._timeout = timeout
@@ -221,7 +230,7 @@ def sendgrid_failure_kind(status: int) -> FailureKind:
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     """The first 500 characters of SendGrid's JSON error body, if it can be read."""
     try:
-        detail = _redact(exc.read(500).decode("utf-8", "replace"))
+        detail = redact_addresses(exc.read(500).decode("utf-8", "replace"))
         if 300 <= exc.code < 400:  # the Location is not quoted: it may be anywhere
             return f"redirect not followed (is DBMAIL_SENDGRID_URL right?) {detail}".rstrip()
         return detail
@@ -237,4 +246,4 @@ def make_transport(settings: Settings, boto3_session=None) -> Transport:
     import boto3
 
     session = boto3_session or boto3.session.Session()
-    return SesTransport(ses_client(session, settings.region))
+    return SesTransport(ses_client(session, settings.region), settings.configuration_set or None)

@@ -1,6 +1,10 @@
 """Handling one message SES received for a chapter domain: verdicts, loop guard, routing,
 moderation, forwarding and notices. The raw message stays in S3 whatever happens; the
-InboundMessage record says what became of it, and a failed one can be processed again."""
+InboundMessage record says what became of it, and a failed one can be processed again.
+
+Mail to the bounces address (``local@`` or ``local+anything@``, our envelope sender) is never
+routed, forwarded or answered: a DSN there is recorded like a provider event (``feedback``),
+anything else is dropped (``not_feedback``)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from dbmail.core.compose import MAX_MESSAGE_BYTES, compose
 from dbmail.core.errors import NotFound
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import InboundStatus
+from dbmail.feedback.dsn import parse_dsn
+from dbmail.feedback.events import FeedbackInvalid
 from dbmail.inbound.forward import (
     LOOP_HEADER,
     Forward,
@@ -31,10 +37,11 @@ from dbmail.inbound.forward import (
     rewrite,
     split_forwards,
 )
-from dbmail.inbound.routing import Route, merge_routes, route
+from dbmail.inbound.routing import Route, is_bounces_address, merge_routes, route
 
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
     from dbmail.core.transports import SesTransport
+    from dbmail.feedback.recorder import FeedbackRecorder
     from dbmail.inbound.store import InboundStore
 
 logger = Logger(child=True)
@@ -58,6 +65,9 @@ class InboundRouter:
     s3: object
     transport: SesTransport  # forwards are raw MIME, which only SES takes
     settings: Settings
+    # records the DSNs that come back to the bounces address; built for the first one (the
+    # website's settings, which the CLI reprocesses with, may not name the feedback tables)
+    feedback: Callable[[], FeedbackRecorder]
     clock: Callable[[], datetime] = field(default=utcnow)
 
     def handle(
@@ -94,6 +104,9 @@ class InboundRouter:
 
         if virus.upper() == "FAIL":
             return self._finish(item, InboundStatus.DROPPED, "virus verdict FAIL", log, **summary)
+        to_bounces = [r for r in recipients if is_bounces_address(r, settings.bounces_address)]
+        if to_bounces:
+            return self._record_feedback(item, raw, to_bounces, len(recipients) - len(to_bounces), log, summary)
         visited = set(been_there(message))
         if len(visited) >= MAX_HOPS:
             return self._finish(
@@ -192,6 +205,23 @@ class InboundRouter:
         rules_used = ", ".join(sorted({r.rule.list_id for r in routes}))
         detail = f"forwarded to {sent} recipients by {rules_used}" + "".join(f"; {note}" for note in refused)
         return self._finish(item, status, detail, log, list_id=routes[0].rule.list_id, **summary)
+
+    def _record_feedback(
+        self, item, raw: bytes, to_bounces: list[str], others: int, log: dict, summary: dict
+    ) -> InboundStatus:
+        """A message to the bounces address: its DSN recorded, or it is dropped; never routed
+        (not even for its other recipients: a DSN has none), forwarded or answered."""
+        note = f"; its {others} other recipients not routed" if others else ""
+        try:
+            events = parse_dsn(raw, to_bounces, self.clock())
+        except FeedbackInvalid as exc:
+            detail = f"to the bounces address, not recorded: {exc}{note}"
+            return self._finish(item, InboundStatus.NOT_FEEDBACK, detail, log, **summary)
+        recorder = self.feedback()
+        outcomes = Counter(str(recorder.record(event)) for event in events)
+        recorded = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+        detail = f"DSN for {len(events)} recipients: {recorded}{note}"
+        return self._finish(item, InboundStatus.FEEDBACK, detail, log, **summary)
 
     def _send_all(self, item, pending: list[tuple[Forward, str]]) -> None:
         """The fan-out, a few SES calls at a time. Each forward that went is recorded (one write at

@@ -183,6 +183,18 @@ def canonical_local_part(local: str, separator: str | None = SUBADDRESS_SEPARATO
     return local
 
 
+def is_bounces_address(address: str, bounces_address: str) -> bool:
+    """``address`` is the bounces address, or a VERP form of it: ``local@domain`` or
+    ``local+anything@domain``, case-insensitively (our envelope sender, so DSNs come back there)."""
+    try:
+        bounces = parse_address(bounces_address).addr_spec.lower()
+    except AddressInvalid:
+        return False
+    bounces_local, _, bounces_domain = bounces.rpartition("@")
+    local, _, domain = address.strip().lower().rpartition("@")
+    return domain == bounces_domain and (local == bounces_local or local.startswith(bounces_local + "+"))
+
+
 def _email(person: Person) -> str:
     """A person's address, for ``unique_mailboxes`` (one person a mailbox)."""
     return person.email

@@ -73,11 +73,16 @@ def email_key(recipient_key: str, index: int) -> str:
     return f"{recipient_key}#{index}"
 
 
+def message_ref_for(request_id: str, key: str) -> str:
+    """The email's 32-hex reference: in its Message-ID, its VERP envelope sender and the
+    provider's feedback (TextOfEmail.message_ref)."""
+    return hashlib.sha256(f"{request_id}/{key}".encode()).hexdigest()[:32]
+
+
 def message_id_for(request_id: str, key: str, send_from: str) -> str:
     """A stable RFC 5322 Message-ID, so a receiver can recognise a repeated delivery."""
-    digest = hashlib.sha256(f"{request_id}/{key}".encode()).hexdigest()[:32]
     domain = send_from.rpartition("@")[2].rstrip(">").strip() or "dbmail.invalid"
-    return f"<dbmail.{digest}@{domain}>"
+    return f"<dbmail.{message_ref_for(request_id, key)}@{domain}>"
 
 
 def expiry_reason(item, now: datetime, max_age: timedelta) -> str | None:

@@ -154,7 +154,8 @@ class Expirer:
             failures=failures,
             request_error=request_error,
             report_from=settings.default_sender,
-            report_to=[sender, settings.bounces_address],
+            # a copy to support: the bounces address is dbmail's own (DSNs), which drops anything else
+            report_to=[sender, *([settings.support_address] if settings.support_address else [])],
             site_url=settings.site_url,
             date=now,
             envelope_sender=settings.bounces_address,

@@ -1,6 +1,8 @@
 """The original's "Mail delivery failure" report: one message per request, sent once every
-email of it is final, listing each failed address and the error, to the request's sender and
-the bounces address."""
+email of it is final, listing each failed address and the error, to the request's sender, with
+a copy to the support address (the original copied its bounces address; ours is read by dbmail
+itself, for DSNs). Its envelope sender is the plain bounces address: a bounce of the report is
+a DSN naming no email of ours, recorded unmatched, never answered, so it cannot loop."""
 
 from __future__ import annotations
 

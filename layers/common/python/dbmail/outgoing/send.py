@@ -16,11 +16,13 @@ from dbmail.core.compose import compose
 from dbmail.core.errors import DeliveryError, FailureKind, RequestInvalid
 from dbmail.core.settings import Settings
 from dbmail.core.unsubscribe import unsubscribe_url
-from dbmail.outgoing.expand import expiry_reason, message_id_for
+from dbmail.feedback.events import bare_address
+from dbmail.outgoing.expand import expiry_reason, message_id_for, message_ref_for
 from dbmail.outgoing.queue import QueuedEmail, SendQueue
 
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
     from dbmail.core.transports import Transport
+    from dbmail.feedback.store import SuppressionStore
     from dbmail.outgoing.store import Store
 
 logger = Logger(child=True)
@@ -37,6 +39,7 @@ SEND_TIME_RESERVE_SECONDS = 20.0
 
 class SendOutcome(StrEnum):
     SENT = "sent"
+    SUPPRESSED = "suppressed"  # the address is on the suppression list: recorded, nothing sent
     DUPLICATE = "duplicate"
     EXPIRED = "expired"
     FAILED = "failed"
@@ -44,6 +47,13 @@ class SendOutcome(StrEnum):
     DEFERRED = "deferred"  # the invocation was nearly out of time: queued again, not tried
     THROTTLED = "throttled"  # the provider's rate: queued again after a delay; no try spent
     UNKNOWN = "unknown"
+
+
+def verp_address(bounces_address: str, message_ref: str) -> str:
+    """The envelope sender of one email: ``local+{message_ref}@domain`` of the bounces address,
+    so that a bounce names its email (the inbound router takes it as a DSN)."""
+    local, _, domain = bounces_address.rpartition("@")
+    return f"{local}+{message_ref}@{domain}"
 
 
 def retry_delay(kind: FailureKind, attempt: int, cap: int) -> int:
@@ -60,6 +70,7 @@ class EmailSender:
     transport: Transport
     queue: SendQueue
     settings: Settings
+    suppressions: SuppressionStore
     clock: Callable[[], datetime] = field(default=utcnow)
     _headers_by_request: dict = field(default_factory=dict)
 
@@ -80,6 +91,7 @@ class EmailSender:
             return SendOutcome.DEFERRED
         now = self.clock()
         email = self.store.email_ref(queued.request_id, queued.email_key)
+        message_ref = message_ref_for(queued.request_id, queued.email_key)
         if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
             return self._not_claimed(queued, log)
         reason = expiry_reason(email, now, self.settings.max_age)
@@ -88,6 +100,11 @@ class EmailSender:
             logger.info("email expired before sending", extra={**log, "reason": reason})
             return SendOutcome.EXPIRED
         try:
+            suppressed = self._suppression(email)
+            if suppressed:
+                self.store.mark_suppressed(email, suppressed, claim_id)
+                logger.info("address suppressed; email not sent", extra={**log, "error": suppressed})
+                return SendOutcome.SUPPRESSED
             outgoing = compose(
                 send_from=email.send_from,
                 send_to=[email.send_to],
@@ -95,7 +112,7 @@ class EmailSender:
                 body=email.msgtext or "",
                 message_id=message_id_for(email.request_id, email.email_key, email.send_from),
                 date=now,
-                envelope_sender=self.settings.bounces_address,
+                envelope_sender=verp_address(self.settings.bounces_address, message_ref),
                 special_headers=self._special_headers(email.request_id),
                 unsubscribe_url=self._unsubscribe(email),
             )
@@ -152,6 +169,14 @@ class EmailSender:
         )
         return SendOutcome.DUPLICATE
 
+    def _suppression(self, email) -> str | None:
+        """Why the email's address is suppressed (the suppression's reason, source and date), or None."""
+        address = bare_address(email.send_to)
+        entry = self.suppressions.get(address) if address else None
+        if entry is None:
+            return None
+        return f"suppressed: {entry.reason} (by {entry.source}, {entry.created_at:%Y-%m-%d})"
+
     def _special_headers(self, request_id: str) -> dict:
         """A request's special headers, read once per request per container."""
         if request_id not in self._headers_by_request:
@@ -166,4 +191,10 @@ class EmailSender:
         if email.user_id is None:
             return None
         address = email.send_to.rpartition("<")[2].rstrip(">").strip()
-        return unsubscribe_url(self.settings.site_url, self.settings.unsubscribe_secret, int(email.user_id), address)
+        return unsubscribe_url(
+            self.settings.unsubscribe_url,
+            self.settings.unsubscribe_secret,
+            int(email.user_id),
+            address,
+            days=self.settings.unsubscribe_token_days,
+        )

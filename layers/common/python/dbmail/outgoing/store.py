@@ -19,6 +19,7 @@ from dbmail.core.models import (
 )
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
+from dbmail.outgoing.expand import message_ref_for
 
 MAX_ERROR_CHARS = 1000
 
@@ -207,7 +208,8 @@ class Store:
     def claim_email(self, email: TextOfEmailBase, claim_id: str, now: datetime, lease_until: datetime) -> bool:
         """Only one send may hold an email; once its lease lapses (the holder died) another may.
         ``claim_id`` is unique per receive (the SQS receipt handle), so even two concurrent
-        deliveries of one message cannot both hold it."""
+        deliveries of one message cannot both hold it. The email's message_ref is written now,
+        before the provider is called, so that its feedback can find the email."""
         Email = self.models.TextOfEmail
         condition = (Email.status == EmailStatus.QUEUED) | (
             (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
@@ -216,6 +218,20 @@ class Store:
             Email.status.set(EmailStatus.PROCESSING),
             Email.claim_id.set(claim_id),
             Email.claimed_until.set(lease_until),
+            Email.message_ref.set(message_ref_for(email.request_id, email.email_key)),
+        ]
+        return _update_if(email, actions, condition)
+
+    def mark_suppressed(self, email: TextOfEmailBase, reason: str, claim_id: str) -> bool:
+        """The claimed email is not sent: its address is suppressed (``reason`` goes in error).
+        Final, like sent; the body is cleared as for a sent email."""
+        Email = self.models.TextOfEmail
+        condition = (Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id)
+        actions = [
+            Email.status.set(EmailStatus.SUPPRESSED),
+            Email.error.set(reason[:MAX_ERROR_CHARS]),
+            Email.msgtext.remove(),
+            Email.claimed_until.remove(),
         ]
         return _update_if(email, actions, condition)
 
