@@ -86,7 +86,8 @@ def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
         "requests_settled": 1,
     }
     assert wiring.expirer(function_settings("expire")).run(owner="schedule:3") == {}
-    # then exactly one "Mail delivery failure" report went, listing both, to the sender and the bounces address
+    # then exactly one "Mail delivery failure" report went, listing both, to the sender with a copy
+    # to support (not to the bounces address, which dbmail reads itself), from the plain bounces address
     reports = ses.sent_messages[before:]
     assert len(reports) == 1
     report = email.message_from_string(reports[0].raw_data, policy=policy.default)
@@ -95,7 +96,45 @@ def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
     assert '"Zoë Ng2" <user2@example.net>: DeliveryError: MessageRejected' in body
     assert '"Zoë Ng1" <user1@example.net>: DeliveryError: MessageRejected' in body
     assert f"dbmail resend {rid}" in body
-    assert {a.addr_spec for a in report["To"].addresses} == {"splash@example.org", moto_stack.settings.bounces_address}
+    assert [a.addr_spec for a in report["To"].addresses] == ["splash@example.org", "support@example.org"]
+    assert function_settings("expire").support_address == "support@example.org"
+    assert report["Return-Path"] == f"<{moto_stack.settings.bounces_address}>"
+
+
+def test_a_bounce_of_a_failure_report_is_recorded_unmatched_and_answered_by_nothing(inbound):
+    # given a failure report for a request whose only email was refused for good
+    from moto.ses.models import ses_backends
+
+    from dbmail.core.statuses import InboundStatus
+    from dbmail.outgoing.queue import QueuedEmail
+    from tests.unit.test_dsn import dsn
+    from tests.unit.test_inbound import Outbox, receive
+    from tests.unit.test_send import RecordingTransport, sender
+
+    rid = submit(n=1, sendto_fn_name="")
+    wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
+    refusing = sender(inbound, RecordingTransport(DeliveryError("MessageRejected", kind=FailureKind.PERMANENT)))
+    refusing.deliver(QueuedEmail(rid, "u0000000001#0"), claim_id="m", receive_count=1)
+    ses = ses_backends["123456789012"]["us-east-1"]
+    before = len(ses.sent_messages)
+    assert wiring.expirer(function_settings("expire")).run(owner="schedule:1")["failure_reports"] == 1
+    (sent,) = ses.sent_messages[before:]
+    report = email.message_from_string(sent.raw_data, policy=policy.default)
+    bounces = inbound.settings.bounces_address
+    assert report["Return-Path"] == f"<{bounces}>"
+    # when the report bounces: a DSN to its envelope sender, quoting its headers
+    outbox = Outbox()
+    raw = dsn(
+        recipients=(("splash@example.org", "failed", "5.1.1", "smtp; 550 5.1.1 unknown"),),
+        original_message_id=report["Message-ID"],
+    )
+    message_id, status = receive(inbound, raw, recipients=[bounces])
+    # then it is recorded as a DSN naming no email of ours, and nothing is sent: no loop
+    assert status == InboundStatus.FEEDBACK
+    item = wiring.inbound_router(function_settings("inbound")).store.get(message_id)
+    assert item.detail == "DSN for 1 recipients: 1 unmatched"
+    assert outbox.sent() == []
+    assert len(ses.sent_messages) == before + 1
 
 
 def lose_queue_messages(moto_stack):

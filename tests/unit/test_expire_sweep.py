@@ -157,7 +157,7 @@ def test_a_request_that_failed_as_a_whole_is_reported_to_the_site_default_sender
     before = len(ses_sent())
     assert expirer_at(utcnow()).run(owner="schedule:1") == {"failure_reports": 1, "requests_settled": 1}
     # then one report says the message could not be sent as written, to the site's default sender
-    # (the request's own is refused) and the bounces address, and offers no resend
+    # (the request's own is refused) with a copy to support, and offers no resend
     (raw,) = ses_sent()[before:]
     report = email.message_from_string(raw.raw_data, policy=policy.default)
     settings = moto_stack.settings
@@ -166,4 +166,5 @@ def test_a_request_that_failed_as_a_whole_is_reported_to_the_site_default_sender
     assert 'The message "Trip" could not be sent as written' in body and "gmail.com" in body
     assert "dbmail resend" not in body
     to = {a.addr_spec for a in report["To"].addresses}
-    assert to == {email.utils.parseaddr(settings.default_sender)[1], settings.bounces_address}
+    assert to == {email.utils.parseaddr(settings.default_sender)[1], settings.support_address}
+    assert settings.bounces_address not in to and settings.support_address

@@ -335,11 +335,30 @@ HEADER_NAME = st.sampled_from(
 @example(
     headers=[("Content-Disposition", b'attachment; filename="=?utf-8?q?a=0D=0AB:_c?="')], body=b"", route_name="cc_all"
 )
+@example(headers=[("Message-ID", b"<")], body=b"", route_name="user")
+@example(headers=[("Message-ID", b"<a@[x>")], body=b"", route_name="user")
 def test_no_header_input_starts_a_header_line(headers, body, route_name):
     raw = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers) + b"\r\n" + body
     route = ROUTES[route_name]
     for fw in forwards_of(raw, route):
         check_forward(raw, fw, route)
+
+
+@pytest.mark.parametrize(
+    ("original", "kept"),
+    [("<a.b@example.net>", True), ("<local-only>", True), ("<", False), ("<@b>", False), ("<a@[x>", False)],
+)
+def test_a_personal_forward_keeps_a_readable_message_id_and_replaces_one_readers_choke_on(original, kept):
+    # given a message to one user whose Message-ID is well formed, or one Python's parser raises on
+    raw = b"From: a@example.net\r\nSubject: hi\r\nMessage-ID: " + original.encode() + b"\r\n\r\nbody"
+    # when it is forwarded
+    (fw,) = forwards_of(raw, ROUTES["user"])
+    # then the well-formed one is kept and the other replaced by a fresh one of the chapter's
+    message = email.message_from_bytes(fw.raw, policy=policy.default)
+    message_id = str(message["Message-ID"])
+    assert (message_id == original) is kept
+    if not kept:
+        assert re.fullmatch(r"<[0-9a-f]{32}@[^>]+>", message_id)
 
 
 @settings(max_examples=300, deadline=None, database=None)

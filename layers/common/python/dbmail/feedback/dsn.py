@@ -17,9 +17,9 @@ event, with source "dsn":
 The email it is about is named by ``message_ref``: first the VERP address the DSN was sent to
 (``bounces+{digest}@domain``, our envelope sender), then the original's Message-ID
 (``<dbmail.{digest}@domain>``), then the DSN's own In-Reply-To / References. A DSN naming none
-is returned with ``message_ref`` None: the recorder counts it unmatched. Whom a DSN may suppress
-is the recorder's rule (only recipients of the matched email), so a forged DSN cannot suppress
-an address it names.
+is returned with ``message_ref`` None: the recorder counts it unmatched. The recorder applies a
+DSN only when its recipient is the matched email's own, so a forged DSN naming another address
+changes neither the email nor the suppression list (unmatched too).
 
 Only the stdlib ``email`` package parses it, leniently and within limits: at most
 MAX_PARSE_BYTES of the message are read (the report comes before the original message), at most

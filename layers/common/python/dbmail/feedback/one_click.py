@@ -26,12 +26,15 @@ import email.policy
 import hashlib
 import html
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from dbmail.core.clock import utcnow
 from dbmail.core.observability import logger
 from dbmail.core.unsubscribe import TokenExpired, TokenForged, TokenInvalid, UnsubscribeToken, verify_token
+
+if TYPE_CHECKING:  # integration type only: the domain never imports PynamoDB
+    from dbmail.feedback.store import SuppressionStore
 
 MAX_BODY_BYTES = 2048  # RFC 8058's body is 26 bytes; the button's 19
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
@@ -55,20 +58,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-
-
-class Suppressions(Protocol):
-    """The suppression list as unsubscribing uses it (feedback.store.SuppressionStore)."""
-
-    def add(
-        self,
-        address: str,
-        reason: str,
-        source: str,
-        detail: str | None = None,
-        user_id: int | None = None,
-        request_id: str | None = None,
-    ) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -150,7 +139,7 @@ def _has(fields: dict[str, list[str]], pair: tuple[str, str]) -> bool:
 class OneClickUnsubscribe:
     """The unsubscribe function's two routes: ``show`` (GET) and ``submit`` (POST)."""
 
-    def __init__(self, suppressions: Suppressions, secret: str, clock=utcnow) -> None:
+    def __init__(self, suppressions: SuppressionStore, secret: str, clock=utcnow) -> None:
         self.suppressions = suppressions
         self.secret = secret
         self.clock = clock

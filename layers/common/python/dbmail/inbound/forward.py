@@ -991,6 +991,15 @@ def _message_id(chapter_domain: str) -> str:
     return f"<{uuid.uuid4().hex}@{_domain(chapter_domain)}>"
 
 
+# <left@right>, or the common <left> without a domain. Anything else is replaced by a fresh one:
+# readers choke on it (Python's own parser raises on "<", "<@b>" and "<a@[x>").
+_READABLE_MESSAGE_ID = re.compile(r"\s*<[^<>@\s\[\]]+(?:@[^<>@\s\[\]]+)?>\s*")
+
+
+def _readable_message_id(value: str | None) -> bool:
+    return value is not None and _READABLE_MESSAGE_ID.fullmatch(str(value)) is not None
+
+
 def _prefix_parts(route: Route) -> list[str]:
     parts = [f"[{route.subject_tag}]"] if route.subject_tag else []
     if route.rule.subject_prefix:
@@ -1063,8 +1072,8 @@ def rewrite(
         if subject is not None or message.get("Subject") is None:
             _replace(message, "Subject", encode_text(subject or "", len("Subject: ")))
         _replace(message, "Message-ID", _message_id(chapter_domain))
-    elif message.get("Message-ID") is None:
-        _add(message, "Message-ID", _message_id(chapter_domain))
+    elif not _readable_message_id(message.get("Message-ID")):
+        _replace(message, "Message-ID", _message_id(chapter_domain))
     if message.get("Date") is None:
         _add(message, "Date", formatdate(usegmt=True))
     from_rule = parse_mailboxes(route.rule.from_email) if route.group and route.rule.from_email else []

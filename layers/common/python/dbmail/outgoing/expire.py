@@ -5,7 +5,7 @@
   again every email left stranded (``queued`` past the grace period with its message lost, or
   ``processing`` under a lapsed claim), so that no email depends on one SQS message arriving;
 - settles a request once every email is final, and then mails its sender the one
-  "Mail delivery failure" report, if anything failed.
+  "Mail delivery failure" report, with a copy to the support address, if anything failed.
 """
 
 from __future__ import annotations

@@ -188,9 +188,9 @@ class EmailSender:
 
     def _unsubscribe(self, email) -> str | None:
         """One-click unsubscribe for mail that goes to (or on behalf of) a website user."""
-        if email.user_id is None:
+        address = bare_address(email.send_to)
+        if email.user_id is None or address is None:
             return None
-        address = email.send_to.rpartition("<")[2].rstrip(">").strip()
         return unsubscribe_url(
             self.settings.unsubscribe_url,
             self.settings.unsubscribe_secret,
