@@ -99,6 +99,7 @@ def test_one_failure_report_per_request_once_every_email_is_final(moto_stack):
     assert [a.addr_spec for a in report["To"].addresses] == ["splash@example.org", "support@example.org"]
     assert function_settings("expire").support_address == "support@example.org"
     assert report["Return-Path"] == f"<{moto_stack.settings.bounces_address}>"
+    assert report["Auto-Submitted"] == "auto-generated"  # RFC 3834: no auto-responder answers it
 
 
 def test_a_bounce_of_a_failure_report_is_recorded_unmatched_and_answered_by_nothing(inbound):

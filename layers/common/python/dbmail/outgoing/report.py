@@ -59,4 +59,6 @@ def failure_report(
         message_id=f"<dbmail.outgoing.report.{request_id}@{report_from.rpartition('@')[2].rstrip('>')}>",
         date=date,
         envelope_sender=envelope_sender,
+        # RFC 3834: machine-made, so auto-responders (and our own inbound router) never answer it
+        special_headers={"Auto-Submitted": "auto-generated"},
     )
