@@ -1,7 +1,7 @@
-"""SQS (one SES event per message, from the configuration set's SNS topic) -> dbmail.feedback,
-with partial batch responses.
+"""SQS (one provider event per message: an SES event from the configuration set's SNS topic, or
+a SendGrid event the sendgrid_events function queued) -> dbmail.feedback, with partial batch responses.
 
-A body that is not an SES event we record (malformed, too large, another event type) is logged
+A body that is not an event we record (malformed, too large, another event type) is logged
 as ``invalid`` and acknowledged: retrying cannot fix it, and it must not hold up the batch. An
 event whose email is not found yet (young) or not recorded as sent yet raises and comes back
 after the visibility timeout (``retry``); any other error too (``error``), and after
@@ -23,7 +23,7 @@ from dbmail.core.observability import (
     tracer,
 )
 from dbmail.core.settings import Settings
-from dbmail.feedback.events import FeedbackInvalid, from_ses_event, parse_body
+from dbmail.feedback.events import FeedbackInvalid, from_queue_body, parse_body
 from dbmail.feedback.recorder import FeedbackNotYetMatched
 
 settings = Settings.for_function("feedback")  # cold start: a missing variable stops here, named
@@ -31,10 +31,10 @@ settings = Settings.for_function("feedback")  # cold start: a missing variable s
 
 def feedback_record(record: SQSRecord, lambda_context: LambdaContext) -> str:
     try:
-        event = from_ses_event(parse_body(record.body))
+        event = from_queue_body(parse_body(record.body))
     except FeedbackInvalid as exc:
         logger.warning(
-            "not an SES event we record; acknowledged", extra={"message_id": record.message_id, "error": str(exc)}
+            "not a provider event we record; acknowledged", extra={"message_id": record.message_id, "error": str(exc)}
         )
         return INVALID
     return wiring.feedback_recorder(settings).record(event)
@@ -45,5 +45,5 @@ def feedback_record(record: SQSRecord, lambda_context: LambdaContext) -> str:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return process_batch_counting_outcomes(
-        event, context, EventType.SQS, feedback_record, FEEDBACK_EVENTS, {FeedbackNotYetMatched: RETRY}, source="ses"
+        event, context, EventType.SQS, feedback_record, FEEDBACK_EVENTS, {FeedbackNotYetMatched: RETRY}
     )

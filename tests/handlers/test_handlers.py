@@ -216,10 +216,10 @@ def test_feedback_handler_records_the_sample_bounce_and_delivery(moto_stack, con
     suppressions = wiring.suppression_store(function_settings("send"))
     assert suppressions.get("user1@example.net").reason == "bounce"
     assert not suppressions.is_suppressed("user2@example.net")
-    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"recorded": 2}
+    assert outcome_counts(capsys, "FeedbackEvents") == {"recorded": 2}
     # and the same event delivered again changes nothing
     load_handler("feedback")(load_event("feedback_sqs.json"), context)
-    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"duplicate": 2}
+    assert outcome_counts(capsys, "FeedbackEvents") == {"duplicate": 2}
 
 
 def test_a_malformed_feedback_record_is_acknowledged_and_does_not_block_the_batch(moto_stack, context, capsys):
@@ -231,7 +231,7 @@ def test_a_malformed_feedback_record_is_acknowledged_and_does_not_block_the_batc
     # when it arrives, the malformed one is logged as invalid and acknowledged (retrying cannot fix it)
     response = load_handler("feedback")(event, context)
     assert response == {"batchItemFailures": []}
-    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"invalid": 1, "recorded": 1}
+    assert outcome_counts(capsys, "FeedbackEvents") == {"invalid": 1, "recorded": 1}
     # and the rest of the batch is recorded
     assert store.get_email(EXAMPLE_REQUEST, "u0000000001#0").status == "sent"
     assert store.get_email(EXAMPLE_REQUEST, "u0000000002#0").status == "delivered"
@@ -252,4 +252,4 @@ def test_a_young_feedback_event_for_an_email_not_found_yet_is_retried(moto_stack
     # when it arrives, it alone is reported for retry
     response = load_handler("feedback")(event, context)
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
-    assert outcome_counts(capsys, "FeedbackEvents", source="ses") == {"recorded": 1, "retry": 1}
+    assert outcome_counts(capsys, "FeedbackEvents") == {"recorded": 1, "retry": 1}

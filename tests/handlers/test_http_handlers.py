@@ -103,13 +103,16 @@ def signed(event: dict, signer: SendGrid, body: bytes | None = None) -> dict:
     return event
 
 
-def test_the_sample_sendgrid_batch_is_verified_and_recorded(sendgrid, context):
+def test_the_sample_sendgrid_batch_is_verified_and_queued_for_the_feedback_function(sendgrid, context, moto_stack):
     signer, handler = sendgrid
     response = handler(signed(load_event("sendgrid_events.json"), signer), context)
-    # the delivery names an email this stack never sent (unmatched); the open is not recorded
+    # the delivery is queued on FeedbackQueue; the open is a type dbmail does not record
     assert response["statusCode"] == 200
-    assert json.loads(response["body"]) == {"events": 2, "outcomes": {"skipped": 1, "unmatched": 1}}
+    assert json.loads(response["body"]) == {"events": 2, "outcomes": {"queued": 1, "skipped": 1}}
     assert response["headers"]["Cache-Control"] == "no-store"
+    url = moto_stack.template.queue_url(moto_stack.template.physical_name("FeedbackQueue"))
+    (message,) = moto_stack.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert json.loads(message["Body"])["sendgrid"]["event"] == "delivered"
 
 
 def test_the_sample_sendgrid_batch_with_the_samples_own_signature_is_refused(sendgrid, context):

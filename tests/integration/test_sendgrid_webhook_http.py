@@ -1,6 +1,7 @@
 """SendGrid's signed Event Webhook end to end on the real local stack: the runner's function URL,
 the verification key read from the stack's Secrets Manager at cold start, a signed batch posted
-twice over HTTP and recorded once; unsigned and badly signed posts refused."""
+twice over HTTP, queued both times on FeedbackQueue and recorded once by the feedback function;
+unsigned and badly signed posts refused."""
 
 from __future__ import annotations
 
@@ -79,11 +80,19 @@ def test_a_signed_bounce_posted_twice_is_recorded_once_and_bad_posts_are_refused
     # when SendGrid posts it, signed, and (a retry) posts it again
     first = post(url, body, sendgrid.headers(body, at=datetime.now(UTC)))
     second = post(url, body, sendgrid.headers(body, at=datetime.now(UTC)))
-    # then the first records the bounce, the second changes nothing
-    assert first == (200, {"events": 1, "outcomes": {"recorded": 1}})
-    assert second == (200, {"events": 1, "outcomes": {"duplicate": 1}})
-    email = store.get_email(request_id, item.email_key)
-    assert email.status == "bounced" and email.bounce_type == "permanent"
-    assert email.feedback_events == {"sendgrid:bounce-5200"}
+    # then both are queued for the feedback function, which records the bounce once
+    assert first == second == (200, {"events": 1, "outcomes": {"queued": 1}})
+    queue_url = local_stack.env["DBMAIL_LOCAL_FEEDBACKQUEUE_URL"]
+    sqs = local_stack.client("sqs")
+
+    def recorded_and_drained():
+        email = store.get_email(request_id, item.email_key)
+        counts = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+        waiting = int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"])
+        return email if email.status == "bounced" and not waiting else None
+
+    email = local_stack.wait_for(recorded_and_drained, timeout=60, interval=0.5)
+    assert email.bounce_type == "permanent"
+    assert {event for event in email.feedback_events if event.startswith("sendgrid:")} == {"sendgrid:bounce-5200"}
     entry = suppressions.get("user5200@example.net")
     assert (entry.reason, entry.source) == ("bounce", "sendgrid")

@@ -138,5 +138,5 @@ def test_alarms_on_dbmail_metrics_name_metrics_and_dimensions_the_handlers_emit(
             continue
         assert alarm["MetricName"] in observability.METRIC_NAMES, logical_id
         names = {dimension["Name"] for dimension in alarm.get("Dimensions", [])}
-        allowed = {"service", observability.OUTCOME, observability.TRIGGER, observability.SOURCE}
+        allowed = {"service", observability.OUTCOME, observability.TRIGGER}
         assert "service" in names and names <= allowed, logical_id

@@ -18,7 +18,7 @@ from dbmail.inbound.router import InboundRouter
 from dbmail.inbound.store import InboundStore
 from dbmail.outgoing.expand import Expander
 from dbmail.outgoing.expire import Expirer
-from dbmail.outgoing.queue import SendQueue
+from dbmail.outgoing.queue import SendQueue, SqsQueue
 from dbmail.outgoing.send import EmailSender
 from dbmail.outgoing.store import Store
 
@@ -52,7 +52,10 @@ def one_click_unsubscribe(settings: Settings) -> OneClickUnsubscribe:
 
 @lru_cache(maxsize=CACHED)
 def sendgrid_events(settings: Settings) -> SendGridEvents:
-    return SendGridEvents(SignatureVerifier(settings.sendgrid_webhook_public_key), feedback_recorder(settings))
+    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
+    return SendGridEvents(
+        SignatureVerifier(settings.sendgrid_webhook_public_key), SqsQueue(sqs, settings.feedback_queue_url)
+    )
 
 
 @lru_cache(maxsize=CACHED)

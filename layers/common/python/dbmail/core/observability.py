@@ -8,7 +8,7 @@ outcome StrEnum's value), so one alarm or graph covers a name and picks outcomes
 - ``EmailsSwept`` {outcome: expired | requeued} and ``RequestsSwept`` {outcome: settled | reported |
   incomplete | error}: the expire run
 - ``InboundMessages`` {trigger: receipt | sweep, outcome: InboundStatus}
-- ``FeedbackEvents`` {source: ses, outcome: recorder.RecordOutcome, invalid, retry, error}
+- ``FeedbackEvents`` {outcome: recorder.RecordOutcome, invalid, retry, error}: SES and SendGrid events alike
 
 Every metric also has Powertools' ``service`` dimension. EMF gives every metric of one blob the
 same dimension values, so a batch's outcomes cannot share the handler's ``metrics`` blob (which
@@ -50,7 +50,6 @@ METRIC_NAMES = (REQUESTS_EXPANDED, EMAILS_PROCESSED, EMAILS_SWEPT, REQUESTS_SWEP
 # dimensions
 OUTCOME = "outcome"
 TRIGGER = "trigger"
-SOURCE = "source"
 
 # outcomes of a handler's own, beside the domain's enums
 INCOMPLETE = "incomplete"  # ran out of time; it resumes on the next attempt

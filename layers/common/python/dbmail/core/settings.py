@@ -79,6 +79,7 @@ class Settings:
     # Feedback: the SES configuration set every SES send names (its events come back to the
     # feedback function), the suppression list, and when soft bounces suppress an address.
     configuration_set: str = ""
+    feedback_queue_url: str = ""  # where the SendGrid webhook queues events for the feedback function
     suppression_table: str = ""
     soft_bounce_table: str = ""
     soft_bounce_limit: int = 3
@@ -280,6 +281,7 @@ VARIABLES: Mapping[str, Variable] = {
     "DBMAIL_SPAM_ACTION": Variable("spam_action", _choice(*SPAM_ACTIONS), optional=True),
     "DBMAIL_SUBADDRESS_SEPARATOR": Variable("subaddress_separator", _separator, allow_empty=True, optional=True),
     "DBMAIL_CONFIGURATION_SET": Variable("configuration_set", optional=True),
+    "DBMAIL_FEEDBACK_QUEUE_URL": Variable("feedback_queue_url"),
     "DBMAIL_SUPPRESSION_TABLE": Variable("suppression_table", optional=True),
     "DBMAIL_SOFT_BOUNCE_TABLE": Variable("soft_bounce_table"),
     "DBMAIL_SOFT_BOUNCE_LIMIT": Variable("soft_bounce_limit", _count),
@@ -361,7 +363,7 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "feedback": FEEDBACK_VARIABLES,
     # the HTTP functions (function URLs): one-click unsubscribe, and SendGrid's signed Event Webhook
     "unsubscribe": ("DBMAIL_UNSUBSCRIBE_SECRET_ARN", "DBMAIL_SUPPRESSION_TABLE"),
-    "sendgrid_events": (*FEEDBACK_VARIABLES, "DBMAIL_SENDGRID_WEBHOOK_PUBLIC_KEY_SECRET_ARN"),
+    "sendgrid_events": ("DBMAIL_FEEDBACK_QUEUE_URL", "DBMAIL_SENDGRID_WEBHOOK_PUBLIC_KEY_SECRET_ARN"),
     # submit, status, render, resend, redrive; EmailLists, redirects, the directory, held mail
     WEBSITE: tuple(dict.fromkeys((*_EXPAND, *_INBOUND, "DBMAIL_SUPPRESSION_TABLE"))),
 }

@@ -229,6 +229,45 @@ _SENDGRID_KINDS = {
 }
 
 
+# The fields of a SendGrid event that from_sendgrid_event reads: the webhook queues only these
+# (not the IP, user agent, URL or custom fields a post may carry) for the feedback function.
+_SENDGRID_FIELDS = (
+    "event",
+    "sg_event_id",
+    "sg_message_id",
+    "email",
+    "timestamp",
+    "type",
+    "status",
+    "reason",
+    "response",
+    "smtp-id",
+    MESSAGE_REF_TAG,
+)
+SENDGRID_ENVELOPE = "sendgrid"  # a FeedbackQueue body {"sendgrid": {...}} holds one SendGrid event
+
+
+def sendgrid_queue_body(event: Mapping) -> str:
+    """The FeedbackQueue body for one SendGrid event (from_queue_body reads it back)."""
+    kept = {name: event[name] for name in _SENDGRID_FIELDS if name in event}
+    body = json.dumps({SENDGRID_ENVELOPE: kept}, separators=(",", ":"))
+    if len(body) > MAX_BODY_CHARS:
+        raise FeedbackInvalid(f"the SendGrid event is over {MAX_BODY_CHARS} characters")
+    return body
+
+
+def from_queue_body(body: Mapping) -> FeedbackEvent:
+    """A FeedbackQueue message: an SES event (from the configuration set's SNS topic) or a
+    SendGrid event the webhook queued; FeedbackInvalid for anything else."""
+    body = _object(body, "the message")
+    if SENDGRID_ENVELOPE not in body:
+        return from_ses_event(body)
+    event = from_sendgrid_event(body[SENDGRID_ENVELOPE])
+    if event is None:
+        raise FeedbackInvalid("a SendGrid event of a type dbmail does not record")
+    return event
+
+
 def from_sendgrid_event(event: Mapping) -> FeedbackEvent | None:
     """One object of a SendGrid Event Webhook post; None for the types we do not record
     (processed, open, click, group_resubscribe)."""

@@ -13,12 +13,12 @@ A request is refused, and nothing recorded, when:
 - the signature does not verify over timestamp + body (403);
 - the body is over MAX_BODY_BYTES (413) or is not a JSON array of objects (400).
 
-A verified batch's events are converted (``feedback.events.from_sendgrid_event``; types we do not
-record are skipped, a malformed event is logged and skipped so one bad event does not make
-SendGrid retry the batch for a day) and each is recorded by the feedback recorder, which is
-idempotent: a batch delivered twice (SendGrid retries on any non-2xx) records each event once.
-An event whose email the send function has not recorded yet is a 503, a recording error a 500:
-either way SendGrid delivers the batch again, and what was recorded is not recorded twice.
+A verified batch's events are checked (``feedback.events.from_sendgrid_event``: types we do not
+record are skipped, a malformed event is logged and skipped, so one bad event does not make
+SendGrid retry the batch for a day) and queued on FeedbackQueue, 10 to an SQS call, for the
+feedback function, which records each (idempotently, with retries and a dead-letter queue). The
+answer so stays fast however large SendGrid's batch. If SQS refuses them, the answer is a 503 and
+SendGrid posts the batch again: a queued event that arrives twice is recorded once.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,15 +39,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dbmail.core.clock import utcnow
 from dbmail.core.errors import ConfigurationError, DbmailError
 from dbmail.core.observability import logger
-from dbmail.feedback.events import FeedbackEvent, FeedbackInvalid, from_sendgrid_event
-from dbmail.feedback.recorder import FeedbackNotYetMatched
+from dbmail.feedback.events import FeedbackInvalid, from_sendgrid_event, sendgrid_queue_body
+
+if TYPE_CHECKING:
+    from dbmail.outgoing.queue import SqsQueue
 
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 MAX_SKEW = timedelta(minutes=10)
 MAX_BODY_BYTES = 2 * 1024 * 1024  # SendGrid posts batches of events, well under this
 MAX_SIGNATURE_CHARS = 200  # a P-256 DER signature is at most 72 bytes (96 in base64)
-SKIPPED, INVALID = "skipped", "invalid"  # outcomes of events never handed to the recorder
+SKIPPED, INVALID, QUEUED = "skipped", "invalid", "queued"  # what became of each event of a batch
 
 
 class WebhookRefused(DbmailError):
@@ -56,12 +58,6 @@ class WebhookRefused(DbmailError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-
-
-class Recorder(Protocol):
-    """feedback.recorder.FeedbackRecorder as the webhook uses it."""
-
-    def record(self, event: FeedbackEvent) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -119,9 +115,9 @@ class SignatureVerifier:
 class SendGridEvents:
     """The sendgrid_events function: one POST of the Event Webhook."""
 
-    def __init__(self, verifier: SignatureVerifier, recorder: Recorder) -> None:
+    def __init__(self, verifier: SignatureVerifier, queue: SqsQueue) -> None:
         self.verifier = verifier
-        self.recorder = recorder
+        self.queue = queue
 
     def handle(self, headers: Mapping[str, str], body: str | None, *, base64_encoded: bool) -> Reply:
         try:
@@ -132,22 +128,23 @@ class SendGridEvents:
             logger.warning("SendGrid webhook request refused", extra={"status": refused.status, "reason": str(refused)})
             return Reply(refused.status, json.dumps({"error": str(refused)}))
         outcomes: Counter[str] = Counter()
+        bodies = []
         for position, item in enumerate(events):
             try:
-                event = from_sendgrid_event(item)
+                if from_sendgrid_event(item) is None:
+                    outcomes[SKIPPED] += 1
+                    continue
+                bodies.append(sendgrid_queue_body(item))
             except FeedbackInvalid as error:
                 logger.warning("SendGrid event skipped: malformed", extra={"position": position, "error": str(error)})
                 outcomes[INVALID] += 1
-                continue
-            if event is None:
-                outcomes[SKIPPED] += 1
-                continue
-            try:
-                outcomes[str(self.recorder.record(event))] += 1
-            except FeedbackNotYetMatched as error:  # sent a moment ago: SendGrid posts the batch again
-                logger.info("SendGrid batch deferred", extra={"position": position, "reason": str(error)})
-                return Reply(503, json.dumps({"error": "an event's email is not recorded yet; retry"}))
-        logger.info("SendGrid webhook batch recorded", extra={"events": len(events), "outcomes": dict(outcomes)})
+        try:
+            outcomes[QUEUED] = self.queue.send_bodies(bodies)
+        except DbmailError as error:  # SendGrid posts the batch again; what was queued is recorded once
+            logger.error("SendGrid batch not queued; SendGrid will retry it", extra={"error": str(error)})
+            return Reply(503, json.dumps({"error": "the events could not be queued; retry"}))
+        outcomes = +outcomes  # no zero counts
+        logger.info("SendGrid webhook batch queued", extra={"events": len(events), "outcomes": dict(outcomes)})
         return Reply(200, json.dumps({"events": len(events), "outcomes": dict(sorted(outcomes.items()))}))
 
 

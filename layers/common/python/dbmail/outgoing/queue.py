@@ -1,4 +1,5 @@
-"""The send queue: one small SQS message per TextOfEmail, sent 10 to a call."""
+"""SQS queues written 10 messages a call: the send queue (one small message per TextOfEmail) and
+the feedback queue (SendGrid's webhook events, queued for the feedback function)."""
 
 from __future__ import annotations
 
@@ -28,23 +29,46 @@ class QueuedEmail:
         return cls(request_id=str(data["request_id"]), email_key=str(data["email_key"]))
 
 
-class SendQueue:
+class SqsQueue:
+    """An SQS queue written up to 10 messages a call; entries SQS refuses are retried, then it
+    raises (the caller retries)."""
+
     def __init__(self, sqs_client, queue_url: str):
         self._sqs = sqs_client
         self._url = queue_url
 
-    def enqueue(self, emails: Iterable[QueuedEmail]) -> int:
-        """Queue every email; entries SQS refuses are retried, then it raises (the caller retries)."""
-        batch: list[QueuedEmail] = []
+    def send_bodies(self, bodies: Iterable[str]) -> int:
+        batch: list[str] = []
         count = 0
-        for email in emails:
-            batch.append(email)
+        for body in bodies:
+            batch.append(body)
             if len(batch) == SQS_BATCH:
                 count += self._send_batch(batch)
                 batch = []
         if batch:
             count += self._send_batch(batch)
         return count
+
+    def _send_batch(self, batch: Sequence[str]) -> int:
+        pending = {str(i): body for i, body in enumerate(batch)}
+        for _ in range(ATTEMPTS):
+            response = self._sqs.send_message_batch(
+                QueueUrl=self._url,
+                Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in pending.items()],
+            )
+            failed = {f["Id"] for f in response.get("Failed", [])}
+            pending = {entry_id: body for entry_id, body in pending.items() if entry_id in failed}
+            if not pending:
+                return len(batch)
+        raise DbmailError(f"SQS refused {len(pending)} of {len(batch)} messages after {ATTEMPTS} attempts")
+
+
+class SendQueue(SqsQueue):
+    """The send queue: one small message per TextOfEmail."""
+
+    def enqueue(self, emails: Iterable[QueuedEmail]) -> int:
+        """Queue every email (10 to a call)."""
+        return self.send_bodies(email.to_body() for email in emails)
 
     def enqueue_later(self, email: QueuedEmail, delay_seconds: int) -> None:
         """Queue one email again after a delay (a retry): a new message, so the failed try does
@@ -63,19 +87,6 @@ class SendQueue:
         ]
         attributes = self._sqs.get_queue_attributes(QueueUrl=self._url, AttributeNames=names)["Attributes"]
         return sum(int(attributes.get(name, 0)) for name in names)
-
-    def _send_batch(self, batch: Sequence[QueuedEmail]) -> int:
-        pending = {str(i): email for i, email in enumerate(batch)}
-        for _ in range(ATTEMPTS):
-            response = self._sqs.send_message_batch(
-                QueueUrl=self._url,
-                Entries=[{"Id": entry_id, "MessageBody": email.to_body()} for entry_id, email in pending.items()],
-            )
-            failed = {f["Id"] for f in response.get("Failed", [])}
-            pending = {entry_id: email for entry_id, email in pending.items() if entry_id in failed}
-            if not pending:
-                return len(batch)
-        raise DbmailError(f"SQS refused {len(pending)} of {len(batch)} messages after {ATTEMPTS} attempts")
 
 
 def redrive(sqs_client, dead_letter_url: str, queue_url: str) -> int:
