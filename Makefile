@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # sam build for python3.12 needs python3.12 first on PATH: the virtualenv provides it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup up down demo test unit integration handlers lint build coverage bench chaos clean
+.PHONY: setup up down demo test unit conformance integration handlers lint build coverage bench chaos clean
 
 setup:
 	@./scripts/setup.sh
@@ -28,6 +28,10 @@ test: setup lint unit handlers integration build coverage
 
 unit:
 	$(BIN)/pytest -q -n auto tests/unit $(COV)
+
+# Part of unit: each template of tests/corpus/django/ against Django's own engine ("N/N templates match Django").
+conformance:
+	$(BIN)/pytest -q tests/unit/test_django_conformance.py
 
 handlers:
 	$(BIN)/pytest -q tests/handlers $(COV) --cov-append

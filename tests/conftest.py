@@ -155,3 +155,20 @@ def inbound_message(
         msg[name.replace("_", "-")] = value
     msg.set_content(body)
     return msg.as_bytes(policy=policy.SMTP)
+
+
+# ---- the Django conformance count (tests/unit/test_django_conformance.py) ----------------------
+# Counted from the reports, so it is right under pytest-xdist too (the controller sees every report).
+_CONFORMANCE_TEST = "test_django_conformance.py::test_the_template_renders_as_django_renders_it["
+_conformance: dict[str, bool] = {}
+
+
+def pytest_runtest_logreport(report):
+    if _CONFORMANCE_TEST in report.nodeid and (report.when == "call" or report.failed):
+        _conformance[report.nodeid] = _conformance.get(report.nodeid, True) and report.passed
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _conformance:
+        matched = sum(_conformance.values())
+        terminalreporter.write_line(f"{matched}/{len(_conformance)} templates match Django")

@@ -80,7 +80,7 @@ def test_stack_env_holds_every_function_variable_and_bash_reads_back_exactly_wha
     expected = template.environment()
     assert {name: local_stack.env[name] for name in expected} == expected
     # the send function's unsubscribe links point at the runner's URL of the unsubscribe function
-    assert set(urls) == {"UnsubscribeFunction", "SendGridEventsFunction"}
+    assert set(urls) == {"UnsubscribeFunction", "SendGridEventsFunction", "ArchiveFunction"}
     assert local_stack.env["DBMAIL_UNSUBSCRIBE_URL"] == urls["UnsubscribeFunction"]
     assert urls["UnsubscribeFunction"].startswith("http://127.0.0.1:") and urls["UnsubscribeFunction"].endswith("/")
     assert local_stack.env["DBMAIL_SITE_URL"] == json.loads(DEFAULT_PARAMETERS.read_text())["SiteUrl"]

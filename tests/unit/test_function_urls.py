@@ -112,7 +112,7 @@ def test_repeated_headers_are_joined_with_commas():
 
 def test_the_stack_env_names_each_url_function_and_getatt_resolves_to_it():
     template = Template.load(target=LocalTarget())
-    assert template.url_functions() == ["UnsubscribeFunction", "SendGridEventsFunction"]
+    assert template.url_functions() == ["UnsubscribeFunction", "ArchiveFunction", "SendGridEventsFunction"]
     env = {url_variable("UnsubscribeFunction"): "http://127.0.0.1:4100/", "OTHER": "x"}
     assert url_variable("UnsubscribeFunction") == "DBMAIL_LOCAL_UNSUBSCRIBEFUNCTION_URL"
     urls = urls_from_env(template, env)

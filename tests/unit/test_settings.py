@@ -82,7 +82,7 @@ def secrets_manager_value(arn: str) -> str:
 
 
 def test_an_unknown_function_is_a_configuration_error_naming_the_known_ones():
-    with pytest.raises(ConfigurationError, match=r"no settings are declared for 'sned'; one of \['expand'"):
+    with pytest.raises(ConfigurationError, match=r"no settings are declared for 'sned'; one of \['archive', 'expand'"):
         Settings.for_function("sned", stack_env())
 
 

@@ -9,13 +9,14 @@ from functools import lru_cache, partial
 import boto3
 
 from dbmail.core.settings import Settings
-from dbmail.core.transports import SesTransport, make_transport
+from dbmail.core.transports import SesTransport, Transport, make_transport
 from dbmail.feedback.one_click import OneClickUnsubscribe
 from dbmail.feedback.recorder import FeedbackRecorder
 from dbmail.feedback.sendgrid_webhook import SendGridEvents, SignatureVerifier
 from dbmail.feedback.store import FeedbackStore, SuppressionStore
 from dbmail.inbound.router import InboundRouter
 from dbmail.inbound.store import InboundStore
+from dbmail.outgoing.archive import Archive
 from dbmail.outgoing.expand import Expander
 from dbmail.outgoing.expire import Expirer
 from dbmail.outgoing.queue import SendQueue, SqsQueue
@@ -84,6 +85,17 @@ def inbound_router(settings: Settings) -> InboundRouter:
     )
 
 
+def test_send_transport() -> Transport:
+    """A test send's provider: the send function's, from its settings in the environment (the
+    provider, SendGrid's key, the SES configuration set), since the website's read no secret."""
+    return make_transport(Settings.for_function("send"))
+
+
+@lru_cache(maxsize=CACHED)
+def archive(settings: Settings) -> Archive:
+    return Archive(store=Store(settings), settings=settings)
+
+
 @lru_cache(maxsize=CACHED)
 def expirer(settings: Settings) -> Expirer:
     return Expirer(expander=expander(settings), transport=make_transport(settings))
@@ -99,6 +111,7 @@ FACTORIES = (
     feedback_recorder,
     one_click_unsubscribe,
     sendgrid_events,
+    archive,
 )
 
 

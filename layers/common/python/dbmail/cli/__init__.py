@@ -17,7 +17,7 @@ and exits with a status that says whose problem it is:
 `--debug` re-raises every error with its traceback instead.
 
 The modules: this one reads the settings, builds the parser and runs a command; cli/outgoing.py,
-cli/suppressions.py and cli/inbound.py are the commands (with their arguments), cli/stack.py reads
+cli/preview.py, cli/suppressions.py and cli/inbound.py are the commands (with their arguments), cli/stack.py reads
 a deployed stack's settings, cli/files.py reads their JSON files, cli/errors.py turns any error
 into the one line and the exit status.
 """
@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dbmail.cli import inbound, outgoing, suppressions
+from dbmail.cli import inbound, outgoing, preview, suppressions
 from dbmail.cli.errors import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, explain, one_line
 from dbmail.cli.files import read_env_file
 from dbmail.core.errors import ConfigurationError
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     outgoing.add_commands(command)
+    preview.add_commands(command)
     suppressions.add_commands(command)
     inbound.add_commands(command)
     return parser

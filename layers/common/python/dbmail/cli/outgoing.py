@@ -93,6 +93,7 @@ REQUEST_FIELD_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "public": _boolean,
     "priority_level": _integer,
     "sent_by": _datetime,
+    "template_dialect": _string,
 }
 
 

@@ -83,6 +83,7 @@ def submit_request(
     public: bool = False,
     priority_level: int | None = None,
     sent_by: datetime | str | None = None,
+    template_dialect: str | None = None,
     *,
     settings: Settings | None = None,
     store: Store | None = None,
@@ -114,6 +115,7 @@ def submit_request(
         priority_level=priority_level,
         public=public,
         message_vars=dict(var_dict) if var_dict else None,
+        template_dialect=template_dialect,
         status=RequestStatus.QUEUED,
     )
     prepared = prepare(request, settings, DRY_RENDER_LIMITS)  # templates, send-to function, sender domain, headers

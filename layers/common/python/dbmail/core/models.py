@@ -94,6 +94,7 @@ class MessageRequestBase(Model):
     priority_level = NumberAttribute(null=True)
     public = BooleanAttribute(default=False)
     message_vars = JSONAttribute(null=True)
+    template_dialect = UnicodeAttribute(null=True)  # "django" | "jinja2"; absent: detected
     recipient_count = NumberAttribute(null=True)
     status = UnicodeAttribute(default=RequestStatus.QUEUED)
     error = UnicodeAttribute(null=True)

@@ -361,9 +361,17 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     ),
     "inbound": (*_INBOUND, *FEEDBACK_VARIABLES),  # DSNs to the bounces address are recorded
     "feedback": FEEDBACK_VARIABLES,
-    # the HTTP functions (function URLs): one-click unsubscribe, and SendGrid's signed Event Webhook
+    # the HTTP functions (function URLs): one-click unsubscribe, SendGrid's signed Event Webhook, the archive
     "unsubscribe": ("DBMAIL_UNSUBSCRIBE_SECRET_ARN", "DBMAIL_SUPPRESSION_TABLE"),
     "sendgrid_events": ("DBMAIL_FEEDBACK_QUEUE_URL", "DBMAIL_SENDGRID_WEBHOOK_PUBLIC_KEY_SECRET_ARN"),
+    # the public archive (GET /email/<request_id>): a public request rendered as expansion renders it
+    "archive": (
+        "DBMAIL_REQUEST_TABLE",
+        "DBMAIL_ALLOWED_SENDER_DOMAINS",
+        "DBMAIL_DEFAULT_SENDER",
+        "DBMAIL_EMAIL_HOST_SENDER",
+        "DBMAIL_SITE_URL",
+    ),
     # submit, status, render, resend, redrive; EmailLists, redirects, the directory, held mail
     WEBSITE: tuple(dict.fromkeys((*_EXPAND, *_INBOUND, "DBMAIL_SUPPRESSION_TABLE"))),
 }

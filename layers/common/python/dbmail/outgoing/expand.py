@@ -146,7 +146,9 @@ def prepare(
     check_special_headers(request.special_headers)
     return PreparedRequest(
         request_id=request.request_id,
-        compiled=rendering.compile_message(request.subject, request.msgtext, limits),
+        compiled=rendering.compile_message(  # a preview's draft request may not carry template_dialect
+            request.subject, request.msgtext, limits, request.template_dialect
+        ),
         destinations=get_sendto_function(request.sendto_fn_name),
         send_from=resolve_sender(request, settings),
         created_at=request.created_at,

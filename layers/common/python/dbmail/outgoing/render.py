@@ -436,8 +436,21 @@ class CompiledMessage:
         return "".join(parts)
 
 
-def compile_message(subject: str | None, msgtext: str | None, limits: RenderLimits = DEFAULT_LIMITS) -> CompiledMessage:
-    """Compile both templates; a syntax error names the template and the line."""
+DIALECTS = ("django", "jinja2")
+
+
+def compile_message(
+    subject: str | None, msgtext: str | None, limits: RenderLimits = DEFAULT_LIMITS, dialect: str | None = None
+) -> CompiledMessage:
+    """Compile both templates; a syntax error names the template and the line.
+
+    ``dialect`` ("django" or "jinja2", the request's ``template_dialect``) wins; without it each
+    template's dialect is detected (``django_templates.dialect_of``). A Django template is
+    translated to Jinja2 and rendered by the same sandbox, autoescaped by the same rule."""
+    from dbmail.outgoing import django_templates  # it imports this module's limits
+
+    if dialect is not None and dialect not in DIALECTS:
+        raise TemplateInvalid(f"template_dialect must be 'django' or 'jinja2', not {dialect!r}")
     subject, msgtext = subject or "", msgtext or ""
     html = is_html(msgtext)
     compiled = []
@@ -445,7 +458,14 @@ def compile_message(subject: str | None, msgtext: str | None, limits: RenderLimi
         if len(source.encode()) > MAX_TEMPLATE_BYTES:
             raise TemplateInvalid(f"{label} template is larger than {MAX_TEMPLATE_BYTES} bytes")
         try:
-            compiled.append(_environment(autoescape).from_string(source))
+            if (dialect or django_templates.dialect_of(source)) == "django":
+                translation = django_templates.to_jinja(source, name=label, autoescape=autoescape)
+                template = _environment(False).from_string(translation.source, globals=translation.globals())
+            else:
+                template = _environment(autoescape).from_string(source)
+            compiled.append(template)
+        except TemplateInvalid as exc:
+            raise TemplateInvalid(f"{label} template {exc}") from exc
         except TemplateError as exc:
             line = getattr(exc, "lineno", None)
             where = f" at line {line}" if line else ""
