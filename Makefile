@@ -27,7 +27,7 @@ COV := --cov=dbmail --cov-branch --cov-report=
 test: setup lint unit handlers integration build coverage
 
 unit:
-	$(BIN)/pytest -q -n auto tests/unit $(COV)
+	$(BIN)/pytest -q -n auto --durations=10 tests/unit $(COV)
 
 # Part of unit: each template of tests/corpus/django/ against Django's own engine ("N/N templates match Django").
 conformance:
