@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dbmail.cli.preview import CHROMIUM as CHROMIUM_PATH
+from dbmail.cli.preview import CHROMIUM_FLAGS
 from dbmail.client import submit_request
 from dbmail.core.settings import Settings, website_settings
 from dbmail.core.unsubscribe import make_token, verify_token
@@ -23,16 +25,8 @@ from tests.integration.test_outgoing import outbox_by_message_id
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = Path(CHROMIUM_PATH)
+CHROMIUM_ARGS = list(CHROMIUM_FLAGS)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,16 @@ from dbmail.cli.outgoing import check_request_spec
 from dbmail.core.errors import ConfigurationError
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package
+# headless, and none of chromium's own network traffic (a closed network refuses it, slowly)
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 CHROMIUM_SECONDS = 60
 WINDOW = "900,1400"
 
@@ -34,13 +44,7 @@ def screenshot(page: Path, png: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="dbmail-chromium-") as profile:
         command = [
             _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
             f"--screenshot={png}",
             f"--window-size={WINDOW}",
