@@ -11,7 +11,7 @@ import pytest
 from dbmail import wiring
 from dbmail.client import request_status, submit_request
 from dbmail.core.clock import utcnow
-from dbmail.core.errors import RequestInvalid
+from dbmail.core.errors import RequestInvalid, TemplateInvalid
 from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing.store import Store
 from tests.conftest import function_settings, recipient
@@ -133,3 +133,23 @@ def test_emails_left_queued_or_claimed_are_reported_stuck(moto_stack, monkeypatc
     assert len(stuck) == 2
     assert stuck[0].startswith(f"1 email(s) queued for over {minutes} min")
     assert stuck[1].startswith("1 email(s) claimed by a send that did not finish (its claim lapsed)")
+
+
+@pytest.mark.parametrize(
+    "msgtext, message",
+    [
+        (
+            "Hi {{ user.first_name }},\n{% load static %}\nSee {% url 'home' %}",
+            r"unsupported Django tag \{% url %\} on line 3",
+        ),
+        ("Hi\n{{ program.startdate|naturalday }}", r"unsupported Django filter \|naturalday on line 2"),
+    ],
+)
+def test_a_django_template_using_what_dbmail_does_not_support_is_refused_at_submit_unwritten(
+    moto_stack, msgtext, message
+):
+    # given a comm-panel template with a Django tag or filter dbmail does not render
+    # when it is submitted, then the error names it and its line, and nothing is written
+    with pytest.raises(TemplateInvalid, match=message):
+        submit_request(**{**BASE, "msgtext": msgtext}, recipients=[recipient(1)])
+    assert table_item_counts(moto_stack) == (0, 0)
