@@ -58,6 +58,9 @@ lint:
 build:
 	$(BIN)/sam build --template template.yaml --build-dir .aws-sam/build
 
+# dbmail against the floor (bare SES, bare writes, the bare stream, Django's per-recipient path) in
+# one run on one local stack; prints the ratios against issue 11's targets and writes
+# docs/performance.md (BENCH_SIZES, BENCH_REPEATS, BENCH_STRICT=1, BENCH_DOCS=0: see bench/__main__.py).
 bench: setup
 	$(BIN)/python -m bench
 

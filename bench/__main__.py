@@ -1,180 +1,402 @@
-"""Benchmarks: rendering (compile once vs per recipient), MIME composition, and expand against
-the real local stack (DynamoDB Local + moto SQS) at growing recipient counts, with the number of
-DynamoDB and SQS calls and the peak Python memory of the expansion.
+"""`make bench`: dbmail against the floor, measured in one run on one local stack (DynamoDB
+Local + moto), each figure repeated; prints the ratios against issue 11's targets and writes
+docs/performance.md with its plot.
 
-    make bench                       # sizes 1000, 10000, 100000
-    BENCH_SIZES=1000,5000 make bench
+    make bench                                   # sizes 1000, 10000, 100000
+    BENCH_SIZES=1000,10000 BENCH_REPEATS=3 make bench
+    BENCH_STRICT=1 make bench                    # exit status 1 if a target fails
+    BENCH_DOCS=0 make bench                      # leave docs/performance.md alone
+
+Sizes of 100,000 recipients and more run BENCH_LARGE_REPEATS times (default 1: ~5 min each).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-import threading
 import time
-import tracemalloc
-from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
+from botocore.config import Config as ClientConfig
 
-from dbmail.core.compose import compose, to_mime
-from dbmail.outgoing.render import UserContext, build_context, compile_message
+from bench import coldstart, content, floors, latency, render, report, runs
+from bench.costs import FunctionUse, PerEmail, cost_lines, project
+from bench.docs import write_docs
+from bench.host import stack_template
+from bench.instrument import captured_calls
+from bench.report import Check, Figure
+from dbmail.cli.files import read_env_file
+from dbmail.core import models, settings
+from dbmail_local import REPO_ROOT, stack
 from dbmail_local.demo import HTML_BODY, generate_recipients
+from dbmail_local.rate_check import run as rate_run
+from dbmail_local.rate_check import throttled_stack
 
-SUBJECT = "[Splash 2026] Wëlcome, {{ user.first_name }} ✨"
-VARS = {"program": {"name": "Splash 2026", "startdate": "November 28"}}
-
-
-def rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:,.0f}/s"
-
-
-def bench_render(n: int = 5000) -> None:
-    users = generate_recipients(n)
-    contexts = [build_context(UserContext(u, u["vars"]), {"id": "r"}, "info@example.org", VARS) for u in users]
-    start = time.perf_counter()
-    compiled = compile_message(SUBJECT, HTML_BODY)
-    for context in contexts:
-        compiled.render(context)
-    once = time.perf_counter() - start
-    sample = contexts[: n // 10]
-    start = time.perf_counter()
-    for context in sample:
-        compile_message(SUBJECT, HTML_BODY).render(context)
-    per_recipient = (time.perf_counter() - start) * 10
-    print(
-        f"render   {n} recipients: compiled once {once:.2f} s ({rate(n, once)}); "
-        f"compiled per recipient ~{per_recipient:.2f} s ({per_recipient / once:.0f}x slower)"
-    )
+SES_CONCURRENCY = 10  # the send function's emails in flight per invocation (and the floor's)
+LATENCY_WRITES = 20
+COLD_PROCESSES = 5
+RENDER_RECIPIENTS = 2000
+QUEUE_TARGET_SECONDS = 552 / 3  # issue 11: 100,000 recipients queued 3x faster than 552 s
+EXPAND_SENDTO = "send_to_self_and_guardian"  # as issue 11's figures were measured
 
 
-def bench_compose(n: int = 2000) -> None:
-    when = datetime.now(UTC)
-    start = time.perf_counter()
-    for i in range(n):
-        to_mime(
-            compose(
-                send_from="Splash <splash@example.org>",
-                send_to=[f'"Zoë Ng" <u{i}@example.net>'],
-                subject="Wëlcome",
-                body=HTML_BODY,
-                message_id=f"<m{i}@example.org>",
-                date=when,
-                envelope_sender="bounces@example.org",
-                special_headers={"Reply-To": "splash@example.org"},
-                unsubscribe_url="https://esp.example.org/unsubscribe/token",
-            )
+@dataclass
+class Config:
+    sizes: list[int]
+    repeats: int
+    large_repeats: int
+    send_emails: int
+    ses_rate: float
+    rate_emails: int
+    strict: bool
+    docs: bool
+
+    @classmethod
+    def from_environ(cls) -> Config:
+        env = os.environ
+        return cls(
+            sizes=[int(s) for s in env.get("BENCH_SIZES", "1000,10000,100000").split(",")],
+            repeats=max(3, int(env.get("BENCH_REPEATS", "3"))),
+            large_repeats=max(1, int(env.get("BENCH_LARGE_REPEATS", "1"))),
+            send_emails=int(env.get("BENCH_SEND_EMAILS", "1000")),
+            ses_rate=float(env.get("BENCH_SES_RATE", "50")),
+            rate_emails=int(env.get("BENCH_RATE_EMAILS", "5000")),
+            strict=env.get("BENCH_STRICT") == "1",
+            docs=env.get("BENCH_DOCS", "1") != "0",
         )
-    elapsed = time.perf_counter() - start
-    print(f"compose  {n} HTML emails to MIME (with html2text part): {elapsed:.2f} s ({rate(n, elapsed)})")
+
+    def repeats_for(self, size: int) -> int:
+        return self.large_repeats if size >= 100_000 else self.repeats
+
+    @property
+    def floor_size(self) -> int:
+        """The expansion compared with the write floor: 10,000 recipients, or the nearest size."""
+        return min(self.sizes, key=lambda size: abs(size - 10_000))
 
 
-class CallCounter:
-    """Counts AWS API calls by operation, from botocore's before-call events."""
+@dataclass
+class Results:
+    loads: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    cold: dict[str, Figure] = field(default_factory=dict)
+    sizes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
 
-    def __init__(self):
-        self.calls: Counter = Counter()
-
-    def __call__(self, model, **_):
-        self.calls[model.name] += 1
-
-    def attach(self, client):
-        client.meta.events.register("before-call.*.*", self)
-
-
-class QueueDrain:
-    """Consumes the send queue while expand fills it, as the send function does in production.
-    (moto's SendMessageBatch slows with queue depth, which real SQS does not.)"""
-
-    def __init__(self, sqs, queue_url: str, threads: int = 2):
-        self._sqs, self._url = sqs, queue_url
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            messages = self._sqs.receive_message(QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
-                "Messages", []
-            )
-            if messages:
-                self._sqs.delete_message_batch(
-                    QueueUrl=self._url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-                )
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
+    def load(self, phase: str) -> None:
+        self.loads.append((phase, os.getloadavg()))
 
 
-def bench_expand(sizes: list[int]) -> None:
-    from dbmail import wiring
-    from dbmail.cli.files import read_env_file
-    from dbmail.client import submit_request
-    from dbmail.core import models, settings
-    from dbmail_local import stack
+def say(text: str) -> None:
+    print(text, flush=True)
 
+
+@contextmanager
+def bench_stack() -> Iterator[stack.StatePaths]:
+    """A local stack of the bench's own, on free ports, torn down at the end."""
+    os.environ.pop("DBMAIL_LOCAL_SES_MAX_RATE", None)  # SES unthrottled: the floors are too
     state = stack.StatePaths.resolve(Path(tempfile.mkdtemp(prefix="dbmail-bench-")))
     stack.up(state, dynamodb_port=0, moto_port=0, smtp_port=0)
     try:
-        stack.stop_runner(state)  # expand runs here, in-process, so it can be measured
         os.environ.update(read_env_file(state.env_file))
         settings.website_settings.cache_clear()
         models.bind_models.cache_clear()
-        expander = wiring.expander(settings.Settings.for_function("expand"))
-        counter = CallCounter()
-        counter.attach(expander.queue._sqs)
-        counter.attach(expander.store.models.TextOfEmail._get_connection().connection.client)
-        print("expand   against DynamoDB Local + moto SQS (send_to_self_and_guardian, HTML, 1 chunk = 200 users)")
-        print(
-            f"{'recipients':>11} {'emails':>8} {'submit s':>9} {'expand s':>9} {'emails/s':>9} "
-            f"{'BatchWrite':>10} {'SQS batch':>9} {'peak MiB':>9}"
-        )
-        for size in sizes:
-            users = generate_recipients(size)
-            start = time.perf_counter()
-            request_id = submit_request(
-                subject=SUBJECT,
-                msgtext=HTML_BODY,
-                recipients=users,
-                sendto_fn_name="send_to_self_and_guardian",
-                sender="Splash <splash@example.org>",
-                var_dict=VARS,
-            )
-            submitted = time.perf_counter() - start
-            del users
-            counter.calls.clear()
-            drain_client = boto3.session.Session().client("sqs", region_name=expander.settings.region)
-            with QueueDrain(drain_client, expander.settings.send_queue_url):
-                tracemalloc.start()
-                start = time.perf_counter()
-                expander.expand(request_id, owner="stream:bench", takeover=True)
-                expanded = time.perf_counter() - start
-                _, peak = tracemalloc.get_traced_memory()
-                tracemalloc.stop()
-            emails = expander.store.get_request(request_id).email_count
-            print(
-                f"{size:>11,} {emails:>8,} {submitted:>9.1f} {expanded:>9.1f} {emails / expanded:>9,.0f} "
-                f"{counter.calls['BatchWriteItem']:>10,} {counter.calls['SendMessageBatch']:>9,} {peak / 2**20:>9.1f}"
-            )
+        yield state
     finally:
         stack.down(state)
 
 
-def main() -> None:
-    sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "1000,10000,100000").split(",")]
-    bench_render()
-    bench_compose()
-    bench_expand(sizes)
+def client(service: str) -> Any:
+    return boto3.session.Session().client(service, config=ClientConfig(max_pool_connections=SES_CONCURRENCY * 2))
+
+
+def measure_latency(results: Results) -> None:
+    results.load("first delivery")
+    delivered = latency.first_delivery(Path(os.environ["DBMAIL_LOCAL_OUTBOX"]), LATENCY_WRITES, HTML_BODY)
+    bare = floors.bare_stream(client("dynamodb"), client("dynamodbstreams"), LATENCY_WRITES)
+    results.figures["first delivery"], results.figures["bare stream"] = Figure(tuple(delivered)), Figure(tuple(bare))
+    p50, bare_p50 = report.percentile(delivered, 0.5), report.percentile(bare, 0.5)
+    results.notes["first delivery p50"] = p50
+    say(
+        f"first delivery  p50 {p50:.3f} s (min {min(delivered):.3f}, max {max(delivered):.3f}) of {LATENCY_WRITES} "
+        f"1-recipient requests, write -> .eml in the outbox; bare stream p50 {bare_p50:.3f} s (PutItem -> GetRecords)"
+    )
+
+
+def measure_cold_import(results: Results, state: stack.StatePaths, work: Path) -> None:
+    results.load("cold import")
+    template, env = stack_template(state)
+    layer = coldstart.build_layer(work / "layer")
+    bare_layer = coldstart.without_bytecode(layer, work / "layer-without-pyc")
+    runtime = coldstart.runtime_dir(work / "runtime")
+    slowest: tuple[str, coldstart.ImportTime] | None = None
+    say(f"cold import     python -S -X importtime -c 'import app', {COLD_PROCESSES} fresh processes each, built layer")
+    for function in coldstart.handlers(template):
+        times = [coldstart.import_time(function, layer, runtime, env) for _ in range(COLD_PROCESSES)]
+        figure = Figure(tuple(t.seconds for t in times))
+        results.cold[function.logical_id] = figure
+        say(f"                {function.logical_id:<24} min {figure.min:.3f} s  median {figure.median:.3f} s")
+        if slowest is None or figure.median > results.cold[slowest[0]].median:
+            slowest = (function.logical_id, min(times, key=lambda t: t.seconds))
+        if function.logical_id == "SendFunction":
+            without = [coldstart.import_time(function, bare_layer, runtime, env).seconds for _ in range(3)]
+            results.figures["send import without pyc"] = Figure(tuple(without))
+    if slowest is not None:
+        heaviest = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in slowest[1].heaviest)
+        results.notes["heaviest imports"] = f"{slowest[0]}: {heaviest}"
+        say(f"                slowest's heaviest direct imports: {heaviest}")
+    if "send import without pyc" in results.figures:
+        without = results.figures["send import without pyc"].median
+        say(f"                SendFunction without the layer's .pyc: median {without:.3f} s")
+
+
+def measure_send(results: Results, state: stack.StatePaths, config: Config, work: Path) -> None:
+    """The send path and the SES floor, alternated; the emails are queued by an expansion first."""
+    results.load("send")
+    capture = work / "send-calls.pickle"
+    sesv2 = client("sesv2")
+    dbmail, floor, runs_seen = [], [], []
+    for repeat in range(config.repeats):
+        request_id = runs.submit(config.send_emails, content.SUBJECT, content.BODY, "")
+        expanded = runs.run_worker(state, "expand", request_id)
+        sent = runs.run_worker(state, "send", str(expanded["emails"]), capture=capture if repeat == 0 else None)
+        if sent["failed"]:
+            raise RuntimeError(f"the send path failed {sent['failed']} of {sent['emails']} emails")
+        durations = sent["durations"]["SendFunction"]
+        dbmail.append(sum(durations[1:]) / (sent["emails"] - SES_CONCURRENCY))  # the first batch warms up
+        calls = captured_calls(capture)
+        floors.ses_floor(sesv2, calls[:SES_CONCURRENCY], SES_CONCURRENCY)  # the floor's warm-up
+        floor.append(floors.ses_floor(sesv2, calls, SES_CONCURRENCY) / len(calls))
+        runs_seen.append((expanded, sent))
+    results.figures["send"], results.figures["ses floor"] = Figure(tuple(dbmail)), Figure(tuple(floor))
+    results.notes["send runs"] = runs_seen
+    say(
+        f"send            {config.send_emails} emails of a 3 KB HTML body a run, batches of 10, "
+        f"{SES_CONCURRENCY} in flight: "
+        f"dbmail {results.figures['send'].median * 1000:.2f} ms/email (min {results.figures['send'].min * 1000:.2f}); "
+        f"bare SES v2 SendEmail of the same calls, {SES_CONCURRENCY} in flight: "
+        f"{results.figures['ses floor'].median * 1000:.2f} ms/email (min {results.figures['ses floor'].min * 1000:.2f})"
+    )
+
+
+def measure_expand(results: Results, state: stack.StatePaths, config: Config, work: Path) -> None:
+    env = read_env_file(state.env_file)
+    sqs, dynamodb = client("sqs"), client("dynamodb")
+    email_table = env["DBMAIL_EMAIL_TABLE"]
+    say(f"expand          {EXPAND_SENDTO}, HTML body, one process per run")
+    columns = ("recipients", "emails", "runs", "min s", "median s", "emails/s", "peak RSS")
+    say(" " * 16 + " ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 8, 4, 8, 8, 9, 9))))
+    for size in config.sizes:
+        results.load(f"expand {size:,}")
+        seconds, rss, runs_seen, floor = [], [], [], []
+        for repeat in range(config.repeats_for(size)):
+            request_id = runs.submit(size, content.SUBJECT, HTML_BODY, EXPAND_SENDTO)
+            capture = work / f"expand-{size}.pickle" if size == config.floor_size and repeat == 0 else None
+            run = runs.run_worker(state, "expand", request_id, capture=capture)
+            if size == config.floor_size:
+                calls = captured_calls(work / f"expand-{size}.pickle")
+                table = floors.copy_table(dynamodb, email_table)
+                concurrency = max(1, run["peak_in_flight"])
+                floor.append(floors.write_floor(dynamodb, sqs, calls, email_table, table, concurrency))
+                dynamodb.delete_table(TableName=table)
+                results.notes["write floor concurrency"] = concurrency
+            if run["status"] != "processed":
+                raise RuntimeError(f"an expansion of {size:,} recipients ended {run['status']!r}")
+            seconds.append(run["seconds"])
+            rss.append(run["max_rss_mib"])
+            runs_seen.append(run)
+        figure, rss_figure = Figure(tuple(seconds)), Figure(tuple(rss))
+        emails = runs_seen[0]["emails"]
+        results.sizes[size] = {"seconds": figure, "rss": rss_figure, "emails": emails, "runs": runs_seen}
+        if floor:
+            results.figures["expand"], results.figures["write floor"] = figure, Figure(tuple(floor))
+        say(
+            f"{'':16}{size:>10,} {emails:>8,} {len(seconds):>4} {figure.min:>8.1f} {figure.median:>8.1f} "
+            f"{emails / figure.median:>9,.0f} {rss_figure.median:>6.0f} MiB"
+        )
+    if "write floor" in results.figures:
+        say(
+            f"write floor     the {config.floor_size:,}-recipient expansion's BatchWriteItem + SendMessageBatch calls "
+            f"replayed, {results.notes['write floor concurrency']} in flight (its peak): "
+            f"median {results.figures['write floor'].median:.1f} s (min {results.figures['write floor'].min:.1f})"
+        )
+
+
+def measure_render(results: Results, config: Config, work: Path) -> None:
+    results.load("render")
+    users = generate_recipients(RENDER_RECIPIENTS)
+    dbmail = render.dbmail_seconds(content.SUBJECT, content.BODY, users, runs.VARS, config.repeats)
+    python, how = render.django_python(work / "django-venv")
+    contexts = render.django_contexts(users, runs.VARS)
+    django = render.django_seconds(python, content.SUBJECT, content.BODY, contexts, config.repeats, work / "r.json")
+    results.figures["render"], results.figures["django render"] = Figure(tuple(dbmail)), Figure(tuple(django))
+    results.notes["django install"] = how
+    rate = RENDER_RECIPIENTS / results.figures["render"].median
+    django_rate = RENDER_RECIPIENTS / results.figures["django render"].median
+    say(
+        f"render          {RENDER_RECIPIENTS} recipients, 3 KB Django-syntax HTML: "
+        f"dbmail (prepared once) {rate:,.0f}/s; "
+        f"Django Template() per recipient, subject and body ({how}): {django_rate:,.0f}/s"
+    )
+
+
+def measure_send_rate(results: Results, config: Config, work: Path) -> None:
+    """A bulk request on a stack of its own whose SES refuses sends above the rate (MaxSendRate 0:
+    the send functions read that quota), after a warm-up request (their cold starts)."""
+    results.load("send rate")
+    with throttled_stack(config.ses_rate, work / "rate-stack") as state:
+        rate_run(state, 20, timeout=120)
+        run = rate_run(state, config.rate_emails, timeout=config.rate_emails / config.ses_rate * 3 + 60)
+    results.notes["send rate run"] = run
+    say(
+        f"send rate       {run.emails:,} emails against an SES of {run.max_send_rate:g} emails/s (MaxSendRate 0): "
+        f"{run.average:.1f} emails/s on average, {run.throttles} throttled"
+    )
+
+
+def write_units_per_email(send_runs: list[tuple[dict, dict]]) -> tuple[float, float, dict[str, float]]:
+    """Write and read units per email over the send runs (expansion and send), and writes by table."""
+    writes: dict[str, float] = {}
+    reads = emails = 0.0
+    for expanded, sent in send_runs:
+        for run in (expanded, sent):
+            for table, units in run["write_units"].items():
+                writes[table] = writes.get(table, 0.0) + units
+            reads += sum(run["read_units"].values())
+        emails += sent["emails"]
+    return sum(writes.values()) / emails, reads / emails, {t: u / emails for t, u in writes.items()}
+
+
+def per_email(results: Results, memory: dict[str, int]) -> PerEmail:
+    send_runs = results.notes["send runs"]
+    writes, reads, _ = write_units_per_email(send_runs)
+    durations: dict[str, list[float]] = {}
+    sqs_calls = batches = 0
+    for expanded, sent in send_runs:
+        for run in (expanded, sent):
+            for name, spent in run["durations"].items():
+                durations.setdefault(name, []).extend(spent)
+            sqs_calls += sum(count for call, count in run["calls"].items() if call.startswith("sqs.Send"))
+        batches += len(sent["durations"]["SendFunction"])
+    emails = sum(sent["emails"] for _, sent in send_runs)
+    functions = tuple(
+        FunctionUse(name, memory[name], len(spent), sum(spent)) for name, spent in sorted(durations.items())
+    )
+    # Lambda's SQS poller: a ReceiveMessage and a DeleteMessageBatch per batch of 10
+    return PerEmail(functions, emails, (sqs_calls + 2 * batches) / emails, writes, reads)
+
+
+def checks(results: Results, config: Config) -> list[Check]:
+    out = [
+        Check(
+            "send vs bare SES",
+            report.throughput_ratio(results.figures["send"].median, results.figures["ses floor"].median),
+            0.7,
+            True,
+            "x",
+            "median s/email: floor / dbmail",
+        ),
+        Check(
+            "render vs Django per recipient",
+            report.throughput_ratio(results.figures["render"].median, results.figures["django render"].median),
+            10,
+            True,
+            "x",
+            "median: Django s / dbmail s",
+        ),
+        Check("first delivery p50", results.notes["first delivery p50"], 0.5, False, "s", "write -> outbox"),
+        Check(
+            "cold import, slowest handler",
+            max(figure.median for figure in results.cold.values()),
+            0.5,
+            False,
+            "s",
+            "median of 5 processes",
+        ),
+    ]
+    if "write floor" in results.figures:
+        out.insert(
+            1,
+            Check(
+                f"expand vs bare writes ({config.floor_size:,})",
+                report.throughput_ratio(results.figures["expand"].median, results.figures["write floor"].median),
+                0.95,
+                True,
+                "x",
+                "median s: floor / dbmail",
+            ),
+        )
+    writes, _, _ = write_units_per_email(results.notes["send runs"])
+    out.append(Check("DynamoDB write units per email", writes, 5, False, "WCU", "3 KB body, all tables"))
+    if 10_000 in results.sizes and 100_000 in results.sizes:
+        small, large = results.sizes[10_000]["rss"].median, results.sizes[100_000]["rss"].median
+        out.append(Check("peak RSS 100k / 10k", large / small, 1.10, False, "x", "within +-10%"))
+    rate = results.notes["send rate run"]
+    out.append(Check("sends SES throttled at its rate", rate.throttles, 0, False, "emails", f"of {rate.emails:,}"))
+    out.append(Check("send rate / SES rate", rate.average / config.ses_rate, 0.9, True, "x", "average, first to last"))
+    if 100_000 in results.sizes:
+        queued = results.sizes[100_000]["seconds"].median
+        out.append(Check("100,000 recipients queued", queued, QUEUE_TARGET_SECONDS, False, "s", "3x faster than 552 s"))
+    return out
+
+
+def main() -> int:
+    config = Config.from_environ()
+    results = Results()
+    started = time.monotonic()
+    say(f"bench: sizes {config.sizes}, {config.repeats} repeats ({config.large_repeats} at 100,000+)")
+    work = Path(tempfile.mkdtemp(prefix="dbmail-bench-work-"))
+    with bench_stack() as state:
+        phases: list[Callable[[], None]] = [
+            lambda: measure_latency(results),
+            lambda: stack.stop_runner(state),  # the rest runs its functions in worker processes
+            lambda: measure_cold_import(results, state, work),
+            lambda: measure_send(results, state, config, work),
+            lambda: measure_expand(results, state, config, work),
+            lambda: measure_render(results, config, work),
+        ]
+        for phase in phases:
+            phase()
+        template, _ = stack_template(state)
+        memory = {f.logical_id: f.memory_mb for f in coldstart.handlers(template)}
+    measure_send_rate(results, config, work)
+    results.load("end")
+    results.checks = checks(results, config)
+    measured = per_email(results, memory)
+    say("")
+    say(report.text_table(report.CHECK_HEADER, report.check_rows(results.checks)))
+    say("")
+    say("cost per 100,000 emails on AWS (us-east-1 list prices, from the send runs' measured counts):")
+    lines = cost_lines(measured, 100_000)
+    for item, quantity, dollars in lines:
+        say(f"  {item:<38} {quantity:<38} ${dollars:,.2f}")
+    say(f"  {'total':<38} {'':<38} ${sum(d for _, _, d in lines):,.2f}")
+    loads = "; ".join(f"{phase} {one:.2f}/{five:.2f}/{fifteen:.2f}" for phase, (one, five, fifteen) in results.loads)
+    say(f"machine load (1/5/15 min averages) at each phase's start: {loads}; nproc {os.cpu_count()}")
+    say(f"bench took {time.monotonic() - started:.0f} s")
+    if config.docs:
+        largest = max(results.sizes)
+        largest_run = results.sizes[largest]
+        projection = project(
+            1_000_000,
+            largest_run["emails"] / largest,
+            largest_run["emails"] / largest_run["seconds"].median,
+            [14, 100, 500],
+            max(entry["rss"].median for entry in results.sizes.values()),
+        )
+        path = write_docs(REPO_ROOT / "docs", config, results, measured, lines, projection)
+        say(f"wrote {path}")
+    failed = [check.name for check in results.checks if not check.passed]
+    if failed:
+        say(f"FAILED targets: {', '.join(failed)}" + ("" if config.strict else " (BENCH_STRICT=1 makes this exit 1)"))
+    return 1 if failed and config.strict else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,7 @@
 """SQS (one queued TextOfEmail per message) -> dbmail.outgoing.send, with partial batch responses."""
 
+from functools import partial
+
 from aws_lambda_powertools.utilities.batch import EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -8,12 +10,13 @@ from dbmail import wiring
 from dbmail.core.observability import EMAILS_PROCESSED, logger, metrics, process_batch_counting_outcomes, tracer
 from dbmail.core.settings import Settings
 from dbmail.outgoing.queue import QueuedEmail
+from dbmail.outgoing.send import CONCURRENT_DELIVERIES, EmailSender
 
 settings = Settings.for_function("send")  # cold start: a missing variable stops here, named
 
 
-def send_record(record: SQSRecord, lambda_context: LambdaContext) -> str:
-    return wiring.email_sender(settings).deliver(
+def send_record(sender: EmailSender, record: SQSRecord, lambda_context: LambdaContext) -> str:
+    return sender.deliver(
         QueuedEmail.from_body(record.body),
         claim_id=record.receipt_handle,
         receive_count=int(record.attributes.approximate_receive_count),
@@ -25,5 +28,14 @@ def send_record(record: SQSRecord, lambda_context: LambdaContext) -> str:
 @tracer.capture_lambda_handler(capture_response=False)  # responses may hold addresses
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    # a record that raises comes back after the visibility timeout (counted as "error")
-    return process_batch_counting_outcomes(event, context, EventType.SQS, send_record, EMAILS_PROCESSED)
+    # the records of a batch are delivered at once; a record that raises comes back after the
+    # visibility timeout (counted as "error")
+    sender = wiring.email_sender(settings)  # here, not in the records' threads: built once
+    return process_batch_counting_outcomes(
+        event,
+        context,
+        EventType.SQS,
+        partial(send_record, sender),
+        EMAILS_PROCESSED,
+        concurrency=CONCURRENT_DELIVERIES,
+    )

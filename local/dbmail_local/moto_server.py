@@ -9,7 +9,9 @@ Complaint per the SES mailbox simulator) on the set's SNS event destination (see
 It also fixes moto's SQS races (one message handed to several receivers at once, deleted
 messages coming back, sent messages lost; see serialize_sqs_queues), gives moto's SQS a cheaper
 clock (see speed_up_sqs_clock), and, for tests only, injects faults read from a JSON file given
-with ``--faults FILE`` (SES v2 send errors, SQS duplicate deliveries; see FaultSpec).
+with ``--faults FILE`` (SES v2 send errors, SQS duplicate deliveries; see FaultSpec). SES reports
+its send quota, and with DBMAIL_LOCAL_SES_MAX_RATE set refuses sends above that rate as SES does
+(see ses_quota.py).
 """
 
 import argparse
@@ -45,6 +47,15 @@ from moto.sqs.models import Message, Queue, SQSBackend
 
 from . import logs
 from .ses_events import EventPublisher, SentMail
+from .ses_quota import (
+    COUNTS_FILE,
+    THROTTLED_MESSAGE,
+    SesRateLimit,
+    limit_send_rate,
+    rate_from_env,
+    report_quota,
+    wrap_ses_sends,
+)
 from .stack import write_atomically
 
 log = logging.getLogger("dbmail_local.moto_server")  # also when run as __main__
@@ -207,16 +218,18 @@ def _read_send_requests() -> None:
     request's configuration set, tags and feedback address for the backend (see _sent_mail),
     and refuses a configuration set SES does not have, as SES does (v2: 404 NotFoundException,
     v1: ConfigurationSetDoesNotExist)."""
-    v2_send = SESV2Response.send_email
 
-    def v2_send_email(self: SESV2Response) -> Any:
-        params = json.loads(self.body or "{}")
-        name = params.get("ConfigurationSetName")
-        if name and name not in self.sesv2_backend.core_backend.config_sets:
-            headers = {"status": 404, "Content-Type": "application/json", "x-amzn-ErrorType": "NotFoundException"}
-            return json.dumps({"message": f"Configuration set <{name}> does not exist."}), headers
-        tags = {t.get("Name", ""): t.get("Value", "") for t in params.get("EmailTags") or []}
-        return _handling(SendRequest(name, tags, params.get("FeedbackForwardingEmailAddress")), v2_send, self)
+    def v2(handler: Callable[[SESV2Response], Any]) -> Callable[[SESV2Response], Any]:
+        def send(self: SESV2Response) -> Any:
+            params = json.loads(self.body or "{}")
+            name = params.get("ConfigurationSetName")
+            if name and name not in self.sesv2_backend.core_backend.config_sets:
+                headers = {"status": 404, "Content-Type": "application/json", "x-amzn-ErrorType": "NotFoundException"}
+                return json.dumps({"message": f"Configuration set <{name}> does not exist."}), headers
+            tags = {t.get("Name", ""): t.get("Value", "") for t in params.get("EmailTags") or []}
+            return _handling(SendRequest(name, tags, params.get("FeedbackForwardingEmailAddress")), handler, self)
+
+        return send
 
     def v1(handler: Callable[[EmailResponse], Any]) -> Callable[[EmailResponse], Any]:
         def send(self: EmailResponse) -> Any:
@@ -226,13 +239,9 @@ def _read_send_requests() -> None:
             tags = {t.get("Name", ""): t.get("Value", "") for t in self._get_param("Tags", []) or []}
             return _handling(SendRequest(name, tags, self._get_param("ReturnPath")), handler, self)
 
-        send.__name__ = handler.__name__
         return send
 
-    v2_send_email.__name__ = v2_send.__name__
-    SESV2Response.send_email = v2_send_email  # type: ignore[method-assign]
-    EmailResponse.send_email = v1(EmailResponse.send_email)  # type: ignore[method-assign]
-    EmailResponse.send_raw_email = v1(EmailResponse.send_raw_email)  # type: ignore[method-assign]
+    wrap_ses_sends(v2, v1)
 
 
 def _handling(request: SendRequest, handler: Callable[[Any], Any], response: Any) -> Any:
@@ -389,7 +398,7 @@ class SesFault:
 
 
 SES_ERRORS = {
-    "throttle": SesFault(429, "TooManyRequestsException", "Maximum sending rate exceeded."),
+    "throttle": SesFault(429, "TooManyRequestsException", THROTTLED_MESSAGE),
     # The common AWS server error; botocore's retry modes retry any 5xx.
     "transient": SesFault(
         500,
@@ -643,9 +652,18 @@ def main(argv: list[str] | None = None) -> int:
     if faults is not None:
         inject_ses_faults(faults)
         faults.watch(stopping)
+    rate = rate_from_env()
+    report_quota(rate)
+    counts = args.outbox.parent / COUNTS_FILE  # the outbox is <state>/outbox
+    counts.unlink(missing_ok=True)
+    if rate is not None:  # outermost: a send above the rate meets nothing else
+        limit_send_rate(SesRateLimit(rate, counts))
     server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
     server.start()
-    log.info("moto listening", extra={"url": f"http://{args.host}:{args.port}", "outbox": str(args.outbox)})
+    log.info(
+        "moto listening",
+        extra={"url": f"http://{args.host}:{args.port}", "outbox": str(args.outbox), "ses_max_send_rate": rate},
+    )
     while not stopping.wait(0.5):
         pass
     server.stop()

@@ -1,7 +1,9 @@
 """SQS trigger: Lambda's SQS event source mapping, against moto.
 
-Pollers long-poll the queue (a short wait, so stopping is quick), gather up to BatchSize
-messages within MaximumBatchingWindowInSeconds, invoke, and delete the messages that succeeded:
+Pollers long-poll the queue (WAIT_SECONDS: short, so stopping is quick; moto answers a long
+poll as soon as a message arrives, as SQS does, so an idle queue adds no latency), gather up to
+BatchSize messages within MaximumBatchingWindowInSeconds (none without one: the first receive is
+the batch), invoke, and delete the messages that succeeded:
 all of them, or all but the reported batchItemFailures, or none when the handler raised. Failed
 messages stay in the queue, so its redrive policy moves them to the DLQ after maxReceiveCount
 receives. Standard queues without FilterCriteria only, as template.yaml has them.
@@ -50,6 +52,28 @@ def _chunks(items: list[Any]) -> list[list[Any]]:
     return [items[start : start + BATCH_CALL_LIMIT] for start in range(0, len(items), BATCH_CALL_LIMIT)]
 
 
+def lambda_record(message: dict[str, Any], queue_arn: str, region: str) -> Record:
+    """A received message as Lambda hands it to the function (one of the event's Records)."""
+    record: Record = {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {
+            name: _message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
+        },
+        "md5OfBody": message["MD5OfBody"],
+    }
+    if "MD5OfMessageAttributes" in message:
+        record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+    record |= {
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+    return record
+
+
 class SqsTrigger:
     """One SQS event of a function, polled by ``concurrency`` threads."""
 
@@ -79,7 +103,8 @@ class SqsTrigger:
             if stopping.is_set():  # received but not handled: hand them straight back
                 self._change_visibility([m["ReceiptHandle"] for m in messages], 0)
                 return
-            self._handle([self._lambda_record(message) for message in messages])
+            region = self.runtime.template.target.region
+            self._handle([lambda_record(message, self.queue_arn, region) for message in messages])
 
     def _receive_some(self, wait: int, count: int) -> list[dict[str, Any]]:
         return self._sqs.receive_message(
@@ -100,26 +125,6 @@ class SqsTrigger:
             if not more and self.runtime.stopping.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
                 break
         return messages
-
-    def _lambda_record(self, message: dict[str, Any]) -> Record:
-        record: Record = {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message.get("Attributes", {}),
-            "messageAttributes": {
-                name: _message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
-            },
-            "md5OfBody": message["MD5OfBody"],
-        }
-        if "MD5OfMessageAttributes" in message:
-            record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
-        record |= {
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.queue_arn,
-            "awsRegion": self.runtime.template.target.region,
-        }
-        return record
 
     def _handle(self, records: list[Record]) -> None:
         invocation = self.function.invoke({"Records": records})

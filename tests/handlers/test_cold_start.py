@@ -18,7 +18,17 @@ from dbmail_local.lambda_runtime import HandlerLoadError, LocalFunction
 from dbmail_local.runner import Runner, set_process_environment
 from tests.handlers.conftest import load_module, logical_id, template
 
-FUNCTIONS = ("expand", "send", "expire", "inbound", "feedback", "unsubscribe", "sendgrid_events", "archive")
+FUNCTIONS = (
+    "expand",
+    "expand_chunk",
+    "send",
+    "expire",
+    "inbound",
+    "feedback",
+    "unsubscribe",
+    "sendgrid_events",
+    "archive",
+)
 
 
 def without(function: str, variable: str) -> Template:

@@ -7,7 +7,7 @@ import boto3
 
 from dbmail.client import install_default_email_lists, publish_directory, submit_request
 from dbmail.core.clock import utcnow
-from dbmail.outgoing.expand import CHUNK_RECIPIENTS
+from dbmail.outgoing.expand import BATCH_RECIPIENTS
 from dbmail.outgoing.store import Store
 from tests.conftest import DIRECTORY, drain, inbound_message, load_event, recipient
 from tests.handlers.conftest import EXAMPLE_REQUEST, emitted_metrics, load_handler, seed_example_request
@@ -32,7 +32,7 @@ def test_expand_handler_expands_the_inserted_request(moto_stack, context, capsys
     response = load_handler("expand")(load_event("expand_insert.json"), context)
     # then no record failed and one email per user is queued
     assert response == {"batchItemFailures": []}
-    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 3
+    assert len(drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)) == 3
     assert Store(moto_stack.settings).get_request(EXAMPLE_REQUEST).status == "processed"
     # and the expansion is counted by its outcome
     assert outcome_counts(capsys, "RequestsExpanded", trigger="stream") == {"processed": 1}
@@ -114,7 +114,7 @@ def test_an_expansion_out_of_time_is_reported_for_retry_and_the_rest_of_the_batc
     seed_example_request(store, recipient_count=None)
     store.put_recipients(
         store.models.EmailRequest(request_id=EXAMPLE_REQUEST, recipient_key=f"u{i:010d}", **recipient(i))
-        for i in range(4, CHUNK_RECIPIENTS + 10)
+        for i in range(4, BATCH_RECIPIENTS + 10)
     )
     small = submit_request(subject="s", msgtext="b", recipients=[recipient(1)], sender="splash@example.org")
     event = load_event("expand_insert.json")
@@ -167,7 +167,7 @@ def test_expire_handler_expands_a_scheduled_request_whose_time_has_come(moto_sta
     # then it was expanded and its emails queued
     assert summary == {"expand_processed": 1}
     assert outcome_counts(capsys, "RequestsExpanded", trigger="schedule") == {"processed": 1}
-    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 3
+    assert len(drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)) == 3
 
 
 def test_inbound_handler_routes_the_received_message(moto_stack, context, capsys):

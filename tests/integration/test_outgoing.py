@@ -494,3 +494,56 @@ def test_a_second_message_for_an_email_already_sent_sends_nothing_again(local_st
     )
     (again,) = store.iter_emails(request_id)
     assert again.status in GOT_MAIL and (again.sent, again.tries) == (item.sent, item.tries)
+
+
+WRITES = ("BatchWriteItem", "PutItem", "UpdateItem", "DeleteItem")
+
+
+def test_an_email_of_a_3_kb_body_costs_at_most_5_write_units(local_stack, store):
+    """DynamoDB Local reports the capacity each call consumed (PynamoDB asks for it): expansion
+    and sends run here, in-process with the runner stopped, so that every write is counted."""
+    from dbmail import wiring
+    from dbmail.core.settings import Settings
+
+    # given a request of 10 recipients with a body of over 3 KB each
+    body = (
+        "<html><body>" + "<p>Dear {{ user.first_name }}, your classes are ready at Splash.</p>" * 60 + "</body></html>"
+    )
+    local_stack.stop_runner()
+    try:
+        request_id = submit_request(
+            subject="Hi {{ user.first_name }}",
+            msgtext=body,
+            recipients=[recipient(6000 + i) for i in range(10)],
+            sendto_fn_name="send_to_self",
+            sender="splash@example.org",
+        )
+        expander = wiring.expander(Settings.for_function("expand"))
+        sender = wiring.email_sender(Settings.for_function("send"))
+        written: list[tuple[str, float]] = []
+
+        def count_writes(model, parsed, **_):
+            consumed = parsed.get("ConsumedCapacity")
+            for entry in [consumed] if isinstance(consumed, dict) else consumed or []:
+                if entry["TableName"] == store.models.TextOfEmail.Meta.table_name and model.name in WRITES:
+                    written.append((model.name, entry["CapacityUnits"]))  # the table's and its index's
+
+        for model in (expander.store.models.TextOfEmail, sender.store.models.TextOfEmail):
+            model._get_connection().connection.client.meta.events.register("after-call.dynamodb", count_writes)
+        # when it is expanded and its emails sent from their messages
+        expander.expand(request_id, owner="stream:wcu", takeover=True)
+        sqs = local_stack.client("sqs")
+        for url in (local_stack.env["DBMAIL_SEND_QUEUE_URL"], local_stack.env["DBMAIL_PRIORITY_SEND_QUEUE_URL"]):
+            while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+                for message in messages:
+                    queued = QueuedEmail.from_body(message["Body"])
+                    if queued.request_id == request_id:
+                        assert len(queued.msgtext.encode()) > 3000  # the body travels in the message
+                        assert sender.deliver(queued, message["ReceiptHandle"], 1) == "sent"
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    finally:
+        local_stack.start_runner()
+    assert got_mail(request_status(request_id)["emails_by_status"]) == {GOT_MAIL_KEY: 10}
+    # then each email cost 4 write units: its put and index entry (1 + 1), the claim, the record
+    assert {name for name, _ in written} == {"BatchWriteItem", "UpdateItem"}
+    assert sum(units for _, units in written) / 10 == 4

@@ -1,17 +1,24 @@
 import email
+import email.utils
 from datetime import UTC, datetime
 from email import policy
+from email.header import decode_header, make_header
+from email.headerregistry import Address
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from dbmail.core.compose import compose, to_mime
+from dbmail.core.compose import OutgoingEmail, compose, to_mime
 from dbmail.core.unsubscribe import TokenInvalid, make_token, unsubscribe_url, verify_token
 
 SECRET = "s" * 40
 WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def build(body, **overrides):
+def wire(body, **overrides) -> bytes:
+    """The MIME of a composed email (a typical one, with ``overrides``)."""
     kwargs = {
         "send_from": '"Splash Dïrectors" <splash@example.org>',
         "send_to": ['"Zoë Ng" <zoe@example.net>'],
@@ -24,7 +31,11 @@ def build(body, **overrides):
         "unsubscribe_url": unsubscribe_url("https://site.org", SECRET, 7, "zoe@example.net"),
     }
     kwargs.update(overrides)
-    return email.message_from_bytes(to_mime(compose(**kwargs)), policy=policy.default)
+    return to_mime(compose(**kwargs))
+
+
+def build(body, **overrides):
+    return email.message_from_bytes(wire(body, **overrides), policy=policy.default)
 
 
 def test_an_html_body_becomes_multipart_alternative_with_a_readable_text_part():
@@ -217,3 +228,77 @@ def test_short_headers_are_written_as_the_stdlib_writes_them():
         b"Message-ID: <m@example.org>",
         b"X-Program-ID: 42",
     ]
+
+
+NAME_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)))
+
+
+def rfc2047_display_name(raw: bytes) -> str:
+    """The display name of a raw message's single To mailbox, decoded as RFC 2047 6.2 says
+    (whitespace between adjacent encoded words is not part of the text: the stdlib's address
+    parser keeps it, so it cannot judge names long enough to need several words)."""
+    value = email.message_from_bytes(raw, policy=policy.compat32)["To"].replace("\r\n", "")
+    phrase = value[: value.rindex(" <")]
+    if phrase.startswith('"'):
+        return email.utils.unquote(phrase)
+    return str(make_header(decode_header(phrase)))
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(body=TEXT, subject=TEXT, name=st.text(NAME_CHARS, min_size=1, max_size=60), html=st.booleans())
+def test_any_body_subject_and_display_name_survive_the_wire_exactly(body, subject, name, html):
+    # given any body (as plain text or as the HTML part), subject and recipient's name
+    outgoing = OutgoingEmail(
+        sender=Address(display_name="Splash", addr_spec="splash@example.org"),
+        to=(Address(display_name=name.strip() or "x", addr_spec="zoe@example.net"),),
+        subject=" ".join(subject.split()),
+        text=body,
+        html=f"<html>{body}</html>" if html else None,
+        message_id="<m@example.org>",
+        date=WHEN,
+        envelope_sender="bounces@example.org",
+    )
+    # when it is written as MIME
+    raw = to_mime(outgoing)
+    # then the message is 7-bit with CRLF line ends, each within 998 octets
+    assert raw.isascii() and all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
+    # and a standard parser reads back exactly what was written (line ends as CRLF)
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == outgoing.subject
+    assert message["To"].addresses[0].addr_spec == "zoe@example.net"
+    assert rfc2047_display_name(raw) == outgoing.to[0].display_name
+    parts = message.get_payload() if html else [message]
+    contents = [outgoing.text, outgoing.html] if html else [outgoing.text]
+    assert [part.get_content() for part in parts] == [crlf(content) for content in contents]
+
+
+def test_a_name_is_encoded_word_by_word_and_reads_back_for_the_stdlib_parser_too():
+    # given a name of non-ASCII and ASCII words: its ASCII words stay as written, and each
+    # non-ASCII word is one encoded word, which any parser reads alike
+    raw = wire("x", send_to=['"Zoë Ng Núñez" <zoe@example.net>'])
+    assert email.message_from_bytes(raw, policy=policy.default)["To"].addresses[0].display_name == "Zoë Ng Núñez"
+    assert b"To: =?utf-8?q?Zo=C3=AB?= Ng =?utf-8?" in raw
+
+
+def crlf(text: str) -> str:
+    """``text`` with the line ends the wire has: CRLF for each of CR, LF and CRLF, and one at the end."""
+    return "\r\n".join(line.decode() for line in text.encode().splitlines()) + "\r\n"
+
+
+def test_an_html_message_has_the_two_parts_and_the_boundary_occurs_nowhere_else():
+    raw = wire("<html><p>--=_ a boundary-like line</p>\n--=_\n=_=_</html>")
+    boundary = email.message_from_bytes(raw, policy=policy.default).get_boundary()
+    assert boundary.startswith("=_")
+    assert raw.count(boundary.encode()) == 4  # the parameter, two delimiters and the close
+
+
+def test_display_names_with_specials_are_quoted_and_non_ascii_ones_encoded():
+    raw = wire(
+        "x", send_from='"Splash, the Directors" <splash@example.org>', send_to=['"Ng, Zoë \\"Z\\"" <zoe@example.net>']
+    )
+    lines = raw_headers(raw).split(b"\r\n")
+    assert b'From: "Splash, the Directors" <splash@example.org>' in lines
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["To"].addresses[0].display_name == 'Ng, Zoë "Z"'

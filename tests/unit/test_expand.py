@@ -10,7 +10,8 @@ from dbmail.client import request_status, submit_request
 from dbmail.core.clock import utcnow
 from dbmail.core.errors import ExpansionIncomplete
 from dbmail.core.statuses import RequestStatus
-from dbmail.outgoing.expand import CHUNK_RECIPIENTS, Outcome
+from dbmail.outgoing.expand import BATCH_RECIPIENTS, Outcome, message_ref_for
+from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.store import Store
 from tests.conftest import drain, function_settings, recipient
 
@@ -35,14 +36,21 @@ def test_one_email_per_address_rendered_and_queued(moto_stack):
     assert (
         wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True) == Outcome.PROCESSED
     )
-    # then 5 emails exist, each rendered for its user, and 5 messages are queued
+    # then 5 emails exist, each rendered for its user, with its message_ref and without its body
     store = Store(moto_stack.settings)
     emails = list(store.iter_emails(rid))
     assert len(emails) == 5
     assert {e.subject for e in emails} == {"Hi Zoë"}
     assert {e.send_to for e in emails if e.recipient_key == "u0000000002"} == {'"Zoë Ng2" <user2@example.net>'}
-    assert all(e.msgtext == "Dear Zoë Splash" and e.send_from == "Splash <splash@example.org>" for e in emails)
-    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 5
+    assert all(e.msgtext is None and e.send_from == "Splash <splash@example.org>" for e in emails)
+    assert all(e.message_ref == message_ref_for(rid, e.email_key) for e in emails)
+    # and 5 messages carry the rendered emails, in the priority lane (a small request)
+    queued = [
+        QueuedEmail.from_body(m["Body"]) for m in drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)
+    ]
+    assert sorted(q.email_key for q in queued) == sorted(e.email_key for e in emails)
+    assert {(q.subject, q.msgtext, q.priority) for q in queued} == {("Hi Zoë", "Dear Zoë Splash", True)}
+    assert drain(moto_stack.sqs, moto_stack.settings.send_queue_url) == []
     status = request_status(rid)
     assert (status["status"], status["recipients"], status["emails"], status["skipped_no_address"]) == (
         "processed",
@@ -60,12 +68,12 @@ def test_expanding_again_creates_no_duplicates(moto_stack):
         wiring.expander(function_settings("expand")).expand(rid, owner="stream:b", takeover=True)
         == Outcome.ALREADY_DONE
     )
-    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 6
+    assert len(drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)) == 6
 
 
 def test_an_interrupted_expansion_resumes_without_duplicates(moto_stack):
     # given a request bigger than one chunk whose first expansion runs out of time after a chunk
-    n = CHUNK_RECIPIENTS + 50
+    n = BATCH_RECIPIENTS + 50
     rid = submit(n=n, sendto_fn_name="")
     with pytest.raises(ExpansionIncomplete):
         wiring.expander(function_settings("expand")).expand(
@@ -121,7 +129,7 @@ def test_a_bad_request_fails_with_the_error_named_and_queues_nothing(moto_stack,
     # then it is failed with the error named, and nothing was queued
     request = store.get_request(rid)
     assert request.status == "failed" and message in request.error
-    assert drain(moto_stack.sqs, moto_stack.settings.send_queue_url) == []
+    assert drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url) == []
 
 
 def test_a_future_processed_by_waits_and_an_old_request_expires(moto_stack):

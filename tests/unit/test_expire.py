@@ -28,7 +28,7 @@ def test_a_scheduled_request_is_expanded_once_its_time_has_come(moto_stack):
     # then it is expanded only the second time
     assert summary == {"expand_processed": 1}
     assert request_status(rid)["status"] == "processed"
-    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 2
+    assert len(drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)) == 2
 
 
 def test_unsent_mail_older_than_seven_days_is_expired(moto_stack):
@@ -139,7 +139,8 @@ def test_a_bounce_of_a_failure_report_is_recorded_unmatched_and_answered_by_noth
 
 
 def lose_queue_messages(moto_stack):
-    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    for url in (moto_stack.settings.send_queue_url, moto_stack.settings.priority_send_queue_url):
+        moto_stack.sqs.purge_queue(QueueUrl=url)
 
 
 def test_emails_whose_messages_were_lost_are_queued_again_after_the_grace_period(moto_stack):
@@ -154,7 +155,7 @@ def test_emails_whose_messages_were_lost_are_queued_again_after_the_grace_period
     grace = moto_stack.settings.stranded_after
     expirer.clock = lambda: utcnow() + grace + timedelta(seconds=1)
     assert expirer.run(owner="schedule:2") == {"emails_requeued": 3}
-    keys = sorted(m["Body"] for m in drain(moto_stack.sqs, moto_stack.settings.send_queue_url))
+    keys = sorted(m["Body"] for m in drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url))
     assert len(keys) == 3 and len(set(keys)) == 3
     # and a second run right after queues nothing more (the sweep is idempotent)
     assert expirer.run(owner="schedule:3") == {}
@@ -190,8 +191,8 @@ def test_an_email_under_a_lapsed_claim_is_queued_again_and_sent_once(moto_stack)
     later = utcnow() + CLAIM_LEASE + moto_stack.settings.stranded_after + timedelta(seconds=1)
     expirer.clock = lambda: later
     assert expirer.run(owner="schedule:1") == {"emails_requeued": 1}
-    # then the new message delivers it, once
-    (message,) = drain(moto_stack.sqs, moto_stack.settings.send_queue_url)
+    # then the new message, in the request's lane (a small request: priority), delivers it, once
+    (message,) = drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)
     transport = RecordingTransport()
     assert sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), "r2", 1) == "sent"
     assert sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), "r3", 1) == "duplicate"

@@ -52,13 +52,13 @@ def test_an_expansion_whose_lease_lapsed_is_resumed_by_the_schedule(moto_stack):
     # when it runs after the lease, then the expansion is resumed and finished
     assert expirer_at(now + timedelta(minutes=2)).run(owner="schedule:2") == {"resume_processed": 1}
     assert request_status(rid)["status"] == "processed"
-    assert len(drain(moto_stack.sqs, moto_stack.settings.send_queue_url)) == 2
+    assert len(drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)) == 2
 
 
 def test_an_expansion_out_of_time_is_counted_incomplete_and_resumed_next_run(moto_stack, monkeypatch):
     # given a request the stream missed, expanded one recipient a chunk (each invocation always
     # finishes its first chunk)
-    monkeypatch.setattr("dbmail.outgoing.expand.CHUNK_RECIPIENTS", 1)
+    monkeypatch.setattr("dbmail.outgoing.expand.BATCH_RECIPIENTS", 1)
     rid = submit(n=2, sendto_fn_name="")
     start = utcnow() + timedelta(minutes=3)
     # when the schedule runs with no time left, then the expansion stops after the first chunk
@@ -75,7 +75,9 @@ def test_an_expansion_out_of_time_is_counted_incomplete_and_resumed_next_run(mot
     assert expirer_at(later).run(owner="schedule:2") == {"resume_processed": 1, "emails_requeued": 1}
     assert request_status(rid)["status"] == "processed"
     assert request_status(rid)["emails_by_status"] == {"queued": 2}
-    bodies = [QueuedEmail.from_body(m["Body"]) for m in drain(moto_stack.sqs, moto_stack.settings.send_queue_url)]
+    bodies = [
+        QueuedEmail.from_body(m["Body"]) for m in drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)
+    ]
     assert sorted({b.email_key for b in bodies}) == ["u0000000001#0", "u0000000002#0"]
 
 
@@ -125,7 +127,7 @@ def test_a_failure_report_that_cannot_be_sent_is_tried_again_next_run(moto_stack
     # given a request whose emails were all refused, and a provider that refuses the report too
     rid = submit(n=1, sendto_fn_name="")
     wiring.expander(function_settings("expire")).expand(rid, owner="stream:t", takeover=True)
-    drain(moto_stack.sqs, moto_stack.settings.send_queue_url)
+    drain(moto_stack.sqs, moto_stack.settings.priority_send_queue_url)
     refuse_every_email(moto_stack, rid, 1)
     expirer = expirer_at(utcnow())
     working = expirer.transport

@@ -2,6 +2,8 @@
 
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -14,7 +16,8 @@ from dbmail.core.unsubscribe import verify_token
 from dbmail.feedback.events import message_ref_of
 from dbmail.outgoing.expand import message_ref_for
 from dbmail.outgoing.queue import QueuedEmail
-from dbmail.outgoing.send import CLAIM_LEASE, EmailSender, SendOutcome
+from dbmail.outgoing.send import CLAIM_LEASE, SEND_TIME_RESERVE_SECONDS, EmailSender, SendOutcome
+from dbmail.outgoing.send_rate import Unlimited
 from dbmail.outgoing.store import Store
 from tests.conftest import function_settings
 from tests.unit.test_expand import submit
@@ -112,12 +115,18 @@ def test_the_message_carries_headers_and_unsubscribe(moto_stack, expanded):
 
 
 def queued_messages(moto_stack) -> int:
-    """Messages on the send queue, delayed ones included."""
+    """Messages on the send queue's two lanes, delayed ones included."""
     return wiring.send_queue(function_settings("send")).backlog()
 
 
+def purge_send_queues(moto_stack) -> None:
+    """Empty both lanes (an expanded small request's emails are on the priority lane)."""
+    for url in (moto_stack.settings.send_queue_url, moto_stack.settings.priority_send_queue_url):
+        moto_stack.sqs.purge_queue(QueueUrl=url)
+
+
 def test_a_transient_failure_counts_a_try_and_queues_the_email_again_later(moto_stack, expanded):
-    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    purge_send_queues(moto_stack)
     service = sender(moto_stack, RecordingTransport(DeliveryError("SES InternalFailure")))
     # when the provider fails once
     assert service.deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.RETRYING
@@ -128,7 +137,7 @@ def test_a_transient_failure_counts_a_try_and_queues_the_email_again_later(moto_
 
 
 def test_the_third_transient_failure_leaves_the_email_failed_and_out_of_the_queue(moto_stack, expanded):
-    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    purge_send_queues(moto_stack)
     service = sender(moto_stack, RecordingTransport(DeliveryError("SES InternalFailure")))
     outcomes = [service.deliver(expanded, claim_id=f"m{attempt}", receive_count=1) for attempt in (1, 2, 3)]
     assert outcomes == [SendOutcome.RETRYING, SendOutcome.RETRYING, SendOutcome.FAILED]
@@ -250,7 +259,7 @@ def test_a_sendgrid_connection_dropped_mid_request_is_retried_then_sent(moto_sta
 
 
 def test_an_invocation_nearly_out_of_time_hands_the_email_back_untried(moto_stack, expanded):
-    moto_stack.sqs.purge_queue(QueueUrl=moto_stack.settings.send_queue_url)
+    purge_send_queues(moto_stack)
     transport = RecordingTransport()
     # when the invocation has only a few seconds left
     outcome = sender(moto_stack, transport).deliver(expanded, claim_id="m1", receive_count=1, time_left=lambda: 3.0)
@@ -343,3 +352,295 @@ def test_every_function_that_sends_through_ses_names_the_configuration_set(moto_
         # then each names the stack's configuration set
         assert settings.configuration_set == moto_stack.template.physical_name("SendingConfigurationSet")
         assert transport(settings)._configuration_set == settings.configuration_set, function
+
+
+def without_body(moto_stack, queued: QueuedEmail, body: str | None = None) -> None:
+    """The email's item as expansion writes it now (no body), or as older code wrote it (``body``)."""
+    Email = Store(moto_stack.settings).models.TextOfEmail
+    action = Email.msgtext.set(body) if body is not None else Email.msgtext.remove()
+    Email(queued.request_id, queued.email_key).update(actions=[action])
+
+
+def test_the_message_carries_the_content_the_item_does_not_keep(moto_stack, expanded):
+    # given an item without a body, and a message with the rendered subject and body
+    without_body(moto_stack, expanded)
+    queued = QueuedEmail(
+        expanded.request_id, expanded.email_key, subject="Hi Zoë", msgtext="<html><p>Dear Zoë</p></html>"
+    )
+    transport = RecordingTransport()
+    # when it is delivered
+    assert sender(moto_stack, transport).deliver(queued, claim_id="m1", receive_count=1) == SendOutcome.SENT
+    # then what was sent is the message's content
+    (sent,) = transport.sent
+    assert (sent.subject, sent.html) == ("Hi Zoë", "<html><p>Dear Zoë</p></html>")
+    assert "Dear Zoë" in sent.text
+
+
+def test_a_message_without_content_is_rendered_again_as_expansion_rendered_it(moto_stack):
+    from dbmail.client import render_again
+
+    # given an email expansion rendered, whose item no longer holds the body and whose message
+    # names only its keys (too large to inline, or queued again by the sweep)
+    rid = submit(n=1, sendto_fn_name="")
+    wiring.expander(function_settings("expand")).expand(rid, owner="stream:t", takeover=True)
+    store = Store(moto_stack.settings)
+    (rendered,) = store.iter_emails(rid)
+    queued = QueuedEmail(rid, rendered.email_key)
+    expected = render_again(rid, rendered.email_key, settings=moto_stack.settings)
+    assert expected["msgtext"] == "Dear Zoë Splash"
+    without_body(moto_stack, queued)
+    transport = RecordingTransport()
+    # when it is delivered
+    assert sender(moto_stack, transport).deliver(queued, claim_id="m1", receive_count=1) == SendOutcome.SENT
+    # then the request and recipient made the same subject and body again
+    (sent,) = transport.sent
+    assert (sent.subject, sent.text) == (expected["subject"], expected["msgtext"])
+
+
+def test_an_item_written_with_its_body_by_older_code_is_sent_with_it(moto_stack, expanded):
+    without_body(moto_stack, expanded, body="Dear Zoë, from the old item")
+    transport = RecordingTransport()
+    assert sender(moto_stack, transport).deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.SENT
+    assert transport.sent[0].text == "Dear Zoë, from the old item"
+    # and the body is cleared once sent
+    assert Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key).msgtext is None
+
+
+def test_an_email_whose_request_is_gone_fails_for_good_when_it_must_be_rendered_again(moto_stack, expanded):
+    without_body(moto_stack, expanded)
+    Store(moto_stack.settings).models.MessageRequest(expanded.request_id).delete()
+    transport = RecordingTransport()
+    assert sender(moto_stack, transport).deliver(expanded, claim_id="m1", receive_count=1) == SendOutcome.FAILED
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert email.status == "failed" and "gone" in email.error and transport.sent == []
+
+
+class BlockingTransport(RecordingTransport):
+    """Holds every send until ``release`` is set (by the test, or once ``release_at`` sends are
+    in progress at once), counting the sends in progress; a send to an address in ``refuse``
+    then raises an error nobody classified."""
+
+    def __init__(self, refuse=(), release_at: int | None = None):
+        super().__init__()
+        self.refuse = set(refuse)
+        self.release_at = release_at
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
+
+    def send(self, email: OutgoingEmail) -> str:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            if self.in_flight == self.release_at:
+                self.release.set()
+        try:
+            assert self.release.wait(5), "never released"
+            if email.to[0].addr_spec in self.refuse:
+                raise KeyError("surprise")
+            with self.lock:
+                return super().send(email)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_two_concurrent_deliveries_of_one_email_send_it_once(moto_stack, expanded):
+    # given one sender shared by two threads, each delivering the same email (a duplicate
+    # message), the first one's send still in progress when the second claims
+    transport = BlockingTransport()
+    service = sender(moto_stack, transport)
+    claims = threading.Semaphore(0)
+    claim = service.store.claim_email
+
+    def counted_claim(*args):
+        try:
+            return claim(*args)
+        finally:
+            claims.release()
+
+    service.store.claim_email = counted_claim
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(service.deliver, expanded, "receipt-1", 1)
+        assert claims.acquire(timeout=10)  # the first holds the claim
+        second = pool.submit(service.deliver, expanded, "receipt-2", 1)
+        assert claims.acquire(timeout=10)  # the second tried it
+        transport.release.set()
+        outcomes = sorted([first.result(), second.result()])
+    # then the email was sent once, and the other delivery dropped as a duplicate
+    assert outcomes == [SendOutcome.DUPLICATE, SendOutcome.SENT]
+    assert len(transport.sent) == 1
+    assert Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key).status == "sent"
+
+
+class NoTokens:
+    """A send budget that never grants a token in time."""
+
+    def take(self, priority: bool, time_left) -> bool:
+        self.asked = (priority, time_left())
+        return False
+
+
+def test_no_send_token_in_time_hands_the_email_back_untried_in_its_lane(moto_stack, expanded):
+    # given a send rate with no token to spare before the invocation must stop
+    purge_send_queues(moto_stack)
+    queued = QueuedEmail(expanded.request_id, expanded.email_key, subject="s", msgtext="b", priority=True)
+    transport, budget = RecordingTransport(), NoTokens()
+    service = sender(moto_stack, transport)
+    service.budget = budget
+    again = []
+    enqueue_later = service.queue.enqueue_later
+    service.queue.enqueue_later = lambda email, delay: again.append(email) or enqueue_later(email, delay)
+    # when the email is delivered with 25 s of the invocation left
+    assert service.deliver(queued, claim_id="m1", receive_count=1, time_left=lambda: 25.0) == SendOutcome.DEFERRED
+    # then the budget was asked for the priority lane, with what is left beyond the send reserve
+    assert budget.asked == (True, 25.0 - SEND_TIME_RESERVE_SECONDS)
+    # and nothing was sent, no try spent, the claim released, and the message queued again as it was
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert transport.sent == [] and (email.status, email.tries, email.claimed_until) == ("queued", 0, None)
+    assert again == [queued] and (service.queue.priority.backlog(), service.queue.bulk.backlog()) == (1, 0)
+    # so the next delivery, with a token, sends it
+    service.budget = Unlimited()
+    assert service.deliver(queued, claim_id="m2", receive_count=1) == SendOutcome.SENT
+
+
+def test_a_retry_goes_back_to_its_lane_with_its_content(moto_stack, expanded):
+    purge_send_queues(moto_stack)
+    queued = QueuedEmail(expanded.request_id, expanded.email_key, subject="s", msgtext="b", priority=True)
+    service = sender(moto_stack, RecordingTransport(DeliveryError("SES InternalFailure")))
+    again = []
+    enqueue_later = service.queue.enqueue_later
+    service.queue.enqueue_later = lambda email, delay: again.append(email) or enqueue_later(email, delay)
+    # when a transient failure sends it back to the queue
+    assert service.deliver(queued, claim_id="m1", receive_count=1) == SendOutcome.RETRYING
+    # then it is queued again as it came (lane and content), on the priority lane, delayed
+    assert again == [queued]
+    assert (service.queue.priority.backlog(), service.queue.bulk.backlog()) == (1, 0)
+
+
+def test_what_is_read_per_request_is_read_once_when_a_batch_asks_at_once():
+    from dbmail.outgoing.send import PerRequest
+
+    # given a slow load, and ten threads asking for one request at the same moment
+    loads = []
+    started = threading.Barrier(10)
+
+    def load(request_id):
+        loads.append(request_id)
+        threading.Event().wait(0.1)
+        return {"Reply-To": request_id}
+
+    cache = PerRequest(load, maxsize=2)
+
+    def ask():
+        started.wait()
+        return cache("r1")
+
+    with ThreadPoolExecutor(10) as pool:
+        values = list(pool.map(lambda _: ask(), range(10)))
+    # then it was loaded once and every thread got it
+    assert loads == ["r1"] and values == [{"Reply-To": "r1"}] * 10
+    # and the cache stays bounded: the least recently used request is read again
+    cache("r2"), cache("r3"), cache("r1")
+    assert loads == ["r1", "r2", "r3", "r1"]
+
+
+def test_a_failed_load_per_request_is_not_remembered():
+    from dbmail.outgoing.send import PerRequest
+
+    outcomes = iter([RuntimeError("DynamoDB unreachable"), "headers"])
+
+    def load(request_id):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    cache = PerRequest(load, maxsize=4)
+    with pytest.raises(RuntimeError):
+        cache("r1")
+    assert cache("r1") == "headers"
+
+
+def test_the_suppression_lookups_of_concurrent_deliveries_are_made_in_one_call():
+    from dbmail.outgoing.send import SuppressionLookups
+
+    # given ten deliveries in progress at once, one of whose addresses is suppressed
+    calls = []
+
+    def get_many(addresses):
+        calls.append(set(addresses))
+        return {a: "complaint" for a in addresses if a == "u3@example.net"}
+
+    lookups = SuppressionLookups(get_many, gather_seconds=5)
+    started = threading.Barrier(10)
+
+    def deliver(i):
+        with lookups.delivery() as lookup:
+            started.wait()  # all ten are in progress before any asks
+            return lookup(f"u{i}@example.net")
+
+    with ThreadPoolExecutor(10) as pool:
+        found = list(pool.map(deliver, range(10)))
+    # then one call looked all ten up, and each delivery got its own address's entry
+    assert calls == [{f"u{i}@example.net" for i in range(10)}]
+    assert found == [None] * 3 + ["complaint"] + [None] * 6
+
+
+def test_a_delivery_that_never_asks_does_not_hold_up_the_lookup():
+    from dbmail.outgoing.send import SuppressionLookups
+
+    lookups = SuppressionLookups(lambda addresses: {}, gather_seconds=30)
+    ready, done = threading.Barrier(2), []
+
+    def duplicate():  # claims nothing, so looks nothing up
+        with lookups.delivery():
+            ready.wait()
+            threading.Event().wait(0.2)
+
+    def sending():
+        with lookups.delivery() as lookup:
+            ready.wait()
+            done.append(lookup("u1@example.net"))
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.submit(duplicate), pool.submit(sending)
+        second.result(timeout=10)  # well within the 30 s it would otherwise wait
+        first.result()
+    assert done == [None]
+
+
+def test_a_failed_lookup_fails_each_delivery_that_waited_for_it():
+    from dbmail.outgoing.send import SuppressionLookups
+
+    def unreachable(addresses):
+        raise RuntimeError("DynamoDB unreachable")
+
+    lookups = SuppressionLookups(unreachable, gather_seconds=5)
+    started = threading.Barrier(3)
+
+    def deliver(i):
+        with lookups.delivery() as lookup:
+            started.wait()
+            with pytest.raises(RuntimeError):
+                lookup(f"u{i}@example.net")
+            return True
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(deliver, range(3))) == [True] * 3
+
+
+def test_the_senders_clients_are_ready_for_a_whole_batch_at_once(moto_stack):
+    from dbmail.outgoing.send import CONCURRENT_DELIVERIES
+
+    # given the send function's EmailSender as wiring builds it (before any delivery)
+    service = wiring.email_sender(function_settings("send"))
+    models = (service.store.models.TextOfEmail, service.store.models.MessageRequest, service.suppressions.model)
+    clients = [model._get_connection().connection._client for model in models]
+    clients.append(service.transport._ses)
+    # then its DynamoDB clients exist already (threads would each create one), and every client
+    # has a connection for each concurrent delivery and a fixed User-Agent (no per-request build)
+    for client in clients:
+        assert client is not None
+        assert client.meta.config.max_pool_connections >= CONCURRENT_DELIVERIES
+        assert client._user_agent_creator.to_string().startswith("dbmail")

@@ -32,9 +32,13 @@ def functions(template) -> dict[str, str]:
     }
 
 
-def test_the_send_queue_outlasts_the_claim_which_outlasts_a_send(template):
+SEND_LANES = ("SendQueue", "PrioritySendQueue")
+
+
+@pytest.mark.parametrize("lane", SEND_LANES)
+def test_the_send_queue_outlasts_the_claim_which_outlasts_a_send(template, lane):
     send_timeout = int(function_property(template, "SendFunction", "Timeout"))
-    visibility = int(template.resolve(template.properties("SendQueue")["VisibilityTimeout"]))
+    visibility = int(template.resolve(template.properties(lane)["VisibilityTimeout"]))
     lease = send.CLAIM_LEASE.total_seconds()
     # VisibilityTimeout >= 6 x the send timeout > the claim lease > the send timeout:
     # - 6 x: AWS's rule for a queue that triggers Lambda (room for retries of a throttled batch);
@@ -50,15 +54,42 @@ def test_the_send_queue_outlasts_the_claim_which_outlasts_a_send(template):
     assert send_timeout > send.SEND_TIME_RESERVE_SECONDS
 
 
-def test_the_queue_gives_each_email_as_many_receives_as_it_has_tries(template):
-    redrive = template.resolve(template.properties("SendQueue")["RedrivePolicy"])
+@pytest.mark.parametrize("lane", SEND_LANES)
+def test_the_queue_gives_each_email_as_many_receives_as_it_has_tries(template, lane):
+    redrive = template.resolve(template.properties(lane)["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == Settings.max_tries
+
+
+def test_the_send_function_delivers_a_whole_batch_at_once_from_both_lanes(template):
+    from dbmail.core import transports
+
+    events = template.properties("SendFunction")["Events"]  # unresolved: the queues by logical id
+    queues = {event["Properties"]["Queue"]["Fn::GetAtt"][0]: event["Properties"] for event in events.values()}
+    # both lanes trigger the send function, reporting partial batch failures
+    assert set(queues) == set(SEND_LANES)
+    for properties in queues.values():
+        assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        # a batch is at most as many records as are delivered at once, and the SES client's
+        # connection pool has one connection for each
+        assert int(properties["BatchSize"]) <= send.CONCURRENT_DELIVERIES <= transports.MAX_POOL_CONNECTIONS
+    # the priority lane waits for no batch to fill
+    assert "MaximumBatchingWindowInSeconds" not in queues["PrioritySendQueue"]
 
 
 def test_the_expansion_lease_outlasts_an_expand_invocation(template):
     for function in ("ExpandFunction", "ExpireFunction"):
         timeout = timedelta(seconds=int(function_property(template, function, "Timeout")))
         assert timeout < expand.LEASE, function
+
+
+def test_a_chunk_lease_outlasts_a_chunk_invocation_and_the_queue_outlasts_both(template):
+    timeout = int(function_property(template, "ExpandChunkFunction", "Timeout"))
+    visibility = int(template.resolve(template.properties("ExpandChunkQueue")["VisibilityTimeout"]))
+    # a live chunk's lease never lapses while it runs (no second invocation takes it), and a
+    # message redelivered after a crash finds the dead invocation's lease lapsed (6 x: AWS's rule)
+    assert visibility >= 6 * timeout and visibility > expand.CHUNK_LEASE.total_seconds() > timeout
+    # and a chunk's invocation has the time it needs beyond its safety margin
+    assert timeout > expand.SAFETY_MARGIN_SECONDS
 
 
 def test_an_inbound_message_is_not_swept_while_its_invocation_may_still_run(template):

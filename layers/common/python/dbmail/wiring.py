@@ -8,6 +8,7 @@ from functools import lru_cache, partial
 
 import boto3
 
+from dbmail.core.models import open_connections
 from dbmail.core.settings import Settings
 from dbmail.core.transports import SesTransport, Transport, make_transport
 from dbmail.feedback.one_click import OneClickUnsubscribe
@@ -21,6 +22,7 @@ from dbmail.outgoing.expand import Expander
 from dbmail.outgoing.expire import Expirer
 from dbmail.outgoing.queue import SendQueue, SqsQueue
 from dbmail.outgoing.send import EmailSender
+from dbmail.outgoing.send_rate import DynamoBucket, FleetBudget, SendBudget, Unlimited, metered, send_rate, ses_quota
 from dbmail.outgoing.store import Store
 
 CACHED = 8  # settings per process: the four functions', the website's, and a test's
@@ -28,12 +30,16 @@ CACHED = 8  # settings per process: the four functions', the website's, and a te
 
 @lru_cache(maxsize=CACHED)
 def send_queue(settings: Settings) -> SendQueue:
-    return SendQueue(boto3.session.Session().client("sqs", region_name=settings.region), settings.send_queue_url)
+    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
+    return SendQueue(sqs, settings.send_queue_url, settings.priority_send_queue_url)
 
 
 @lru_cache(maxsize=CACHED)
 def expander(settings: Settings) -> Expander:
-    return Expander(store=Store(settings), queue=send_queue(settings), settings=settings)
+    chunk_queue = SqsQueue(
+        boto3.session.Session().client("sqs", region_name=settings.region), settings.expand_chunk_queue_url
+    )
+    return Expander(store=Store(settings), queue=send_queue(settings), chunk_queue=chunk_queue, settings=settings)
 
 
 @lru_cache(maxsize=CACHED)
@@ -60,14 +66,33 @@ def sendgrid_events(settings: Settings) -> SendGridEvents:
 
 
 @lru_cache(maxsize=CACHED)
+def send_budget(settings: Settings) -> SendBudget:
+    """The fleet's send rate as this container draws from it (the SES quota read here, at cold start)."""
+    session = boto3.session.Session()
+    rate = send_rate(
+        settings.max_send_rate,
+        settings.provider,
+        lambda: ses_quota(session.client("sesv2", region_name=settings.region)),
+    )
+    if rate is None:
+        return Unlimited()
+    dynamodb = session.client("dynamodb", region_name=settings.region, endpoint_url=settings.dynamodb_endpoint)
+    return FleetBudget(DynamoBucket(dynamodb, settings.send_rate_table, settings.provider), rate)
+
+
+@lru_cache(maxsize=CACHED)
 def email_sender(settings: Settings) -> EmailSender:
-    return EmailSender(
+    sender = EmailSender(
         store=Store(settings),
         transport=make_transport(settings),
         queue=send_queue(settings),
         settings=settings,
         suppressions=suppression_store(settings),
+        budget=send_budget(settings),
     )
+    # before the batch's threads use them (an email rendered again reads EmailRequest: rare)
+    open_connections(sender.store.models.TextOfEmail, sender.store.models.MessageRequest, sender.suppressions.model)
+    return sender
 
 
 @lru_cache(maxsize=CACHED)
@@ -82,6 +107,7 @@ def inbound_router(settings: Settings) -> InboundRouter:
         ),
         settings=settings,
         feedback=partial(feedback_recorder, settings),
+        budget=send_budget(settings),
     )
 
 
@@ -98,11 +124,12 @@ def archive(settings: Settings) -> Archive:
 
 @lru_cache(maxsize=CACHED)
 def expirer(settings: Settings) -> Expirer:
-    return Expirer(expander=expander(settings), transport=make_transport(settings))
+    return Expirer(expander=expander(settings), transport=metered(make_transport(settings), send_budget(settings)))
 
 
 FACTORIES = (
     send_queue,
+    send_budget,
     expander,
     email_sender,
     inbound_router,

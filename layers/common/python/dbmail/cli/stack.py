@@ -23,6 +23,7 @@ OUTPUT_VARIABLES: Mapping[str, str] = {
     "EmailRequestTableName": "DBMAIL_RECIPIENT_TABLE",
     "TextOfEmailTableName": "DBMAIL_EMAIL_TABLE",
     "SendQueueUrl": "DBMAIL_SEND_QUEUE_URL",
+    "PrioritySendQueueUrl": "DBMAIL_PRIORITY_SEND_QUEUE_URL",
     "SuppressionTableName": "DBMAIL_SUPPRESSION_TABLE",
     "ConfigurationSetName": "DBMAIL_CONFIGURATION_SET",
     "InboundMailBucketName": "DBMAIL_INBOUND_BUCKET",

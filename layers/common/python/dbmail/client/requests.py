@@ -19,8 +19,9 @@ from dbmail.core.errors import AddressInvalid, RequestInvalid
 from dbmail.core.models import Person
 from dbmail.core.settings import Settings, website_settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
-from dbmail.outgoing.expand import RECIPIENT_FIELDS, prepare
+from dbmail.outgoing.expand import RECIPIENT_FIELDS, prepare, stranded_chunks
 from dbmail.outgoing.render import RenderLimits
+from dbmail.outgoing.send import render_email_again
 from dbmail.outgoing.store import Store
 
 ADDRESS_FIELDS = ("email", "guardian_email", "emergency_email")
@@ -222,6 +223,13 @@ def _stuck(request, stale: Counter, now: datetime, settings: Settings) -> list[s
         found.append(
             "the expansion stopped part-way (its lease lapsed); the expire schedule resumes it from its checkpoint."
         )
+    if request.status == RequestStatus.PROCESSING and request.chunk_ends is not None:
+        lapsed = stranded_chunks(request, now, settings.stranded_after)
+        if lapsed:
+            found.append(
+                f"{len(lapsed)} of the {len(request.chunk_ends)} chunks of the expansion stopped part-way or were "
+                "never picked up; the expire schedule queues them again."
+            )
     if stale["queued"]:
         found.append(
             f"{stale['queued']} email(s) queued for over {minutes} min: their send messages may be lost or the "
@@ -238,15 +246,12 @@ def _stuck(request, stale: Counter, now: datetime, settings: Settings) -> list[s
 def render_again(
     request_id: str, email_key: str, *, settings: Settings | None = None, store: Store | None = None
 ) -> dict[str, str]:
-    """Re-render a sent email (whose body was cleared) from its request and recipient."""
+    """Render an email again from its request and recipient (no item keeps its body)."""
     settings = settings or website_settings()
     store = store or Store(settings)
     request = store.get_request(request_id)
     email = store.get_email(request_id, email_key)
     if request is None or email is None:
         raise RequestInvalid(f"no email {email_key!r} in request {request_id!r}")
-    recipient = store.get_recipient(request_id, email.recipient_key)
-    if recipient is None:
-        raise RequestInvalid(f"recipient {email.recipient_key!r} of request {request_id!r} is gone")
-    _, subject, body = prepare(request, settings).render(recipient)
+    subject, body = render_email_again(store, prepare(request, settings), email)
     return {"send_to": email.send_to, "send_from": email.send_from, "subject": subject, "msgtext": body}

@@ -4,18 +4,20 @@ special headers, one-click unsubscribe, de-duplicated recipients, the bounces en
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.headerregistry import Address, UnstructuredHeader
-from email.message import EmailMessage
-from email.policy import EmailPolicy
+from email.headerregistry import Address
 from email.utils import format_datetime
+from functools import lru_cache
 
 import html2text
 
 from dbmail.core.addresses import check_special_headers, parse_address, unique_mailboxes
+from dbmail.core.errors import AddressInvalid
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ MAX_MESSAGE_BYTES = 40 * 1024 * 1024  # SES v2's limit for a raw message (and so
 MAX_LINE = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters...
 MAX_LINE_OCTETS = 998  # ...and MUST be at most 998 (excluding CRLF)
 MAX_ENCODED_WORD = 75  # RFC 2047 2
+NAME_WORD = MAX_LINE - len("Reply-To: ")  # a display name's encoded word fits beside any address header's name
 _CHUNKS = re.compile(r"[ \t]*[^ \t]+|[ \t]+$")  # each word with the whitespace before it
+_SPECIALS = frozenset('()<>@,:;."[]\\')  # RFC 5322 3.2.3: a phrase holding one is quoted or encoded
 _Q_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/")
 
 
@@ -62,54 +66,73 @@ def _q(char: str) -> str:
     return char if char in _Q_PLAIN else "_" if char == " " else "".join(f"={b:02X}" for b in char.encode())
 
 
-def _encode_words(name: str, text: str) -> str:
-    """``name: text`` as RFC 2047 UTF-8 encoded words of at most 75 characters, one per line.
-    All of the text, spaces too, is inside the words: the folding whitespace between two
-    encoded words is not part of the value (RFC 2047 6.2). The stdlib (3.12.1) puts a space
-    there when it folds a long subject, and the space is lost (CPython gh-144156)."""
+def _encoded_words(text: str, first: int, rest: int) -> list[str]:
+    """``text`` as RFC 2047 UTF-8 encoded words, the first at most ``first`` characters long,
+    the others at most ``rest``; Q or B, whichever is shorter. Only whole characters go in a
+    word (each must decode on its own), and Q keeps plain only what a phrase allows
+    (RFC 2047 5(3)), so the words serve display names as well as unstructured headers."""
     b_length = -(-len(text.encode()) // 3) * 4
     q = len("".join(map(_q, text))) <= b_length
     prefix, words, chars = f"=?utf-8?{'q' if q else 'b'}?", [], ""
-    budget = min(MAX_ENCODED_WORD, MAX_LINE - len(name) - 2) - len(prefix) - 2
+    budget = first - len(prefix) - 2
 
     def encoded(part: str) -> str:
         return "".join(map(_q, part)) if q else base64.b64encode(part.encode()).decode()
 
-    for char in text:  # whole characters only: an encoded word must decode on its own
+    for char in text:
         if chars and len(encoded(chars + char)) > budget:
             words.append(f"{prefix}{encoded(chars)}?=")
-            chars, budget = "", MAX_ENCODED_WORD - len(prefix) - 2
+            chars, budget = "", rest - len(prefix) - 2
         chars += char
     words.append(f"{prefix}{encoded(chars)}?=")
+    return words
+
+
+def _encode_words(name: str, text: str) -> str:
+    """``name: text`` as encoded words of at most 75 characters, one per line. All of the text,
+    spaces too, is inside the words: the folding whitespace between two encoded words is not
+    part of the value (RFC 2047 6.2). The stdlib (3.12.1) puts a space there when it folds a
+    long subject, and the space is lost (CPython gh-144156)."""
+    words = _encoded_words(text, min(MAX_ENCODED_WORD, MAX_LINE - len(name) - 2), MAX_ENCODED_WORD)
     return f"{name}: " + "\r\n ".join(words) + "\r\n"
 
 
-def _fold(name: str, value) -> str | None:
-    """Our folding, or None for the stdlib's (non-ASCII address headers)."""
-    text = str(value)
-    if "\r" in text or "\n" in text or not name.isascii():
-        return None
-    if text.isascii():
-        return _fold_ascii(name, text)
-    if isinstance(value, UnstructuredHeader):
-        return _encode_words(name, text)
-    return None
+def _unstructured(name: str, text: str) -> str:
+    """An unstructured header (Subject, a special header): ASCII as written, folded only at its
+    whitespace; otherwise (or with a word too long for a line) encoded words."""
+    return (text.isascii() and _fold_ascii(name, text)) or _encode_words(name, text)
 
 
-class _WirePolicy(EmailPolicy):
-    """SMTP's policy, except that ASCII headers are never turned into encoded words and
-    non-ASCII unstructured ones (Subject) are encoded whole."""
+def _mailbox(address: Address) -> str:
+    """One mailbox as the stdlib writes it, except that a non-ASCII display name is encoded here
+    (the stdlib parses every header again): its ASCII words stay as they are, each run of other
+    words becomes encoded words, spaces inside. A name with specials or uneven spacing is
+    encoded whole, so that it decodes exactly."""
+    name = address.display_name
+    if name.isascii() and "=?" not in name:
+        return str(address)
+    words = name.split(" ")
+    if not _SPECIALS.isdisjoint(name) or "" in words or not name.isprintable():
+        return f"{' '.join(_encoded_words(name, NAME_WORD, NAME_WORD))} <{address.addr_spec}>"
+    tokens, run = [], []
+    for word in [*words, None]:  # None: the end, which closes the last run
+        if word is not None and (not word.isascii() or "=?" in word):
+            run.append(word)
+            continue
+        if run:
+            tokens += _encoded_words(" ".join(run), NAME_WORD, NAME_WORD)
+            run = []
+        if word is not None:
+            tokens.append(word)
+    return f"{' '.join(tokens)} <{address.addr_spec}>"
 
-    def fold(self, name, value):
-        return _fold(name, value) or super().fold(name, value)
 
-    def fold_binary(self, name, value):
-        folded = _fold(name, value)
-        return folded.encode("ascii") if folded else super().fold_binary(name, value)
-
-
-# ASCII headers fold only at whitespace, never into encoded words (max_line_length=998 would make 900-char ones).
-WIRE_POLICY = _WirePolicy(linesep="\r\n")
+def _address_header(name: str, addresses: Sequence[Address]) -> str:
+    """``name: mailbox, mailbox``, folded between its words."""
+    folded = _fold_ascii(name, ", ".join(map(_mailbox, addresses)))
+    if folded is None:  # a word over 998 octets: only so long an addr-spec or ASCII name makes one
+        raise AddressInvalid(f"an address of the {name} header is too long for a line (998 octets)")
+    return folded
 
 
 def is_html(body: str) -> bool:
@@ -117,6 +140,7 @@ def is_html(body: str) -> bool:
     return bool(HTML_MARKER.search(body))
 
 
+@lru_cache(maxsize=16)  # one body to many recipients (an unpersonalised one) is converted once
 def html_to_text(html: str) -> str:
     """A readable plain part for an HTML body (links kept, no hard wrapping)."""
     converter = html2text.HTML2Text()
@@ -159,20 +183,44 @@ def compose(
 
 
 def to_mime(email: OutgoingEmail) -> bytes:
-    """RFC 5322 bytes with CRLF line ends; non-ASCII names and subjects become encoded words,
-    ASCII headers (List-Unsubscribe's long URL) stay as written."""
-    message = EmailMessage(policy=WIRE_POLICY)
-    message["Return-Path"] = f"<{email.envelope_sender}>"
-    message["From"] = email.sender
-    message["To"] = email.to
-    if email.reply_to:
-        message["Reply-To"] = email.reply_to
-    message["Subject"] = email.subject
-    message["Date"] = format_datetime(email.date)
-    message["Message-ID"] = email.message_id
-    for name, value in email.headers:
-        message[name] = value
-    message.set_content(email.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    if email.html is not None:
-        message.add_alternative(email.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return message.as_bytes()
+    """RFC 5322 bytes with CRLF line ends, written directly (the stdlib's EmailMessage parses
+    every header it is given, and cost more than the rest of a send): non-ASCII names and
+    subjects become encoded words, ASCII headers (List-Unsubscribe's long URL) stay as written,
+    both parts are UTF-8 quoted-printable, so the message is 7-bit."""
+    headers = [
+        f"Return-Path: <{email.envelope_sender}>\r\n",
+        _address_header("From", (email.sender,)),
+        _address_header("To", email.to),
+        _address_header("Reply-To", email.reply_to) if email.reply_to else "",
+        _unstructured("Subject", email.subject),
+        f"Date: {format_datetime(email.date)}\r\n",
+        _unstructured("Message-ID", email.message_id),
+        *(_unstructured(name, value) for name, value in email.headers),
+        "MIME-Version: 1.0\r\n",
+    ]
+    head = "".join(headers).encode("ascii")
+    text = _part("plain", email.text)
+    if email.html is None:
+        return head + text
+    # "=_" never occurs in quoted-printable (there a "=" is followed by two hex digits or a line end)
+    boundary = b"=_" + hashlib.blake2b(email.message_id.encode(), digest_size=12).hexdigest().encode()
+    return b"".join(
+        (
+            head,
+            b'Content-Type: multipart/alternative;\r\n boundary="%s"\r\n\r\n--%s\r\n' % (boundary, boundary),
+            text,
+            b"\r\n--%s\r\n" % boundary,
+            _part("html", email.html),
+            b"\r\n--%s--\r\n" % boundary,
+        )
+    )
+
+
+def _part(subtype: str, content: str) -> bytes:
+    """A text/``subtype`` part's headers and body: UTF-8, quoted-printable, CRLF line ends."""
+    body = b"\r\n".join(content.encode().splitlines()) + b"\r\n"
+    return (
+        b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        % subtype.encode()
+        + binascii.b2a_qp(body, istext=True)
+    )

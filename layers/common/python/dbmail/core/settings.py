@@ -19,6 +19,7 @@ inbound tables are then checked where used, by ``require_inbound``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ class Settings:
     request_table: str = ""
     recipient_table: str = ""
     email_table: str = ""
-    send_queue_url: str = ""
+    send_queue_url: str = ""  # the bulk lane
+    priority_send_queue_url: str = ""  # the priority lane (outgoing/expand.is_priority)
+    expand_chunk_queue_url: str = ""  # bulk requests' plans and chunks (the expand_chunk function's)
     allowed_sender_domains: tuple[str, ...] = ()
     default_sender: str = ""
     bounces_address: str = ""
@@ -84,6 +87,10 @@ class Settings:
     soft_bounce_table: str = ""
     soft_bounce_limit: int = 3
     soft_bounce_window: timedelta = timedelta(days=7)
+    # The fleet's send rate (outgoing/send_rate.py): emails/s, 0 = the SES account's quota
+    # (SendGrid: no limit); its token bucket's table.
+    max_send_rate: float = 0.0
+    send_rate_table: str = ""
     function: str = ""  # whose settings these are: a function of ENVIRONMENT, or "website"
 
     def require_inbound(self) -> Settings:
@@ -204,6 +211,17 @@ def _count(name: str, raw: str) -> int:
     return int(value)
 
 
+def _rate(name: str, raw: str) -> float:
+    value = raw.strip()
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ConfigurationError(f"{name} must be emails per second, 0 or more (0: the quota), not {value!r}")
+    return rate
+
+
 def _days(name: str, raw: str) -> timedelta:
     return timedelta(days=_count(name, raw))
 
@@ -252,6 +270,8 @@ VARIABLES: Mapping[str, Variable] = {
     "DBMAIL_RECIPIENT_TABLE": Variable("recipient_table"),
     "DBMAIL_EMAIL_TABLE": Variable("email_table"),
     "DBMAIL_SEND_QUEUE_URL": Variable("send_queue_url"),
+    "DBMAIL_PRIORITY_SEND_QUEUE_URL": Variable("priority_send_queue_url"),
+    "DBMAIL_EXPAND_CHUNK_QUEUE_URL": Variable("expand_chunk_queue_url", optional=True),
     "DBMAIL_ALLOWED_SENDER_DOMAINS": Variable("allowed_sender_domains", _domains),
     "DBMAIL_DEFAULT_SENDER": Variable("default_sender"),
     "DBMAIL_BOUNCES_ADDRESS": Variable("bounces_address", _address),
@@ -286,6 +306,8 @@ VARIABLES: Mapping[str, Variable] = {
     "DBMAIL_SOFT_BOUNCE_TABLE": Variable("soft_bounce_table"),
     "DBMAIL_SOFT_BOUNCE_LIMIT": Variable("soft_bounce_limit", _count),
     "DBMAIL_SOFT_BOUNCE_WINDOW_DAYS": Variable("soft_bounce_window", _days),
+    "DBMAIL_MAX_SEND_RATE": Variable("max_send_rate", _rate),
+    "DBMAIL_SEND_RATE_TABLE": Variable("send_rate_table"),
 }
 
 # What each reader of settings reads. A Lambda function's variables are exactly what template.yaml
@@ -303,17 +325,22 @@ _EXPAND = (
     "DBMAIL_RECIPIENT_TABLE",
     "DBMAIL_EMAIL_TABLE",
     "DBMAIL_SEND_QUEUE_URL",
+    "DBMAIL_PRIORITY_SEND_QUEUE_URL",
+    "DBMAIL_EXPAND_CHUNK_QUEUE_URL",  # a bulk request is expanded in chunks (the expand_chunk function)
     "DBMAIL_ALLOWED_SENDER_DOMAINS",  # the sender's domain is checked
     "DBMAIL_DEFAULT_SENDER",
     "DBMAIL_EMAIL_HOST_SENDER",  # a template variable
     "DBMAIL_SITE_URL",  # the request's public URL
 )
+# every function that sends draws from the fleet's send rate (outgoing/send_rate.py)
+_SEND_RATE = ("DBMAIL_MAX_SEND_RATE", "DBMAIL_SEND_RATE_TABLE")
 # every function that sends names the configuration set (SES sends only; SendGrid ignores it)
 _TRANSPORT = (
     "DBMAIL_PROVIDER",
     "DBMAIL_SENDGRID_API_KEY_SECRET_ARN",
     "DBMAIL_SENDGRID_URL",
     "DBMAIL_CONFIGURATION_SET",
+    *_SEND_RATE,
 )
 # what recording provider feedback reads (wiring.feedback_recorder): the feedback function's,
 # and any other function that records feedback (DSNs, webhooks) includes these
@@ -339,10 +366,12 @@ _INBOUND = (
 WEBSITE = "website"
 ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "expand": _EXPAND,
+    "expand_chunk": _EXPAND,  # plans bulk requests and expands their chunks
     "send": (
         "DBMAIL_REQUEST_TABLE",  # the request's special headers
         "DBMAIL_EMAIL_TABLE",
-        "DBMAIL_SEND_QUEUE_URL",  # retries are queued again with a delay
+        "DBMAIL_SEND_QUEUE_URL",  # retries are queued again with a delay, in their lane
+        "DBMAIL_PRIORITY_SEND_QUEUE_URL",
         "DBMAIL_BOUNCES_ADDRESS",
         "DBMAIL_UNSUBSCRIBE_URL",  # one-click unsubscribe links (the unsubscribe function's URL)
         "DBMAIL_UNSUBSCRIBE_TOKEN_DAYS",
@@ -350,6 +379,12 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
         "DBMAIL_UNSUBSCRIBE_SECRET_ARN",
         "DBMAIL_RETRY_MAX_DELAY_SECONDS",
         "DBMAIL_SUPPRESSION_TABLE",  # suppressed addresses are skipped
+        # an email whose message did not carry its body is rendered again, as expansion renders it
+        "DBMAIL_RECIPIENT_TABLE",
+        "DBMAIL_ALLOWED_SENDER_DOMAINS",
+        "DBMAIL_DEFAULT_SENDER",
+        "DBMAIL_EMAIL_HOST_SENDER",
+        "DBMAIL_SITE_URL",
     ),
     # expire expands scheduled requests and mails failure reports (to the sender, a copy to support)
     "expire": (
@@ -359,7 +394,7 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
         *_TRANSPORT,
         "DBMAIL_STRANDED_AFTER_SECONDS",
     ),
-    "inbound": (*_INBOUND, *FEEDBACK_VARIABLES),  # DSNs to the bounces address are recorded
+    "inbound": (*_INBOUND, *FEEDBACK_VARIABLES, *_SEND_RATE),  # DSNs to the bounces address are recorded
     "feedback": FEEDBACK_VARIABLES,
     # the HTTP functions (function URLs): one-click unsubscribe, SendGrid's signed Event Webhook, the archive
     "unsubscribe": ("DBMAIL_UNSUBSCRIBE_SECRET_ARN", "DBMAIL_SUPPRESSION_TABLE"),

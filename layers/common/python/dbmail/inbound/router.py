@@ -38,6 +38,7 @@ from dbmail.inbound.forward import (
     split_forwards,
 )
 from dbmail.inbound.routing import Route, is_bounces_address, merge_routes, route
+from dbmail.outgoing.send_rate import SendBudget, Unlimited, draw
 
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
     from dbmail.core.transports import SesTransport
@@ -69,6 +70,7 @@ class InboundRouter:
     # website's settings, which the CLI reprocesses with, may not name the feedback tables)
     feedback: Callable[[], FeedbackRecorder]
     clock: Callable[[], datetime] = field(default=utcnow)
+    budget: SendBudget = field(default_factory=Unlimited)  # each forward's recipients draw from the send rate
 
     def handle(
         self,
@@ -246,6 +248,7 @@ class InboundRouter:
 
     def _send(self, forward: Forward, from_address: str) -> None:
         destinations = None if forward.addressed_by_headers else list(forward.destinations)
+        draw(self.budget, len(forward.destinations))
         self.transport.send_raw(forward.raw, from_address, destinations)
 
     def _notice_sender(self, message, sender: str, recipients: list[str], subject: str, text: str) -> bool:

@@ -54,7 +54,7 @@ from jinja2.exceptions import TemplateRuntimeError
 from jinja2.utils import missing
 from markupsafe import Markup
 
-from dbmail.core.errors import TemplateInvalid
+from dbmail.core.errors import TemplateInvalid, TemplateLimitExceeded
 from dbmail.outgoing.django_dates import format_date, localize, parse_datetime_value
 from dbmail.outgoing.django_filters import FILTERS
 
@@ -568,6 +568,8 @@ def _website_value(value: Any) -> Any:
     the date, datetime or time it was written from, so printing, filters and comparisons treat it
     as Django treats that date."""
     if type(value) is str:
+        if not value[:2].isdigit():  # every ISO form starts with two digits: most text is not one
+            return value
         parsed = parse_datetime_value(value)
         return value if parsed is None else parsed
     return value
@@ -650,14 +652,15 @@ def _filter(name: str, autoescape: bool, value: Any, *arg: Any) -> Any:
 
 def django_escape(text: Any) -> Markup:
     """django.utils.html.escape: html.escape's five characters (``&#x27;``, ``&quot;``)."""
-    text = str(text)
-    return Markup(
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
-        .replace("'", "&#x27;")
-    )
+    return Markup(_escape_text(str(text)))
+
+
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+_NEEDS_ESCAPE = re.compile("[&<>\"']")
+
+
+def _escape_text(text: str) -> str:
+    return text.translate(_ESCAPES) if _NEEDS_ESCAPE.search(text) else text
 
 
 def _localize(value: Any) -> str:
@@ -1251,6 +1254,102 @@ class _IfParser:
         if (op := self.peek()) is not None and op not in _IF_BINDING:
             raise TemplateInvalid(f"syntax error at line {self.line}: unused {op!r} at end of if expression")
         return left
+
+
+class _UseTranslation(Exception):
+    """A value the direct path does not reproduce: the translation renders this recipient."""
+
+
+class DirectTemplate:
+    """A Django template of text and plain variables only (no tag, no filter: most program
+    mail), rendered without Jinja2. Each variable is looked up, converted and escaped by the
+    same helpers as the translation's (``_name``, ``_lookup``, ``_out``), minus the sandbox's
+    metering of calls to them; a value those would reach through the sandbox (a callable, an
+    attribute, a key a mapping lacks) hands the recipient to ``translation``, so the output is
+    the translation's byte for byte."""
+
+    __slots__ = ("parts", "autoescape", "translation", "_user_context", "_check_value", "_budget")
+
+    def __init__(self, parts: list, autoescape: bool, translation: Any):
+        from dbmail.outgoing import render
+
+        self.parts, self.autoescape, self.translation = parts, autoescape, translation
+        self._user_context, self._check_value, self._budget = render.UserContext, render._check_value, render._budget
+
+    @classmethod
+    def of(cls, source: str, autoescape: bool, translation: Any) -> Any:
+        """The direct template for ``source`` if it has only text and plain variables, else
+        ``translation`` itself. ``source`` has been translated, so it is valid."""
+        parts: list = []
+        for token in tokenize(source):
+            if token.kind == TEXT:
+                parts.append(token.content)
+            elif token.kind != VAR:
+                return translation
+            else:
+                value, filters = _parse_filter_expression(token.content, token.line)
+                if filters or not isinstance(value, _Var) or value.bits[0] in ("True", "False", "None"):
+                    return translation
+                parts.append((value.bits[0], tuple(value.bits[1:])))
+        return cls(parts, autoescape, translation)
+
+    def generate(self, context: Mapping[str, Any]) -> Any:
+        """The output's parts (as the translation's ``generate``)."""
+        try:
+            return self._render(context)
+        except _UseTranslation:
+            return self.translation.generate(context)
+
+    def _render(self, context: Mapping[str, Any]) -> list[str]:
+        """One part: the whole output, its size checked as it grows (the render's own check
+        sees the total)."""
+        budget = self._budget()
+        budget.tick()
+        limit, autoescape = budget.limits.output_chars, self.autoescape
+        out, size = [], 0
+        for part in self.parts:
+            if type(part) is not str:
+                head, bits = part
+                value = self._lookup(context[head], bits) if head in context else MISSING
+                if value is MISSING:
+                    continue  # string_if_invalid: ""
+                if type(value) is str:  # _out's result for text, without building the Markup
+                    part = _escape_text(value) if autoescape else value
+                else:
+                    part = str(_out(self._check_value(value), autoescape))
+            size += len(part)
+            if size > limit:
+                raise TemplateLimitExceeded(f"rendered text is over {limit} characters (the output limit)")
+            out.append(part)
+        return ["".join(out)]
+
+    def _lookup(self, value: Any, bits: tuple[str, ...]) -> Any:
+        """``_name`` then ``_lookup``'s steps, for values that need no sandbox."""
+        user_context = self._user_context
+        for bit in (None, *bits):
+            if bit is None:
+                pass
+            elif value is MISSING:
+                return MISSING
+            elif type(value) is user_context:
+                value = value.field(bit, _missing_field)
+                if value is MISSING:
+                    return MISSING
+            elif isinstance(value, Mapping) and bit in value:
+                value = value[bit]
+            elif isinstance(value, (list, tuple, str)) and bit.lstrip("-").isdigit() and not hasattr(value, bit):
+                try:
+                    value = value[int(bit)]
+                except IndexError:
+                    return MISSING
+            else:
+                raise _UseTranslation
+            if type(value) is str:
+                if value[:2].isdigit():
+                    value = _website_value(value)
+            elif callable(value):
+                raise _UseTranslation
+        return value
 
 
 def to_jinja(source: str, *, name: str, autoescape: bool = False) -> Translation:

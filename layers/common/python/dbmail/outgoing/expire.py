@@ -1,6 +1,8 @@
 """The scheduled sweep that replaces the original's cron. Each run:
 
-- expands requests whose time has come, and any the stream missed or left half done;
+- expands requests whose time has come, and any the stream missed or left half done; of a bulk
+  request (expanded in chunks by the expand_chunk function) it queues again the plan, or each
+  chunk, whose invocation died, and finishes the request once every chunk is counted;
 - for every recent request not yet settled, expires mail that must not go out late and queues
   again every email left stranded (``queued`` past the grace period with its message lost, or
   ``processing`` under a lapsed claim), so that no email depends on one SQS message arriving;
@@ -21,7 +23,7 @@ from aws_lambda_powertools import Logger
 from dbmail.core.clock import utcnow
 from dbmail.core.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
 from dbmail.core.statuses import EmailStatus, RequestStatus
-from dbmail.outgoing.expand import Expander, expiry_reason, resolve_sender
+from dbmail.outgoing.expand import Expander, expiry_reason, is_priority, resolve_sender
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.report import failure_report
 
@@ -78,6 +80,7 @@ class Expirer:
             if due or missed:
                 expand("expand", request.request_id)
         for request in self.store.requests_with_status(RequestStatus.PROCESSING):
+            # a planned bulk request holds no request lease: its chunks have theirs
             if request.lease_until is None or request.lease_until < now:
                 expand("resume", request.request_id)
         backlog = self.expander.queue.backlog()
@@ -103,6 +106,7 @@ class Expirer:
         reason = expiry_reason(request, now, self.settings.max_age)
         outstanding = 0
         stranded: list[QueuedEmail] = []
+        priority = is_priority(request)
         for email in self.store.iter_emails(request.request_id, EMAIL_SWEEP_ATTRIBUTES, EmailStatus.OUTSTANDING):
             if reason and self.store.expire_email(email, reason, now):
                 summary["emails_expired"] += 1
@@ -114,7 +118,7 @@ class Expirer:
                 and self._stranded(email, now, backlog)
                 and self.store.requeue_email(email, now)
             ):
-                stranded.append(QueuedEmail(email.request_id, email.email_key))
+                stranded.append(QueuedEmail(email.request_id, email.email_key, priority=priority))
         if stranded:
             self.expander.queue.enqueue(stranded)
             summary["emails_requeued"] += len(stranded)

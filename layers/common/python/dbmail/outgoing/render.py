@@ -461,6 +461,7 @@ def compile_message(
             if (dialect or django_templates.dialect_of(source)) == "django":
                 translation = django_templates.to_jinja(source, name=label, autoescape=autoescape)
                 template = _environment(False).from_string(translation.source, globals=translation.globals())
+                template = django_templates.DirectTemplate.of(source, autoescape, template)
             else:
                 template = _environment(autoescape).from_string(source)
             compiled.append(template)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -17,8 +20,9 @@ from dbmail.core.errors import DeliveryError, FailureKind, RequestInvalid
 from dbmail.core.settings import Settings
 from dbmail.core.unsubscribe import unsubscribe_url
 from dbmail.feedback.events import bare_address
-from dbmail.outgoing.expand import expiry_reason, message_id_for, message_ref_for
+from dbmail.outgoing.expand import PreparedRequest, expiry_reason, message_id_for, message_ref_for, prepare
 from dbmail.outgoing.queue import QueuedEmail, SendQueue
+from dbmail.outgoing.send_rate import SendBudget, Unlimited
 
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
     from dbmail.core.transports import Transport
@@ -35,6 +39,18 @@ SQS_MAX_DELAY_SECONDS = 900
 # provider's rate, and three attempts of at most 5 s each (transports.SES_CLIENT_CONFIG) must
 # fit. With less left, the email is handed back to the queue untouched, no try spent.
 SEND_TIME_RESERVE_SECONDS = 20.0
+# The records of one SQS batch (the send events' BatchSize) are delivered at once, each on its
+# own thread: what one EmailSender shares between them is thread-safe, and the HTTP connection
+# pools of its clients hold as many connections (transports.SES_CLIENT_CONFIG).
+CONCURRENT_DELIVERIES = 10
+# Per container: every request's special headers (small), and the few requests whose emails
+# must be rendered again (compiled templates: larger, and rarely needed).
+HEADERS_CACHED = 512
+PREPARED_CACHED = 16
+# How long the first of a batch's deliveries to look its address up on the suppression list
+# waits for the others' addresses (their claims, made at once, end within a few milliseconds of
+# each other; tens on a loaded machine). A delivery that is later makes a lookup of its own.
+GATHER_SECONDS = 0.05
 
 
 class SendOutcome(StrEnum):
@@ -64,15 +80,129 @@ def retry_delay(kind: FailureKind, attempt: int, cap: int) -> int:
     return max(1, round(delay * random.uniform(0.5, 1.0)))
 
 
+class PerRequest:
+    """A bounded LRU cache of what is read or computed once per request, shared by threads: the
+    deliveries of a batch (usually one request's) that miss at once wait for one load."""
+
+    def __init__(self, load: Callable[[str], object], maxsize: int):
+        self._load, self._maxsize = load, maxsize
+        self._values: OrderedDict[str, object] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, request_id: str):
+        with self._lock:
+            if request_id in self._values:
+                self._values.move_to_end(request_id)
+                return self._values[request_id]
+            loading = self._loading.setdefault(request_id, threading.Lock())
+        with loading:
+            with self._lock:
+                if request_id in self._values:  # loaded by the thread this one waited for
+                    return self._values[request_id]
+            try:
+                value = self._load(request_id)  # an error is not cached: the next call loads again
+                with self._lock:
+                    self._values[request_id] = value
+                    if len(self._values) > self._maxsize:
+                        self._values.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._loading.pop(request_id, None)
+        return value
+
+
+class _Lookup:
+    """The addresses of one lookup of the suppression list, and its outcome once made."""
+
+    def __init__(self):
+        self.addresses: set[str] = set()
+        self.found: dict = {}
+        self.error: Exception | None = None
+        self.made = threading.Event()
+
+
+class SuppressionLookups:
+    """The suppression lookups of the deliveries in progress at once, made in one call: the
+    first delivery to ask waits (at most GATHER_SECONDS) until each delivery in progress has
+    asked or will not, so a batch's ten lookups cost one BatchGetItem. A delivery alone (the
+    CLI, a test) asks without waiting."""
+
+    def __init__(self, get_many: Callable[[set[str]], dict], gather_seconds: float = GATHER_SECONDS):
+        self._get_many = get_many
+        self._gather_seconds = gather_seconds
+        self._changed = threading.Condition()
+        self._may_ask = 0  # deliveries in progress that have not asked yet, and may
+        self._forming: _Lookup | None = None
+
+    @contextmanager
+    def delivery(self) -> Iterator[Callable[[str], object]]:
+        """Around one delivery; gives the function it asks with (once at most)."""
+        asked = []
+        with self._changed:
+            self._may_ask += 1
+        try:
+            yield lambda address: self._ask(address, asked)
+        finally:
+            if not asked:
+                with self._changed:
+                    self._may_ask -= 1
+                    self._changed.notify_all()
+
+    def _ask(self, address: str, asked: list) -> object:
+        """The suppression entry of ``address``, or None."""
+        with self._changed:
+            asked.append(address)
+            self._may_ask -= 1
+            self._changed.notify_all()
+            lookup, leading = self._forming, self._forming is None
+            if leading:
+                lookup = self._forming = _Lookup()
+            lookup.addresses.add(address)
+            if leading:
+                self._changed.wait_for(lambda: self._may_ask == 0, timeout=self._gather_seconds)
+                self._forming = None  # a delivery that asks from now on starts the next lookup
+        if leading:
+            try:
+                lookup.found = self._get_many(lookup.addresses)
+            except Exception as exc:  # each delivery of the lookup fails with it (and is retried)
+                lookup.error = exc
+            finally:
+                lookup.made.set()
+        lookup.made.wait()
+        if lookup.error is not None:
+            raise lookup.error
+        return lookup.found.get(address)
+
+
+def render_email_again(store: Store, prepared: PreparedRequest, email) -> tuple[str, str]:
+    """An email's subject and body rendered again from its request and recipient, as expansion
+    rendered them: for a message that did not carry them (too large to inline, or queued again
+    by the sweep) and for ``dbmail render``."""
+    recipient = store.get_recipient(email.request_id, email.recipient_key)
+    if recipient is None:
+        raise RequestInvalid(f"recipient {email.recipient_key!r} of request {email.request_id!r} is gone")
+    _, subject, body = prepared.render(recipient)
+    return subject, body
+
+
 @dataclass
 class EmailSender:
+    """Delivers queued emails; one instance serves the concurrent deliveries of a container, so
+    what it caches per request is behind thread-safe LRU caches."""
+
     store: Store
     transport: Transport
     queue: SendQueue
     settings: Settings
     suppressions: SuppressionStore
+    budget: SendBudget = field(default_factory=Unlimited)
     clock: Callable[[], datetime] = field(default=utcnow)
-    _headers_by_request: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._special_headers = PerRequest(self._read_special_headers, HEADERS_CACHED)
+        self._prepared = PerRequest(self._prepare, PREPARED_CACHED)
+        self._lookups = SuppressionLookups(self.suppressions.get_many)
 
     def deliver(
         self,
@@ -84,6 +214,17 @@ class EmailSender:
         """Claim, send and record one email. Every provider failure is recorded and the email
         queued again (or failed, when permanent or out of tries), so the SQS message itself
         succeeds; only an unforeseen error is raised, after releasing the claim."""
+        with self._lookups.delivery() as lookup:
+            return self._deliver(queued, claim_id, receive_count, time_left, lookup)
+
+    def _deliver(
+        self,
+        queued: QueuedEmail,
+        claim_id: str,
+        receive_count: int,
+        time_left: Callable[[], float],
+        lookup: Callable[[str], object],
+    ) -> SendOutcome:
         log = {"request_id": queued.request_id, "email_key": queued.email_key, "receive_count": receive_count}
         if time_left() < SEND_TIME_RESERVE_SECONDS:
             self.queue.enqueue_later(queued, 1)
@@ -91,7 +232,6 @@ class EmailSender:
             return SendOutcome.DEFERRED
         now = self.clock()
         email = self.store.email_ref(queued.request_id, queued.email_key)
-        message_ref = message_ref_for(queued.request_id, queued.email_key)
         if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
             return self._not_claimed(queued, log)
         reason = expiry_reason(email, now, self.settings.max_age)
@@ -100,27 +240,35 @@ class EmailSender:
             logger.info("email expired before sending", extra={**log, "reason": reason})
             return SendOutcome.EXPIRED
         try:
-            suppressed = self._suppression(email)
+            suppressed = self._suppression(email, lookup)
             if suppressed:
                 self.store.mark_suppressed(email, suppressed, claim_id)
                 logger.info("address suppressed; email not sent", extra={**log, "error": suppressed})
                 return SendOutcome.SUPPRESSED
+            subject, body = self._content(queued, email)
             outgoing = compose(
                 send_from=email.send_from,
                 send_to=[email.send_to],
-                subject=email.subject or "",
-                body=email.msgtext or "",
+                subject=subject or "",
+                body=body or "",
                 message_id=message_id_for(email.request_id, email.email_key, email.send_from),
                 date=now,
-                envelope_sender=verp_address(self.settings.bounces_address, message_ref),
+                envelope_sender=verp_address(
+                    self.settings.bounces_address, message_ref_for(email.request_id, email.email_key)
+                ),
                 special_headers=self._special_headers(email.request_id),
                 unsubscribe_url=self._unsubscribe(email),
             )
+            if not self.budget.take(queued.priority, lambda: time_left() - SEND_TIME_RESERVE_SECONDS):
+                self.store.release_claim(email, claim_id, self.clock())
+                self.queue.enqueue_later(queued, 1)
+                logger.info("no send token in time; email handed back to the queue", extra=log)
+                return SendOutcome.DEFERRED
             provider_id = self.transport.send(outgoing)
         except RequestInvalid as exc:
-            return self._failed(email, FailureKind.PERMANENT, exc, log)
+            return self._failed(queued, email, FailureKind.PERMANENT, exc, log)
         except DeliveryError as exc:
-            return self._failed(email, exc.kind, exc, log)
+            return self._failed(queued, email, exc.kind, exc, log)
         except Exception as exc:
             self.store.record_failure(
                 email, f"{type(exc).__name__}: {exc}", final=False, counts_as_try=True, now=self.clock()
@@ -131,7 +279,16 @@ class EmailSender:
         logger.info("email sent", extra=log)
         return SendOutcome.SENT
 
-    def _failed(self, email, kind: FailureKind, exc: Exception, log: dict) -> SendOutcome:
+    def _content(self, queued: QueuedEmail, email) -> tuple[str | None, str | None]:
+        """The subject and body: from the message, else from an item written with its body (by
+        older code), else rendered again from the request and recipient."""
+        if queued.msgtext is not None:
+            return queued.subject, queued.msgtext
+        if email.msgtext is not None:
+            return email.subject, email.msgtext
+        return render_email_again(self.store, self._prepared(email.request_id), email)
+
+    def _failed(self, queued: QueuedEmail, email, kind: FailureKind, exc: Exception, log: dict) -> SendOutcome:
         throttled = kind is FailureKind.THROTTLED
         tries = int(email.tries or 0) + (0 if throttled else 1)
         final = kind is FailureKind.PERMANENT or (not throttled and tries >= self.settings.max_tries)
@@ -151,11 +308,8 @@ class EmailSender:
         )
         if final:
             return SendOutcome.FAILED
-        attempt = int(email.throttles or 0) if throttled else tries
-        self.queue.enqueue_later(
-            QueuedEmail(email.request_id, email.email_key),
-            retry_delay(kind, attempt, self.settings.retry_max_delay_seconds),
-        )
+        attempt = int(email.throttles or 0) + 1 if throttled else tries  # counting this one
+        self.queue.enqueue_later(queued, retry_delay(kind, attempt, self.settings.retry_max_delay_seconds))
         return SendOutcome.THROTTLED if throttled else SendOutcome.RETRYING
 
     def _not_claimed(self, queued: QueuedEmail, log: dict) -> str:
@@ -169,22 +323,25 @@ class EmailSender:
         )
         return SendOutcome.DUPLICATE
 
-    def _suppression(self, email) -> str | None:
+    def _suppression(self, email, lookup: Callable[[str], object]) -> str | None:
         """Why the email's address is suppressed (the suppression's reason, source and date), or None."""
         address = bare_address(email.send_to)
-        entry = self.suppressions.get(address) if address else None
+        entry = lookup(address) if address else None
         if entry is None:
             return None
         return f"suppressed: {entry.reason} (by {entry.source}, {entry.created_at:%Y-%m-%d})"
 
-    def _special_headers(self, request_id: str) -> dict:
-        """A request's special headers, read once per request per container."""
-        if request_id not in self._headers_by_request:
-            if len(self._headers_by_request) >= 512:  # a warm container lives long; stay bounded
-                self._headers_by_request.clear()
-            request = self.store.get_request(request_id)
-            self._headers_by_request[request_id] = (request.special_headers if request else None) or {}
-        return self._headers_by_request[request_id]
+    def _read_special_headers(self, request_id: str) -> dict:
+        """A request's special headers (cached: read once per request per container)."""
+        request = self.store.get_request(request_id)
+        return (request.special_headers if request else None) or {}
+
+    def _prepare(self, request_id: str) -> PreparedRequest:
+        """A request compiled for rendering again (cached: once per request per container)."""
+        request = self.store.get_request(request_id)
+        if request is None:
+            raise RequestInvalid(f"request {request_id!r} is gone; its email cannot be rendered again")
+        return prepare(request, self.settings)
 
     def _unsubscribe(self, email) -> str | None:
         """One-click unsubscribe for mail that goes to (or on behalf of) a website user."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
+from pynamodb.constants import ALL_OLD, NONE, UPDATED_NEW
 from pynamodb.exceptions import AttributeDeserializationError, UpdateError
+from pynamodb.expressions.condition import size
 
+from dbmail.core.clock import format_datetime
 from dbmail.core.errors import RequestInvalid
 from dbmail.core.models import (
     BoundModels,
@@ -26,8 +29,13 @@ MAX_ERROR_CHARS = 1000
 
 def _update_if(item, actions: list, condition) -> bool:
     """A conditional update; False (not an error) when the condition does not hold."""
+    return _conditionally(lambda: item.update(actions=actions, condition=condition))
+
+
+def _conditionally(update: Callable[[], object]) -> bool:
+    """Run a conditional update; False (not an error) when its condition does not hold."""
     try:
-        item.update(actions=actions, condition=condition)
+        update()
     except UpdateError as exc:
         if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
             return False
@@ -117,6 +125,97 @@ class Store:
             actions.append(Request.error.set(error[:MAX_ERROR_CHARS]))
         Request._get_connection().update_item(request_id, actions=actions)
 
+    # a bulk request's chunks (outgoing/expand.py: plan, then one invocation per chunk)
+    def save_plan(self, request_id: str, chunk_ends: list[str]) -> bool:
+        """Store the plan once (False if another plan was stored first, or the request moved on).
+        The request's lease goes: from now on each chunk has its own."""
+        Request = self.models.MessageRequest
+        actions = [
+            Request.chunk_ends.set(chunk_ends),
+            Request.chunk_leases.set({}),
+            Request.lease_owner.remove(),
+            Request.lease_until.remove(),
+        ]
+        condition = (Request.status == RequestStatus.PROCESSING) & Request.chunk_ends.does_not_exist()
+        return _update_if(Request(request_id), actions, condition)
+
+    def mark_chunks_queued(self, request_id: str, now: datetime) -> None:
+        """Chunk messages are queued (again) now: the sweep gives them time to be picked up."""
+        Request = self.models.MessageRequest
+        Request._get_connection().update_item(
+            request_id, actions=[Request.chunks_queued_at.set(now)], return_values=NONE
+        )
+
+    def claim_chunk(
+        self, request_id: str, chunk: int, now: datetime, lease_until: datetime
+    ) -> tuple[MessageRequestBase, bool] | None:
+        """Take chunk ``chunk``'s lease: the request is still processing, the chunk not counted
+        yet and its lease absent or lapsed. Returns the request as it was and whether the chunk
+        had started before (it may be half done), or None."""
+        Request = self.models.MessageRequest
+        lease = Request.chunk_leases[str(chunk)]
+        condition = (
+            (Request.status == RequestStatus.PROCESSING)
+            & ~Request.chunks_done.contains(chunk)
+            & (lease.does_not_exist() | (lease < format_datetime(now)))
+        )
+        try:
+            response = Request._get_connection().update_item(
+                request_id,
+                actions=[lease.set(format_datetime(lease_until))],
+                condition=condition,
+                return_values=ALL_OLD,
+            )
+        except UpdateError as exc:
+            if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+                return None
+            raise
+        before = Request.from_raw_data(response["Attributes"])
+        return before, str(chunk) in (before.chunk_leases or {})
+
+    def release_chunk(self, request_id: str, chunk: int, lease_until: datetime, now: datetime) -> None:
+        """Let the chunk's lease lapse now (its invocation stopped early), so that a retry takes
+        it at once; it stays recorded, so the retry knows the chunk had started."""
+        Request = self.models.MessageRequest
+        lease = Request.chunk_leases[str(chunk)]
+        _update_if(Request(request_id), [lease.set(format_datetime(now))], lease == format_datetime(lease_until))
+
+    def count_chunk(self, request_id: str, chunk: int, counts: dict[str, int | float]) -> int | None:
+        """Add the chunk's counts to the request's, once: the number of chunks done after it, or
+        None when this chunk had been counted already."""
+        Request = self.models.MessageRequest
+        actions = [
+            Request.chunks_done.add({chunk}),
+            Request.email_count.add(counts["emails"]),
+            Request.skipped_count.add(counts["skipped"]),
+            Request.render_failed_count.add(counts["render_failed"]),
+            Request.render_seconds.add(counts["render_seconds"]),
+            Request.chunk_leases[str(chunk)].remove(),
+        ]
+        try:
+            response = Request._get_connection().update_item(
+                request_id, actions=actions, condition=~Request.chunks_done.contains(chunk), return_values=UPDATED_NEW
+            )
+        except UpdateError as exc:
+            if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return len(response["Attributes"]["chunks_done"]["NS"])
+
+    def finish_chunks(self, request_id: str, now: datetime, chunks: int) -> bool:
+        """The request is processed once all ``chunks`` are counted (False if not, or if it was
+        finished already); its counts are the chunks' sums."""
+        Request = self.models.MessageRequest
+        actions = [
+            Request.status.set(RequestStatus.PROCESSED),
+            Request.processed_at.set(now),
+            Request.chunk_leases.remove(),
+            Request.lease_owner.remove(),
+            Request.lease_until.remove(),
+        ]
+        condition = (Request.status == RequestStatus.PROCESSING) & (size(Request.chunks_done) == chunks)
+        return _update_if(Request(request_id), actions, condition)
+
     def mark_settled(self, request_id: str, now: datetime) -> None:
         """Every email of the request is final (as the sweep saw it); the sweep stops looking."""
         Request = self.models.MessageRequest
@@ -146,10 +245,29 @@ class Store:
     def count_recipients(self, request_id: str) -> int:
         return self.models.EmailRequest.count(request_id, consistent_read=True)
 
-    def iter_recipients(self, request_id: str, after: str | None = None) -> Iterator[EmailRequestBase]:
+    def iter_recipients(
+        self, request_id: str, after: str | None = None, through: str | None = None
+    ) -> Iterator[EmailRequestBase]:
+        """Recipients in key order, after ``after`` and up to ``through`` (inclusive) when given."""
         Recipient = self.models.EmailRequest
-        condition = Recipient.recipient_key > after if after else None
-        return Recipient.query(request_id, range_key_condition=condition, consistent_read=True, page_size=500)
+        key = Recipient.recipient_key
+        if through is None:
+            condition = key > after if after else None
+        else:  # one condition per key: BETWEEN includes ``after``, which is left out below
+            condition = key.between(after, through) if after else key <= through
+        recipients = Recipient.query(request_id, range_key_condition=condition, consistent_read=True, page_size=500)
+        if through is not None and after:
+            return (recipient for recipient in recipients if recipient.recipient_key != after)
+        return recipients
+
+    def recipient_keys(self, request_id: str, page_size: int) -> Iterator[str]:
+        """Every recipient_key in order, keys only. ``page_size`` bounds each call: DynamoDB
+        Local reads all the rest of the partition for a page without a Limit."""
+        Recipient = self.models.EmailRequest
+        found = Recipient.query(
+            request_id, consistent_read=True, attributes_to_get=["recipient_key"], page_size=page_size
+        )
+        return (recipient.recipient_key for recipient in found)
 
     def put_recipients(self, recipients: Iterable[EmailRequestBase]) -> None:
         with self.models.EmailRequest.batch_write() as batch:
@@ -167,6 +285,9 @@ class Store:
 
     # ---- TextOfEmail ------------------------------------------------------------------
     def new_email(self, **attributes) -> TextOfEmailBase:
+        """A new email item; its message_ref is set now, so that the ByMessageRef index is
+        written once, with the put (the claim then finds it there)."""
+        attributes.setdefault("message_ref", message_ref_for(attributes["request_id"], attributes["email_key"]))
         return self.models.TextOfEmail(**attributes)
 
     def put_emails(self, emails: Iterable[TextOfEmailBase]) -> None:
@@ -208,8 +329,10 @@ class Store:
     def claim_email(self, email: TextOfEmailBase, claim_id: str, now: datetime, lease_until: datetime) -> bool:
         """Only one send may hold an email; once its lease lapses (the holder died) another may.
         ``claim_id`` is unique per receive (the SQS receipt handle), so even two concurrent
-        deliveries of one message cannot both hold it. The email's message_ref is written now,
-        before the provider is called, so that its feedback can find the email."""
+        deliveries of one message cannot both hold it. The item comes back whole (ALL_NEW: small,
+        since the body travels in the message). An item written before message_ref was set at
+        put gets it now, before the provider is called, so that its feedback can find the email;
+        one that has it keeps it (rewriting the key would write the index again)."""
         Email = self.models.TextOfEmail
         condition = (Email.status == EmailStatus.QUEUED) | (
             (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
@@ -218,9 +341,15 @@ class Store:
             Email.status.set(EmailStatus.PROCESSING),
             Email.claim_id.set(claim_id),
             Email.claimed_until.set(lease_until),
-            Email.message_ref.set(message_ref_for(email.request_id, email.email_key)),
+            Email.message_ref.set(Email.message_ref | message_ref_for(email.request_id, email.email_key)),
         ]
         return _update_if(email, actions, condition)
+
+    def _update_email(self, email: TextOfEmailBase, actions: list, condition=None) -> None:
+        """An update whose result the send does not need: nothing is read back (ReturnValues NONE)."""
+        self.models.TextOfEmail._get_connection().update_item(
+            email.request_id, email.email_key, actions=actions, condition=condition, return_values=NONE
+        )
 
     def mark_suppressed(self, email: TextOfEmailBase, reason: str, claim_id: str) -> bool:
         """The claimed email is not sent: its address is suppressed (``reason`` goes in error).
@@ -233,13 +362,14 @@ class Store:
             Email.msgtext.remove(),
             Email.claimed_until.remove(),
         ]
-        return _update_if(email, actions, condition)
+        return _conditionally(lambda: self._update_email(email, actions, condition))
 
     def mark_sent(self, email: TextOfEmailBase, when: datetime, provider_message_id: str, message_id: str) -> None:
-        """Record delivery and clear the body (it can be rendered again from the request)."""
+        """Record delivery and clear the body of an item written with one (by older code)."""
         Email = self.models.TextOfEmail
-        email.update(
-            actions=[
+        self._update_email(
+            email,
+            [
                 Email.status.set(EmailStatus.SENT),
                 Email.sent.set(when),
                 Email.msgtext.remove(),
@@ -247,7 +377,7 @@ class Store:
                 Email.provider_message_id.set(provider_message_id),
                 Email.message_id.set(message_id),
                 Email.claimed_until.remove(),
-            ]
+            ],
         )
 
     def record_failure(
@@ -256,14 +386,25 @@ class Store:
         """Release the claim after a failed try: ``failed`` for good, or queued again (the caller
         re-queues it). A throttle is not a try."""
         Email = self.models.TextOfEmail
-        email.update(
-            actions=[
+        self._update_email(
+            email,
+            [
                 Email.error.set(error[:MAX_ERROR_CHARS]),
                 Email.status.set(EmailStatus.FAILED if final else EmailStatus.QUEUED),
                 Email.claimed_until.remove(),
                 Email.queued_at.set(now),
                 Email.tries.add(1) if counts_as_try else Email.throttles.add(1),
-            ]
+            ],
+        )
+
+    def release_claim(self, email: TextOfEmailBase, claim_id: str, now: datetime) -> None:
+        """Hand a claimed email back untried (the send rate left no time to send it): queued
+        again, no try spent; the caller queues its message again."""
+        Email = self.models.TextOfEmail
+        self._update_email(
+            email,
+            [Email.status.set(EmailStatus.QUEUED), Email.claimed_until.remove(), Email.queued_at.set(now)],
+            (Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id),
         )
 
     def requeue_email(self, email: TextOfEmailBase, now: datetime, *, resend: bool = False) -> bool:

@@ -1,0 +1,116 @@
+"""The floors: the same work as dbmail's, on the same emulators, without dbmail's logic.
+
+- SES floor: the SendEmail calls dbmail's send made (captured: the same raw bytes, sender,
+  destination, configuration set and tags), replayed with ``concurrency`` (10) calls in flight.
+- Write floor: the BatchWriteItem and SendMessageBatch calls an expansion made (captured: the
+  same items, the same message bodies, in the same order), replayed with as many calls in flight
+  as the expansion had at its peak; the items go to a fresh copy of the email table (same keys,
+  same index, same stream), so that every write is a new item as the expansion's were.
+- Bare stream: a PutItem until its record is read from the table's stream (GetRecords polled
+  every POLL_SECONDS).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+POLL_SECONDS = 0.005
+TIMEOUT_SECONDS = 30.0
+STREAM_TABLE = "bench-bare-stream"
+
+
+def _replay(calls: Iterable[Callable[[], Any]], concurrency: int) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
+    return time.perf_counter() - started
+
+
+def ses_floor(sesv2, captured: list[tuple[str, dict]], concurrency: int) -> float:
+    """Seconds to make the captured SendEmail calls again, ``concurrency`` in flight."""
+    return _replay(
+        [lambda p=params: sesv2.send_email(**p) for op, params in captured if op == "SendEmail"], concurrency
+    )
+
+
+def copy_table(dynamodb, table: str) -> str:
+    """A new empty table with ``table``'s keys, indexes and stream; returns its name."""
+    description = dynamodb.describe_table(TableName=table)["Table"]
+    name = f"{table}-floor-{uuid.uuid4().hex[:8]}"
+    request: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": description["KeySchema"],
+        "AttributeDefinitions": description["AttributeDefinitions"],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    indexes = [
+        {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+        for index in description.get("GlobalSecondaryIndexes", [])
+    ]
+    if indexes:
+        request["GlobalSecondaryIndexes"] = indexes
+    if description.get("StreamSpecification", {}).get("StreamEnabled"):
+        request["StreamSpecification"] = description["StreamSpecification"]
+    dynamodb.create_table(**request)
+    dynamodb.get_waiter("table_exists").wait(TableName=name)
+    return name
+
+
+def _batch_write(dynamodb, request_items: dict) -> None:
+    while request_items:
+        request_items = dynamodb.batch_write_item(RequestItems=request_items).get("UnprocessedItems") or {}
+
+
+def write_floor(
+    dynamodb, sqs, captured: list[tuple[str, dict]], email_table: str, floor_table: str, concurrency: int
+) -> float:
+    """Seconds to make the captured writes again, ``concurrency`` in flight: the email table's
+    BatchWriteItems into ``floor_table``, the SendMessageBatches as they were."""
+    calls: list[Callable[[], Any]] = []
+    for operation, params in captured:
+        if operation == "BatchWriteItem" and email_table in params["RequestItems"]:
+            items = {floor_table: params["RequestItems"][email_table]}
+            calls.append(lambda items=items: _batch_write(dynamodb, items))
+        elif operation == "SendMessageBatch":
+            calls.append(lambda p=params: sqs.send_message_batch(**p))
+    return _replay(calls, concurrency)
+
+
+def bare_stream(dynamodb, streams, writes: int) -> list[float]:
+    """Seconds from each PutItem to its record read from the stream."""
+    try:
+        dynamodb.create_table(
+            TableName=STREAM_TABLE,
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+        )
+    except dynamodb.exceptions.ResourceInUseException:
+        pass
+    stream_arn = dynamodb.describe_table(TableName=STREAM_TABLE)["Table"]["LatestStreamArn"]
+    seconds = []
+    for n in range(writes):
+        shards = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+        shard = next(shard for shard in shards if "EndingSequenceNumber" not in shard["SequenceNumberRange"])
+        iterator = streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
+        )
+        iterator = iterator["ShardIterator"]
+        started = time.perf_counter()
+        dynamodb.put_item(TableName=STREAM_TABLE, Item={"k": {"S": f"{n}-{uuid.uuid4().hex}"}})
+        while time.perf_counter() < started + TIMEOUT_SECONDS:
+            page = streams.get_records(ShardIterator=iterator)
+            if page.get("Records"):
+                break
+            iterator = page["NextShardIterator"]
+            time.sleep(POLL_SECONDS)
+        else:
+            raise TimeoutError(f"a write did not reach the stream within {TIMEOUT_SECONDS} s")
+        seconds.append(time.perf_counter() - started)
+    return seconds

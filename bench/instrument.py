@@ -1,0 +1,110 @@
+"""What the bench sees of every AWS client a process makes, through botocore's events: calls by
+operation, DynamoDB capacity units (ReturnConsumedCapacity=TOTAL injected into every call that
+takes it; DynamoDB Local reports them as DynamoDB does, GSI writes included), the peak number of
+calls in flight, and the parameters of chosen operations, appended to a file for the floors to
+replay.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import botocore.session
+
+WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+
+
+def consumed_units(consumed: dict | list | None) -> dict[str, float]:
+    """Capacity units by table from a response's ConsumedCapacity (one dict, or a list of them)."""
+    if not consumed:
+        return {}
+    entries = consumed if isinstance(consumed, list) else [consumed]
+    units: Counter = Counter()
+    for entry in entries:
+        units[entry["TableName"]] += float(entry.get("CapacityUnits", 0))
+    return dict(units)
+
+
+class Instruments:
+    """Installed once per process (``install``): every client created after that is counted."""
+
+    def __init__(self, capture: set[str] | None = None, capture_file: Path | None = None) -> None:
+        self.calls: Counter = Counter()  # "service.Operation" -> calls
+        self.write_units: Counter = Counter()  # table -> DynamoDB write units
+        self.read_units: Counter = Counter()
+        self.capture = capture or set()  # operations whose parameters are kept, in order
+        self.in_flight = 0  # calls of the captured operations under way
+        self.peak_in_flight = 0
+        self._capture_file: BinaryIO | None = capture_file.open("wb") if capture_file else None
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        original = botocore.session.Session.create_client
+        instruments = self
+
+        def create_client(session, *args, **kwargs):
+            client = original(session, *args, **kwargs)
+            instruments.attach(client)
+            return client
+
+        botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+
+    def attach(self, client: Any) -> None:
+        events = client.meta.events
+        events.register("provide-client-params.dynamodb.*", self._ask_capacity)
+        events.register("before-parameter-build.*.*", self._before)
+        events.register("after-call.*.*", self._after)
+        events.register("after-call-error.*.*", self._after_error)
+
+    @staticmethod
+    def _ask_capacity(params: dict, model: Any, **_: Any) -> None:
+        if "ReturnConsumedCapacity" in model.input_shape.members:
+            params.setdefault("ReturnConsumedCapacity", "TOTAL")
+
+    def _before(self, params: dict, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.calls[f"{model.service_model.service_name}.{model.name}"] += 1
+            if model.name in self.capture:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                if self._capture_file is not None:
+                    pickle.dump((model.name, params), self._capture_file)
+
+    def _after(self, parsed: dict, model: Any, **_: Any) -> None:
+        units = consumed_units(parsed.get("ConsumedCapacity"))
+        with self._lock:
+            if model.name in self.capture:
+                self.in_flight -= 1
+            (self.write_units if model.name in WRITES else self.read_units).update(units)
+
+    def _after_error(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            if model.name in self.capture:
+                self.in_flight -= 1
+
+    def close(self) -> None:
+        if self._capture_file is not None:
+            self._capture_file.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "write_units": dict(self.write_units),
+            "read_units": dict(self.read_units),
+            "peak_in_flight": self.peak_in_flight,
+        }
+
+
+def captured_calls(path: Path) -> list[tuple[str, dict]]:
+    """The (operation, parameters) pairs an Instruments' capture file holds, in call order."""
+    calls = []
+    with path.open("rb") as file:
+        while True:
+            try:
+                calls.append(pickle.load(file))
+            except EOFError:
+                return calls
