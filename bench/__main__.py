@@ -190,11 +190,11 @@ def measure_expand(results: Results, state: stack.StatePaths, config: Config, wo
     sqs, dynamodb = client("sqs"), client("dynamodb")
     email_table = env["DBMAIL_EMAIL_TABLE"]
     say(f"expand          {EXPAND_SENDTO}, HTML body, one process per run")
-    columns = ("recipients", "emails", "runs", "min s", "median s", "emails/s", "peak RSS")
-    say(" " * 16 + " ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 8, 4, 8, 8, 9, 9))))
+    columns = ("recipients", "emails", "runs", "min s", "median s", "emails/s", "peak RSS", "plateau")
+    say(" " * 16 + " ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 8, 4, 8, 8, 9, 9, 10))))
     for size in config.sizes:
         results.load(f"expand {size:,}")
-        seconds, rss, runs_seen, floor = [], [], [], []
+        seconds, rss, plateau, runs_seen, floor = [], [], [], [], []
         for repeat in range(config.repeats_for(size)):
             request_id = runs.submit(size, content.SUBJECT, HTML_BODY, EXPAND_SENDTO)
             capture = work / f"expand-{size}.pickle" if size == config.floor_size and repeat == 0 else None
@@ -210,15 +210,22 @@ def measure_expand(results: Results, state: stack.StatePaths, config: Config, wo
                 raise RuntimeError(f"an expansion of {size:,} recipients ended {run['status']!r}")
             seconds.append(run["seconds"])
             rss.append(run["max_rss_mib"])
+            plateau.append(run["rss_plateau_mib"])
             runs_seen.append(run)
         figure, rss_figure = Figure(tuple(seconds)), Figure(tuple(rss))
         emails = runs_seen[0]["emails"]
-        results.sizes[size] = {"seconds": figure, "rss": rss_figure, "emails": emails, "runs": runs_seen}
+        results.sizes[size] = {
+            "seconds": figure,
+            "rss": rss_figure,
+            "plateau": Figure(tuple(plateau)),
+            "emails": emails,
+            "runs": runs_seen,
+        }
         if floor:
             results.figures["expand"], results.figures["write floor"] = figure, Figure(tuple(floor))
         say(
             f"{'':16}{size:>10,} {emails:>8,} {len(seconds):>4} {figure.min:>8.1f} {figure.median:>8.1f} "
-            f"{emails / figure.median:>9,.0f} {rss_figure.median:>6.0f} MiB"
+            f"{emails / figure.median:>9,.0f} {rss_figure.median:>6.0f} MiB {Figure(tuple(plateau)).median:>6.0f} MiB"
         )
     if "write floor" in results.figures:
         say(

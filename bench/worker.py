@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ def expand(runtime: Runtime, request_id: str, instruments: Instruments, timeout:
         "functions": functions,
         "durations": durations,
         "rss_mib_over_time": rss[:: max(1, len(rss) // 10)],
+        "rss_plateau_mib": statistics.median(mib for _, mib in rss[len(rss) // 2 :]),  # the second half's
     }
 
 

@@ -20,6 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "common" / "python" / "dbmail"
 INTEGRATION = {
     "outgoing/store.py",
+    "outgoing/send_rate_store.py",
     "inbound/store.py",
     "feedback/store.py",
     "core/models.py",

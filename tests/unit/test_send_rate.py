@@ -20,15 +20,14 @@ from dbmail.core.settings import VARIABLES
 from dbmail.core.transports import SesTransport, ses_failure_kind
 from dbmail.outgoing.send_rate import (
     TOKEN_TTL,
-    DynamoBucket,
     FleetBudget,
     MeteredTransport,
     Unlimited,
     draw,
     metered,
     send_rate,
-    ses_quota,
 )
+from dbmail.outgoing.send_rate_store import DynamoBucket, ses_quota
 from dbmail_local.ses_quota import SesRateLimit, limit_send_rate, rate_from_env, read_counts, report_quota
 from tests.conftest import function_settings
 

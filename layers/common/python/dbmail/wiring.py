@@ -22,7 +22,8 @@ from dbmail.outgoing.expand import Expander
 from dbmail.outgoing.expire import Expirer
 from dbmail.outgoing.queue import SendQueue, SqsQueue
 from dbmail.outgoing.send import EmailSender
-from dbmail.outgoing.send_rate import DynamoBucket, FleetBudget, SendBudget, Unlimited, metered, send_rate, ses_quota
+from dbmail.outgoing.send_rate import FleetBudget, SendBudget, Unlimited, metered, send_rate
+from dbmail.outgoing.send_rate_store import DynamoBucket, ses_quota
 from dbmail.outgoing.store import Store
 
 CACHED = 8  # settings per process: the four functions', the website's, and a test's

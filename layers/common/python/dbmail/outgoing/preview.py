@@ -81,6 +81,7 @@ def draft_request(spec: Mapping[str, Any], now: datetime, request_id: str = PLAC
         sent_by=None,
         public=bool(spec.get("public")),
         priority_level=spec.get("priority_level"),
+        recipient_count=None,  # a preview queues nothing: no send lane to choose
         message_vars=dict(spec["var_dict"]) if spec.get("var_dict") else None,
         template_dialect=spec.get("template_dialect"),
     )

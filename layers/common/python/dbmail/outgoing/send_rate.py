@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
 from dbmail.core.errors import DeliveryError, FailureKind
 
@@ -184,54 +183,7 @@ class FleetBudget:
             lane.next_at = max(self._full_at, now) + needed * self.interval - lane.tolerance
 
 
-# ---- integration: the bucket item, and what draws from it besides the send function ------------
-
-
-class DynamoBucket:
-    """The bucket's item in SendRateTable (hash key ``bucket``): conditional UpdateItems only."""
-
-    def __init__(self, dynamodb, table: str, name: str):
-        self._dynamodb = dynamodb
-        self._table = table
-        self._key = {"bucket": {"S": name}}
-
-    def take(self, cost: float, now: float, ceiling: float, full: bool) -> tuple[bool, float]:
-        values = {":now": {"N": _number(now)}}
-        if full:  # from now: set outright
-            update, condition = "SET full_at = :full_at", "attribute_not_exists(full_at) OR full_at <= :now"
-            values[":full_at"] = {"N": _number(now + cost)}
-        else:  # add to a bucket that is not full: concurrent takes commute
-            update, condition = "SET full_at = full_at + :cost", "full_at > :now AND full_at <= :ceiling"
-            values[":cost"] = {"N": _number(cost)}
-            values[":ceiling"] = {"N": _number(ceiling - cost)}
-        try:
-            answer = self._dynamodb.update_item(
-                TableName=self._table,
-                Key=self._key,
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
-                ReturnValues="UPDATED_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            return False, _full_at(exc.response.get("Item"))
-        return True, _full_at(answer.get("Attributes"))
-
-
-def _number(seconds: float) -> str:
-    return f"{seconds:.6f}"
-
-
-def _full_at(item: dict | None) -> float:
-    return float(item["full_at"]["N"]) if item and "full_at" in item else 0.0
-
-
-def ses_quota(sesv2) -> float:
-    """The SES account's MaxSendRate (emails per second), from sesv2 GetAccount."""
-    return float(sesv2.get_account()["SendQuota"]["MaxSendRate"])
+# ---- what draws from the budget besides the send function (the bucket's item: send_rate_store.py) ----
 
 
 def draw(budget: SendBudget, recipients: int, within: float = METERED_WAIT_SECONDS) -> None:
