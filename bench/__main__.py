@@ -13,6 +13,7 @@ Sizes of 100,000 recipients and more run BENCH_LARGE_REPEATS times (default 1: ~
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -110,6 +111,7 @@ def bench_stack() -> Iterator[stack.StatePaths]:
         yield state
     finally:
         stack.down(state)
+        shutil.rmtree(state.root, ignore_errors=True)
 
 
 def client(service: str) -> Any:
@@ -358,21 +360,22 @@ def main() -> int:
     results = Results()
     started = time.monotonic()
     say(f"bench: sizes {config.sizes}, {config.repeats} repeats ({config.large_repeats} at 100,000+)")
-    work = Path(tempfile.mkdtemp(prefix="dbmail-bench-work-"))
-    with bench_stack() as state:
-        phases: list[Callable[[], None]] = [
-            lambda: measure_latency(results),
-            lambda: stack.stop_runner(state),  # the rest runs its functions in worker processes
-            lambda: measure_cold_import(results, state, work),
-            lambda: measure_send(results, state, config, work),
-            lambda: measure_expand(results, state, config, work),
-            lambda: measure_render(results, config, work),
-        ]
-        for phase in phases:
-            phase()
-        template, _ = stack_template(state)
-        memory = {f.logical_id: f.memory_mb for f in coldstart.handlers(template)}
-    measure_send_rate(results, config, work)
+    with tempfile.TemporaryDirectory(prefix="dbmail-bench-work-") as work_dir:
+        work = Path(work_dir)
+        with bench_stack() as state:
+            phases: list[Callable[[], None]] = [
+                lambda: measure_latency(results),
+                lambda: stack.stop_runner(state),  # the rest runs its functions in worker processes
+                lambda: measure_cold_import(results, state, work),
+                lambda: measure_send(results, state, config, work),
+                lambda: measure_expand(results, state, config, work),
+                lambda: measure_render(results, config, work),
+            ]
+            for phase in phases:
+                phase()
+            template, _ = stack_template(state)
+            memory = {f.logical_id: f.memory_mb for f in coldstart.handlers(template)}
+        measure_send_rate(results, config, work)  # on a stack of its own, once the bench's is down
     results.load("end")
     results.checks = checks(results, config)
     measured = per_email(results, memory)

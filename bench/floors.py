@@ -81,34 +81,58 @@ def write_floor(
     return _replay(calls, concurrency)
 
 
+def _records_until(streams, iterator: str, key: str) -> tuple[bool, str | None]:
+    """Reads pages from ``iterator`` while they have records; whether ``key``'s record was among
+    them, and the iterator to go on with."""
+    while iterator:
+        page = streams.get_records(ShardIterator=iterator)
+        if any(record["dynamodb"]["Keys"]["k"]["S"] == key for record in page.get("Records", [])):
+            return True, None
+        iterator = page.get("NextShardIterator")
+        if not page.get("Records"):
+            break
+    return False, iterator
+
+
 def bare_stream(dynamodb, streams, writes: int) -> list[float]:
-    """Seconds from each PutItem to its record read from the stream."""
+    """Seconds from each PutItem to its record read from the stream. The table holds only these
+    writes, read from the shard's start (DynamoDB Local trims an iterator taken while its shard
+    was empty, once other tables have written: a new one from the start is taken then)."""
     try:
         dynamodb.create_table(
             TableName=STREAM_TABLE,
             KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
         )
     except dynamodb.exceptions.ResourceInUseException:
         pass
     stream_arn = dynamodb.describe_table(TableName=STREAM_TABLE)["Table"]["LatestStreamArn"]
-    seconds = []
-    for n in range(writes):
+
+    def from_start() -> str:
         shards = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
         shard = next(shard for shard in shards if "EndingSequenceNumber" not in shard["SequenceNumberRange"])
-        iterator = streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
-        )
-        iterator = iterator["ShardIterator"]
+        return streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+
+    seconds = []
+    for n in range(writes):
+        key = f"{n}-{uuid.uuid4().hex}"
+        try:
+            _, iterator = _records_until(streams, from_start(), key)  # past the earlier writes' records
+        except streams.exceptions.TrimmedDataAccessException:
+            iterator = None
         started = time.perf_counter()
-        dynamodb.put_item(TableName=STREAM_TABLE, Item={"k": {"S": f"{n}-{uuid.uuid4().hex}"}})
+        dynamodb.put_item(TableName=STREAM_TABLE, Item={"k": {"S": key}})
         while time.perf_counter() < started + TIMEOUT_SECONDS:
-            page = streams.get_records(ShardIterator=iterator)
-            if page.get("Records"):
+            try:
+                found, iterator = _records_until(streams, iterator or from_start(), key)
+            except streams.exceptions.TrimmedDataAccessException:
+                found, iterator = False, None
+            if found:
                 break
-            iterator = page["NextShardIterator"]
             time.sleep(POLL_SECONDS)
         else:
             raise TimeoutError(f"a write did not reach the stream within {TIMEOUT_SECONDS} s")

@@ -128,8 +128,9 @@ def test_a_failed_email_is_sent_again_once_by_dbmail_resend_with_its_message_id(
 
 def test_emails_whose_send_messages_were_lost_or_dead_lettered_are_each_delivered_once(local_stack, store, capsys):
     sqs, env = local_stack.client("sqs"), local_stack.env
-    queue_url, dlq_url = env["DBMAIL_SEND_QUEUE_URL"], env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"]
-    # given a request expanded into two queued emails whose send messages never arrive: the
+    # (a two-recipient request's emails take the priority lane)
+    queue_url, dlq_url = env["DBMAIL_PRIORITY_SEND_QUEUE_URL"], env["DBMAIL_LOCAL_SENDDEADLETTERQUEUE_URL"]
+    # given a request expanded into two queued emails whose send messages never arrive: their
     # send queue holds them back (DelaySeconds), then loses them (purged)
     try:
         sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"DelaySeconds": "60"})
