@@ -383,6 +383,55 @@ def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
         per_queue(name)
 
 
+
+def cheap_standard_sends() -> None:
+    """moto's send_message reads ``queue.attributes`` to see whether the queue deduplicates by
+    content (a FIFO queue's setting), and that property counts the queue's messages three times
+    (ApproximateNumberOf*): each send costs O(queue depth), a bulk expansion O(n^2). A standard
+    queue's send skips that read; a FIFO queue's is moto's own."""
+    send_message = _unpatched(SQSBackend.send_message)
+
+    @_patches(send_message)
+    def send_message_cheaply(
+        self: SQSBackend,
+        queue_name: str,
+        message_body: str,
+        message_attributes: dict[str, Any] | None = None,
+        delay_seconds: int | None = None,
+        deduplication_id: str | None = None,
+        group_id: str | None = None,
+        system_attributes: dict[str, Any] | None = None,
+        validate_group_id: bool = True,
+    ) -> Message:
+        queue = self.get_queue(queue_name)
+        if queue.fifo_queue or deduplication_id is not None or group_id is not None:
+            return send_message(
+                self,
+                queue_name,
+                message_body,
+                message_attributes,
+                delay_seconds,
+                deduplication_id,
+                group_id,
+                system_attributes,
+                validate_group_id,
+            )
+        delay = int(delay_seconds) if delay_seconds is not None else int(queue.delay_seconds or 0)
+        self._validate_message(queue, message_body=message_body, delay_seconds=delay)
+        if delay > sqs_models.MAXIMUM_MESSAGE_DELAY:
+            raise sqs_models.InvalidParameterValue(
+                f"Value {delay} for parameter DelaySeconds is invalid. Reason: DelaySeconds must be >= 0 and <= 900."
+            )
+        message = Message(str(sqs_models.random.uuid4()), message_body, system_attributes)
+        if message_attributes:
+            message.message_attributes = message_attributes
+        message.mark_sent(delay_seconds=delay)
+        queue.add_message(message)
+        return message
+
+    SQSBackend.send_message = send_message_cheaply  # type: ignore[method-assign]
+
+
 # ---- fault injection (tests only) ---------------------------------------------------------
 
 SES_FAULT_KINDS = ("throttle", "transient", "permanent")
@@ -645,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     record_sent_mail(Outbox(args.outbox), hop, events)
     faults = Faults(args.faults.resolve()) if args.faults else None
     serialize_sqs_queues(faults)
+    cheap_standard_sends()
     speed_up_sqs_clock()
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -209,11 +209,12 @@ def test_concurrent_senders_receivers_and_deleters_lose_nothing_and_get_nothing_
 
 @pytest.fixture
 def in_process_sqs(monkeypatch) -> Iterator[Any]:
-    """moto's SQS backend in this process with serialize_sqs_queues applied, all undone afterwards."""
+    """moto's SQS backend in this process with serialize_sqs_queues and cheap_standard_sends
+    applied, all undone afterwards."""
     from moto import mock_aws
     from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
-    from dbmail_local.moto_server import serialize_sqs_queues
+    from dbmail_local.moto_server import cheap_standard_sends, serialize_sqs_queues
 
     for name in list(os.environ):
         if name.startswith("AWS_ENDPOINT_URL"):
@@ -223,10 +224,12 @@ def in_process_sqs(monkeypatch) -> Iterator[Any]:
             monkeypatch.setattr(cls, name, getattr(cls, name))  # restored after the test
     with mock_aws():
         serialize_sqs_queues()
+        cheap_standard_sends()
         yield sqs_backends["123456789012"]["us-east-1"]
 
 
 PATCHED_BACKEND_METHODS = (
+    "send_message",
     "receive_message",
     "send_message_batch",
     "delete_message_batch",
@@ -300,3 +303,49 @@ def test_concurrent_deletes_and_sends_with_a_wide_race_window(monkeypatch, in_pr
         thread.join()
     left = sorted(message.body for message in backend.get_queue("wide")._messages)
     assert left == sorted(f"new-{s}-{n}" for s in range(2) for n in range(20))
+
+
+def test_a_standard_queue_send_never_counts_the_queue(monkeypatch, in_process_sqs):
+    """moto's send reads queue.attributes, which counts every queued message three times: at a
+    depth of 100,000 that made each send slow. A standard queue's send keeps SQS's semantics
+    (delay, message attributes, the size limit) without that read; a FIFO queue's is moto's own."""
+    from moto.sqs.exceptions import InvalidParameterValue
+    from moto.sqs.models import Queue
+
+    backend = in_process_sqs
+    backend.create_queue("deep", VisibilityTimeout="60", MaximumMessageSize="1024")
+    backend.create_queue("ordered.fifo", FifoQueue="true", ContentBasedDeduplication="true")
+    reads = Counter()
+    attributes = Queue.attributes
+
+    def counted(self):
+        reads[self.name] += 1
+        return attributes.fget(self)
+
+    monkeypatch.setattr(Queue, "attributes", property(counted))
+    # given a standard queue a few hundred messages deep
+    for n in range(300):
+        backend.send_message("deep", f"m{n}")
+    # when more are sent, one delayed and one with message attributes
+    backend.send_message("deep", "later", delay_seconds=600)
+    attribute = {"priority": {"data_type": "String", "string_value": "1"}}
+    backend.send_message("deep", "tagged", message_attributes=attribute)
+    # then no send read the queue's attributes, and each message is what SQS would hand out
+    assert reads["deep"] == 0
+    received = {}
+    while batch := backend.receive_message("deep", 10, 0, 60):
+        received.update((m.body, m) for m in batch)
+    assert "later" not in received and len(received) == 301
+    queued = {m.body: m for m in backend.get_queue("deep")._messages}
+    assert queued["tagged"].message_attributes == attribute
+    later = queued["later"]
+    assert later.delayed
+    # and the queue's limits still hold
+    with pytest.raises(InvalidParameterValue):
+        backend.send_message("deep", "x" * 1025)
+    with pytest.raises(InvalidParameterValue):
+        backend.send_message("deep", "x", delay_seconds=901)
+    # and a FIFO queue still deduplicates by content
+    for _ in range(2):
+        backend.send_message("ordered.fifo", "same", group_id="g")
+    assert len(backend.get_queue("ordered.fifo")._messages) == 1

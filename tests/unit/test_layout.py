@@ -44,7 +44,11 @@ def domain_modules() -> list[str]:
 
 def runtime_imports(module: str) -> set[str]:
     """What the module's own import statements name, leaving out ``if TYPE_CHECKING:`` blocks."""
-    tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text())
+    return runtime_imports_of(PACKAGE.parent / (module.replace(".", "/") + ".py"))
+
+
+def runtime_imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
@@ -91,3 +95,28 @@ def test_a_domain_module_imports_no_aws_sdk_or_pynamodb(module):
 def test_an_integration_module_is_what_brings_the_sdk():
     # given the check above, it would notice an SDK import: the store does load PynamoDB
     assert "pynamodb" in imported_sdks("dbmail.outgoing.store")
+
+
+# what each function's handler needs from the package (its services are built on first use)
+NOT_AT_COLD_START = {
+    "functions/send": {"dbmail.inbound.router", "dbmail.feedback.one_click", "dbmail.outgoing.expire"},
+    "functions/inbound": {"dbmail.outgoing.expire", "dbmail.feedback.sendgrid_webhook", "dbmail.outgoing.archive"},
+    "functions/expire": {"dbmail.inbound.router", "dbmail.feedback.one_click", "dbmail.feedback.sendgrid_webhook"},
+}
+
+
+@pytest.mark.parametrize("function", sorted(NOT_AT_COLD_START))
+def test_a_function_imports_only_its_own_services(function):
+    # given the composition root imported as a handler imports it, with the handler's own imports
+    app = PACKAGE.parents[2].parent / function / "app.py"
+    handler_imports = sorted(name for name in runtime_imports_of(app) if name.startswith("dbmail."))
+    code = (
+        "import json, sys, importlib\n"
+        f"for name in {handler_imports!r}:\n"
+        "    try:\n        importlib.import_module(name)\n    except ModuleNotFoundError:\n        pass\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    # then no other function's service module is loaded at its cold start
+    assert "dbmail.wiring" in loaded
+    assert set(loaded) & NOT_AT_COLD_START[function] == set()

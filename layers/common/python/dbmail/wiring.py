@@ -1,42 +1,51 @@
 """The composition root: services built from the settings they are given, on first use (never
 at import), and cached per settings, since the local runner runs every function in one process
-(each with its own settings) and the CLI runs with the website's."""
+(each with its own settings) and the CLI runs with the website's.
+
+Each factory imports what it builds: a function's cold start loads its own services only (the
+send function never imports the inbound router, the expire sweep never the unsubscribe page).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache, partial
+from typing import TYPE_CHECKING
 
-import boto3
+import boto3  # the SDK at cold start, as every function's first record needs it
 
-from dbmail.core.models import open_connections
 from dbmail.core.settings import Settings
-from dbmail.core.transports import SesTransport, Transport, make_transport
-from dbmail.feedback.one_click import OneClickUnsubscribe
-from dbmail.feedback.recorder import FeedbackRecorder
-from dbmail.feedback.sendgrid_webhook import SendGridEvents, SignatureVerifier
-from dbmail.feedback.store import FeedbackStore, SuppressionStore
-from dbmail.inbound.router import InboundRouter
-from dbmail.inbound.store import InboundStore
-from dbmail.outgoing.archive import Archive
-from dbmail.outgoing.expand import Expander
-from dbmail.outgoing.expire import Expirer
-from dbmail.outgoing.queue import SendQueue, SqsQueue
-from dbmail.outgoing.send import EmailSender
-from dbmail.outgoing.send_rate import FleetBudget, SendBudget, Unlimited, metered, send_rate
-from dbmail.outgoing.send_rate_store import DynamoBucket, ses_quota
-from dbmail.outgoing.store import Store
+
+if TYPE_CHECKING:
+    from dbmail.core.transports import Transport
+    from dbmail.feedback.one_click import OneClickUnsubscribe
+    from dbmail.feedback.recorder import FeedbackRecorder
+    from dbmail.feedback.sendgrid_webhook import SendGridEvents
+    from dbmail.feedback.store import SuppressionStore
+    from dbmail.inbound.router import InboundRouter
+    from dbmail.outgoing.archive import Archive
+    from dbmail.outgoing.expand import Expander
+    from dbmail.outgoing.expire import Expirer
+    from dbmail.outgoing.queue import SendQueue
+    from dbmail.outgoing.send import EmailSender
+    from dbmail.outgoing.send_rate import SendBudget
 
 CACHED = 8  # settings per process: the four functions', the website's, and a test's
 
 
 @lru_cache(maxsize=CACHED)
 def send_queue(settings: Settings) -> SendQueue:
+    from dbmail.outgoing.queue import SendQueue
+
     sqs = boto3.session.Session().client("sqs", region_name=settings.region)
     return SendQueue(sqs, settings.send_queue_url, settings.priority_send_queue_url)
 
 
 @lru_cache(maxsize=CACHED)
 def expander(settings: Settings) -> Expander:
+    from dbmail.outgoing.expand import Expander
+    from dbmail.outgoing.queue import SqsQueue
+    from dbmail.outgoing.store import Store
+
     chunk_queue = SqsQueue(
         boto3.session.Session().client("sqs", region_name=settings.region), settings.expand_chunk_queue_url
     )
@@ -45,21 +54,31 @@ def expander(settings: Settings) -> Expander:
 
 @lru_cache(maxsize=CACHED)
 def suppression_store(settings: Settings) -> SuppressionStore:
+    from dbmail.feedback.store import SuppressionStore
+
     return SuppressionStore(settings)
 
 
 @lru_cache(maxsize=CACHED)
 def feedback_recorder(settings: Settings) -> FeedbackRecorder:
+    from dbmail.feedback.recorder import FeedbackRecorder
+    from dbmail.feedback.store import FeedbackStore
+
     return FeedbackRecorder(emails=FeedbackStore(settings), suppressions=suppression_store(settings), settings=settings)
 
 
 @lru_cache(maxsize=CACHED)
 def one_click_unsubscribe(settings: Settings) -> OneClickUnsubscribe:
+    from dbmail.feedback.one_click import OneClickUnsubscribe
+
     return OneClickUnsubscribe(suppressions=suppression_store(settings), secret=settings.unsubscribe_secret)
 
 
 @lru_cache(maxsize=CACHED)
 def sendgrid_events(settings: Settings) -> SendGridEvents:
+    from dbmail.feedback.sendgrid_webhook import SendGridEvents, SignatureVerifier
+    from dbmail.outgoing.queue import SqsQueue
+
     sqs = boto3.session.Session().client("sqs", region_name=settings.region)
     return SendGridEvents(
         SignatureVerifier(settings.sendgrid_webhook_public_key), SqsQueue(sqs, settings.feedback_queue_url)
@@ -69,6 +88,9 @@ def sendgrid_events(settings: Settings) -> SendGridEvents:
 @lru_cache(maxsize=CACHED)
 def send_budget(settings: Settings) -> SendBudget:
     """The fleet's send rate as this container draws from it (the SES quota read here, at cold start)."""
+    from dbmail.outgoing.send_rate import FleetBudget, Unlimited, send_rate
+    from dbmail.outgoing.send_rate_store import DynamoBucket, ses_quota
+
     session = boto3.session.Session()
     rate = send_rate(
         settings.max_send_rate,
@@ -83,6 +105,11 @@ def send_budget(settings: Settings) -> SendBudget:
 
 @lru_cache(maxsize=CACHED)
 def email_sender(settings: Settings) -> EmailSender:
+    from dbmail.core.models import open_connections
+    from dbmail.core.transports import make_transport
+    from dbmail.outgoing.send import EmailSender
+    from dbmail.outgoing.store import Store
+
     sender = EmailSender(
         store=Store(settings),
         transport=make_transport(settings),
@@ -98,6 +125,10 @@ def email_sender(settings: Settings) -> EmailSender:
 
 @lru_cache(maxsize=CACHED)
 def inbound_router(settings: Settings) -> InboundRouter:
+    from dbmail.core.transports import SesTransport
+    from dbmail.inbound.router import InboundRouter
+    from dbmail.inbound.store import InboundStore
+
     settings.require_inbound()
     session = boto3.session.Session()
     return InboundRouter(
@@ -115,16 +146,25 @@ def inbound_router(settings: Settings) -> InboundRouter:
 def test_send_transport() -> Transport:
     """A test send's provider: the send function's, from its settings in the environment (the
     provider, SendGrid's key, the SES configuration set), since the website's read no secret."""
+    from dbmail.core.transports import make_transport
+
     return make_transport(Settings.for_function("send"))
 
 
 @lru_cache(maxsize=CACHED)
 def archive(settings: Settings) -> Archive:
+    from dbmail.outgoing.archive import Archive
+    from dbmail.outgoing.store import Store
+
     return Archive(store=Store(settings), settings=settings)
 
 
 @lru_cache(maxsize=CACHED)
 def expirer(settings: Settings) -> Expirer:
+    from dbmail.core.transports import make_transport
+    from dbmail.outgoing.expire import Expirer
+    from dbmail.outgoing.send_rate import metered
+
     return Expirer(expander=expander(settings), transport=metered(make_transport(settings), send_budget(settings)))
 
 
