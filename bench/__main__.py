@@ -242,8 +242,9 @@ def measure_render(results: Results, config: Config, work: Path) -> None:
     users = generate_recipients(RENDER_RECIPIENTS)
     dbmail = render.dbmail_seconds(content.SUBJECT, content.BODY, users, runs.VARS, config.repeats)
     python, how = render.django_python(work / "django-venv")
-    contexts = render.django_contexts(users, runs.VARS)
-    django = render.django_seconds(python, content.SUBJECT, content.BODY, contexts, config.repeats, work / "r.json")
+    django = render.django_seconds(
+        python, content.SUBJECT, content.BODY, users, runs.VARS, config.repeats, work / "r.json"
+    )
     results.figures["render"], results.figures["django render"] = Figure(tuple(dbmail)), Figure(tuple(django))
     results.notes["django install"] = how
     rate = RENDER_RECIPIENTS / results.figures["render"].median

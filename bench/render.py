@@ -57,17 +57,6 @@ def dbmail_seconds(subject: str, body: str, users: list[dict], variables: dict, 
     return seconds
 
 
-def django_contexts(users: list[dict], variables: dict) -> list[dict]:
-    """The context the original gave Django for each recipient, as JSON."""
-    contexts = []
-    for user in users:
-        fields = {**(user.get("vars") or {}), **{f: user[f] for f in RECIPIENT_FIELDS if user.get(f) is not None}}
-        fields["name"] = " ".join(user[p] for p in ("first_name", "last_name") if user.get(p))
-        request = {"id": "bench", "public_url": "https://esp.example.org/email/bench"}
-        contexts.append({**variables, "user": fields, "request": request, "EMAIL_HOST_SENDER": "info@example.org"})
-    return contexts
-
-
 def wheel_of_installed(name: str, out: Path) -> Path:
     """A wheel of the distribution installed here, zipped from its RECORD (no index needed;
     its scripts, outside site-packages, are left out)."""
@@ -105,9 +94,12 @@ def django_python(directory: Path) -> tuple[Path, str]:
 
 
 def django_seconds(
-    python: Path, subject: str, body: str, contexts: list[dict], repeats: int, work: Path
+    python: Path, subject: str, body: str, users: list[dict], variables: dict, repeats: int, work: Path
 ) -> list[float]:
-    work.write_text(json.dumps({"subject": subject, "body": body, "contexts": contexts}))
+    """The original's path over the same recipients: each one's context and address built, then
+    subject and body compiled and rendered (bench/django_render.py)."""
+    spec = {"subject": subject, "body": body, "users": users, "variables": variables, "fields": RECIPIENT_FIELDS}
+    work.write_text(json.dumps(spec))
     completed = subprocess.run(
         [str(python), str(DJANGO_SCRIPT), str(work), str(repeats)], check=True, capture_output=True, text=True
     )
