@@ -383,7 +383,6 @@ def serialize_sqs_queues(faults: "Faults | None" = None) -> None:
         per_queue(name)
 
 
-
 def cheap_standard_sends() -> None:
     """moto's send_message reads ``queue.attributes`` to see whether the queue deduplicates by
     content (a FIFO queue's setting), and that property counts the queue's messages three times
