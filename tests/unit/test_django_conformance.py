@@ -37,7 +37,7 @@ from django.utils import dateparse
 
 from dbmail.core.compose import is_html
 from dbmail.core.errors import TemplateInvalid
-from dbmail.outgoing.render import UserContext, build_context, compile_message
+from dbmail.outgoing.render import UserContext, build_context, compile_message, shared_context
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "django"
 UNSUPPORTED_DIR = CORPUS / "unsupported"
@@ -192,6 +192,21 @@ def test_the_template_renders_as_django_renders_it(name):
     problems = [diff(what, expected, got) for what, expected, got in outputs if expected != got]
     if problems:
         pytest.fail(f"{TEMPLATES[name].name} renders differently from Django:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_template_renders_the_same_bound_to_its_requests_shared_names(name):
+    # given a corpus template compiled, and bound to its request's shared names as expand.prepare binds it
+    values = case_values(name)
+    compiled = compile_message(values["subject"], source(TEMPLATES[name]))
+    shared = shared_context(request_context(values["subject"]), EMAIL_HOST_SENDER, values["message_vars"])
+    bound = compiled.bind(shared)
+    # when its recipient's context is built from those same values
+    context = build_context(
+        UserContext(values["user"], values["user_vars"]), shared["request"], EMAIL_HOST_SENDER, values["message_vars"]
+    )
+    # then the bound templates write what the unbound ones write
+    assert bound.render(context) == compiled.render(context)
 
 
 @pytest.mark.parametrize("name", UNSUPPORTED)

@@ -2,7 +2,9 @@
 render.py's LimitedSandbox. Where Django's own output is the reference, the test renders the
 same template with Django (a test-only dependency) and compares byte for byte."""
 
+import re
 import time
+from datetime import UTC, datetime
 
 import django
 import pytest
@@ -12,9 +14,17 @@ from django.utils import dateparse
 
 from dbmail.client.requests import submit_request
 from dbmail.core.errors import TemplateInvalid, TemplateLimitExceeded
-from dbmail.outgoing.django_templates import dialect_of, is_django
+from dbmail.outgoing.django_templates import dialect_of, django_escape, is_django
 from dbmail.outgoing.expand import prepare
-from dbmail.outgoing.render import DEFAULT_LIMITS, RenderLimits, UserContext, build_context, compile_message, is_html
+from dbmail.outgoing.render import (
+    DEFAULT_LIMITS,
+    RenderLimits,
+    UserContext,
+    build_context,
+    compile_message,
+    is_html,
+    shared_context,
+)
 from dbmail.outgoing.store import Store
 
 if not settings.configured:
@@ -173,6 +183,15 @@ def test_iso_date_strings_print_and_filter_as_the_dates_they_stand_for():
     assert render(body, values).startswith(
         "July 4, 2026|July 4, 2026|July 4, 2026, 9:30 a.m.|9:30 a.m.|2026|Jan. 2, 2026;"
     )
+
+
+def test_a_recipients_iso_date_prints_as_the_date_whichever_path_renders_it():
+    # given a recipient's variable holding an ISO date
+    context = build_context(UserContext({}, {"birthday": "2026-07-04"}), {}, "i@x", None)
+    # when printed plainly (the direct path) and through a filter (the translation)
+    for body in ("{{ user.birthday }}", "{{ user.birthday|default:'' }}"):
+        # then it is the date, as Django prints it
+        assert compile_message("", body, dialect="django").render(context)[1] == "July 4, 2026"
 
 
 def test_now_formats_the_current_utc_time():
@@ -341,6 +360,100 @@ def test_the_translation_compiles_once_and_renders_per_recipient():
     ]
     # then each gets their own values
     assert rendered == [("Hi Ann", "12 Ann"), ("Hi Bo", "12 Bo")]
+
+
+# ---- bound to the request's shared names (CompiledMessage.bind, as expand.prepare binds) -------------
+SHARED_REQUEST = {"id": "r1", "public": False, "created_at": datetime(2026, 10, 1, 14, 5, tzinfo=UTC)}
+SHARED_VARS = {
+    "program": {"name": 'Tom & <Jerry>\'s "club"', "startdate": "2026-11-28", "tags": ["a", "<b>"], "count": 3},
+    "user": "a custom variable named user, which the recipient's user hides",
+}
+TRICKY_RECIPIENTS = [
+    ({"first_name": "O'Brien & <Co>", "last_name": '"Zoë"'}, {"link": "https://x/?a=1&b=2"}),
+    ({"first_name": "2026-01-02", "last_name": None}, None),  # an ISO date: printed as the date
+    ({"first_name": "", "last_name": "Ng"}, {"link": 7}),
+    ({}, {"link": ["<l>"]}),
+]
+
+
+def bound_and_unbound(subject, body, message_vars=SHARED_VARS, limits=DEFAULT_LIMITS):
+    compiled = compile_message(subject, body, limits, dialect="django")
+    return compiled.bind(shared_context(SHARED_REQUEST, "i@x", message_vars)), compiled
+
+
+def recipient_context(fields, user_vars, message_vars=SHARED_VARS):
+    return build_context(UserContext(fields, user_vars), SHARED_REQUEST, "i@x", message_vars)
+
+
+def variables(template):
+    return [part for part in template.parts if type(part) is not str]
+
+
+@pytest.mark.parametrize("html", [True, False], ids=["html", "text"])
+def test_a_bound_template_renders_as_the_unbound_one_for_every_recipient(html):
+    # given templates mixing the recipient's fields with shared names: escaped, dates, indexes, missing
+    shared = (
+        "{{ program.name }} {{ program.startdate }} {{ program.tags.1 }} {{ program.count }} {{ nothing }}"
+        "{{ nothing.at.all }} {{ request.id }} {{ request.public }} {{ request.created_at }}"
+        " {{ EMAIL_HOST_SENDER }}"
+    )
+    body = f"{'<html>' if html else ''}{{{{ user.first_name }}}} {shared} {{{{ user }}}} {{{{ user.link }}}}[{{{{ user.missing }}}}]"
+    bound, compiled = bound_and_unbound(f"{{{{ user.first_name }}}}: {shared}", body)
+    # when each tricky recipient is rendered by both
+    for fields, user_vars in TRICKY_RECIPIENTS:
+        context = recipient_context(fields, user_vars)
+        # then the bound one writes the very same subject and body
+        assert bound.render(context) == compiled.render(context)
+    # and it looks up the recipient's fields only: the shared names are text now
+    assert {part[0] for part in variables(bound.body_template) + variables(bound.subject_template)} == {"user"}
+    assert len(variables(bound.body_template)) == 4
+    merged = ' Tom & <Jerry>\'s "club" Nov. 28, 2026 <b> 3  r1 False Oct. 1, 2026, 2:05 p.m. i@x '
+    assert (django_escape(merged) if html else merged) in bound.body_template.parts
+
+
+@pytest.mark.parametrize("shared", ["{{ request.items }}", "{{ program.name.upper }}", "{{ program.missing }}"])
+def test_a_template_whose_shared_part_needs_the_translation_is_not_bound(shared):
+    # given a shared part only the translation renders (a call, an attribute, a key the mapping lacks)
+    bound, compiled = bound_and_unbound("s", f"{{{{ user.first_name }}}} {shared}")
+    # then the template is left as it was, and renders as before
+    assert bound.body_template is compiled.body_template
+    context = recipient_context({"first_name": "Zoë"}, None)
+    assert bound.render(context) == compiled.render(context)
+
+
+def test_a_recipients_value_that_needs_the_translation_still_gets_it_when_bound():
+    # given a bound template whose recipient parts need the translation for some recipients
+    bound, compiled = bound_and_unbound("s", "{{ user.first_name.upper }} {{ user.links.b }}|{{ program.count }}")
+    assert len(variables(bound.body_template)) == 2
+    # when rendered, the translation renders those recipients with their whole context
+    context = recipient_context({"first_name": "zoë"}, {"links": {"a": 1}})
+    assert bound.render(context) == compiled.render(context) == ("s", "ZOË |3")
+
+
+def test_a_shared_part_over_the_output_limit_is_not_bound_and_fails_every_render_as_before():
+    # given a shared value longer than the output limit
+    message_vars = {"big": "x" * 60}
+    limits = RenderLimits(output_chars=50)
+    bound, compiled = bound_and_unbound("s", "{{ user.first_name }}{{ big }}", message_vars, limits)
+    # then it is not bound, and each render breaks the limit as before
+    assert bound.body_template is compiled.body_template
+    with pytest.raises(TemplateLimitExceeded, match="output limit"):
+        bound.render(recipient_context({"first_name": "Zoë"}, None, message_vars))
+
+
+def test_a_bound_template_breaks_the_output_limit_where_the_unbound_one_does():
+    # given a bound template whose shared text fits the output limit
+    message_vars = {"program": {"name": "p" * 30}}
+    limits = RenderLimits(output_chars=50)
+    bound, compiled = bound_and_unbound("", "{{ program.name }} {{ user.first_name }}.", message_vars, limits)
+    # when one recipient's name fits and another's makes the body one character too long
+    fits, over = (recipient_context({"first_name": "z" * n}, None, message_vars) for n in (18, 19))
+    # then the first renders as before and the second fails with the same error
+    assert bound.render(fits) == compiled.render(fits)
+    with pytest.raises(TemplateLimitExceeded) as unbound_error:
+        compiled.render(over)
+    with pytest.raises(TemplateLimitExceeded, match=re.escape(str(unbound_error.value))):
+        bound.render(over)
 
 
 # ---- the request's template_dialect, end to end ----------------------------------------------------

@@ -9,9 +9,12 @@ from dbmail import wiring
 from dbmail.client import request_status, submit_request
 from dbmail.core.clock import utcnow
 from dbmail.core.errors import ExpansionIncomplete
+from dbmail.core.models import bind_models
+from dbmail.core.settings import Settings
 from dbmail.core.statuses import RequestStatus
-from dbmail.outgoing.expand import BATCH_RECIPIENTS, Outcome, message_ref_for
+from dbmail.outgoing.expand import BATCH_RECIPIENTS, RECIPIENT_FIELDS, Outcome, message_ref_for, prepare
 from dbmail.outgoing.queue import QueuedEmail
+from dbmail.outgoing.render import UserContext, build_context, compile_message
 from dbmail.outgoing.store import Store
 from tests.conftest import drain, function_settings, recipient
 
@@ -249,3 +252,42 @@ def test_a_request_item_that_cannot_be_read_is_recorded_failed_not_retried(moto_
         TableName=table, Key={"request_id": {"S": "raw-bad"}}
     )["Item"]
     assert item["status"]["S"] == "failed" and "malformed request item" in item["error"]["S"]
+
+
+def test_a_prepared_request_renders_each_recipient_as_its_unbound_templates_do():
+    # given a Django request whose templates mix the recipient's fields with its shared names
+    settings = Settings(
+        allowed_sender_domains=("example.org",),
+        default_sender="Splash <splash@example.org>",
+        email_host_sender="info@example.org",
+        site_url="https://esp.example.org",
+    )
+    models = bind_models(settings)
+    request = models.MessageRequest(
+        request_id="r1",
+        subject="{{ program.name }} for {{ user.first_name }}",
+        msgtext="<html>{{ user }}: {{ program.name }} {{ program.start }} {{ request.public_url }}"
+        " {{ EMAIL_HOST_SENDER }} {{ nothing }} {{ user.link }}</html>",
+        sender="Splash <splash@example.org>",
+        created_at=utcnow(),
+        message_vars={"program": {"name": "Tom & Jerry's", "start": "2026-11-28"}, "user": "not the recipient"},
+        template_dialect="django",
+    )
+    prepared = prepare(request, settings)
+    unbound = compile_message(request.subject, request.msgtext, dialect="django")
+    # when recipients whose values need escaping are rendered
+    for fields, user_vars in (
+        ({"first_name": "O'Brien <&>", "last_name": '"Ng"', "email": "a@example.net"}, {"link": "https://x/?a&b"}),
+        ({"first_name": "Zoë", "email": "z@example.net"}, None),
+    ):
+        item = models.EmailRequest(request_id="r1", recipient_key="k", vars=user_vars, **fields)
+        context = build_context(
+            UserContext({f: fields.get(f) for f in RECIPIENT_FIELDS}, user_vars),
+            prepared.request_context,
+            settings.email_host_sender,
+            prepared.message_vars,
+        )
+        # then each email is what the unbound templates write for the recipient's whole context
+        assert prepared.render(item)[1:] == unbound.render(context)
+    # and the shared names were rendered once, when the request was prepared
+    assert {part[0] for part in prepared.compiled.body_template.parts if type(part) is not str} == {"user"}

@@ -4,7 +4,8 @@ import time
 import pytest
 
 from dbmail.core.errors import TemplateInvalid, TemplateLimitExceeded
-from dbmail.outgoing.render import UserContext, build_context, compile_message, is_html
+from dbmail.outgoing import render as rendering
+from dbmail.outgoing.render import RenderLimits, UserContext, build_context, compile_message, is_html, shared_context
 
 
 def render(subject, body, user=None, message_vars=None, user_vars=None):
@@ -104,6 +105,43 @@ def test_user_name_is_the_full_name_and_user_exposes_fields_only():
     assert "mai@example.net" not in body and "zoe@" not in body
 
 
+@pytest.mark.parametrize(
+    "fields, user_vars, name",
+    [
+        ({"first_name": "Zoë", "last_name": "Ng"}, None, "Zoë Ng"),
+        ({"first_name": "Zoë", "last_name": None}, {"last_name": "Vars"}, "Zoë Vars"),
+        ({"first_name": "", "last_name": "Ng"}, {}, "Ng"),
+        ({"first_name": 0, "last_name": 5}, None, "5"),
+        ({"email": "zoe@example.net"}, None, ""),
+    ],
+)
+def test_user_name_is_made_of_the_first_and_last_names_there_are(fields, user_vars, name):
+    # given a recipient's fields (a None field leaves the website's variable of that name)
+    user = UserContext(fields, user_vars)
+    # then the name joins the non-empty first and last names
+    assert str(user) == user.field("name") == name
+
+
+def test_user_fields_win_over_the_websites_variables_whose_names_are_text():
+    # given website variables with a non-text key and one a field also has
+    user = UserContext({"email": "zoe@example.net", "last_name": None}, {3: "three", "email": "old@example.net"})
+    # then the field wins, and the key is found by its text
+    assert (user.field("email"), user.field("3")) == ("zoe@example.net", "three")
+
+
+def test_each_render_has_its_own_budget_which_ends_with_it_even_when_it_fails():
+    # given a message with a small output limit, and the budget outside any render
+    compiled = compile_message("s", "{{ user.first_name }}", RenderLimits(output_chars=5))
+    outside = rendering._current.get()
+    # when it renders, breaks the limit and is bound
+    assert compiled.render(build_context(UserContext({"first_name": "Zoë"}, None), {}, "", None)) == ("s", "Zoë")
+    with pytest.raises(TemplateLimitExceeded, match="output limit"):
+        compiled.render(build_context(UserContext({"first_name": "Zoë Ng"}, None), {}, "", None))
+    compiled.bind(shared_context({}, "", None))
+    # then no budget of theirs is left behind
+    assert rendering._current.get() is outside
+
+
 def test_a_template_cannot_change_shared_values_for_the_next_recipient():
     # given a request-wide variable and a template that tries to write into it
     compiled = compile_message("s", "{% if program.update({'last': user.email}) %}{% endif %}{{ program.last }}")
@@ -155,8 +193,6 @@ def test_a_hostile_template_breaks_a_named_limit_quickly_and_in_little_memory(te
 
 def test_a_slow_template_breaks_the_time_limit():
     # given a template that stays within the iteration limit but does slow work per iteration
-    from dbmail.outgoing.render import RenderLimits
-
     compiled = compile_message(
         "s",
         "{% for i in range(100000) %}{{ (i|string)|replace('1', '22')|center(50) }}{% endfor %}",

@@ -55,6 +55,7 @@ from jinja2.utils import missing
 from markupsafe import Markup
 
 from dbmail.core.errors import TemplateInvalid, TemplateLimitExceeded
+from dbmail.outgoing import render  # it imports this module only when it compiles a Django template
 from dbmail.outgoing.django_dates import format_date, localize, parse_datetime_value
 from dbmail.outgoing.django_filters import FILTERS
 
@@ -550,8 +551,6 @@ MISSING = _Missing()
 
 
 def _tick() -> None:
-    from dbmail.outgoing import render  # render imports this module when it compiles a Django template
-
     render._budget().tick()
 
 
@@ -587,33 +586,38 @@ def _called(context: Any, value: Any) -> Any:
     return value
 
 
+_NOT_PLAIN = object()  # what _plain_step answers when only an attribute is left
+
+
+def _plain_step(value: Any, bit: str) -> Any:
+    """One dotted part of a lookup, the steps that need no sandbox, in Django's order: the
+    recipient's field, a mapping's key, a list index (MISSING if it has none of the field or
+    the index); ``_NOT_PLAIN`` when only an attribute is left."""
+    if isinstance(value, render.UserContext):
+        return value.field(bit, _missing_field)
+    if isinstance(value, Mapping) and bit in value:
+        return value[bit]
+    if isinstance(value, (list, tuple, str)) and bit.lstrip("-").isdigit() and not hasattr(value, bit):
+        try:
+            return value[int(bit)]
+        except IndexError:
+            return MISSING
+    return _NOT_PLAIN
+
+
 @pass_context
 def _lookup(context: Any, value: Any, *bits: str) -> Any:
     """Django's order for each dotted part: a key, an attribute, a list index; missing if none."""
-    from dbmail.outgoing.render import UserContext
-
-    environment = context.environment
     for bit in bits:
         _tick()
         if value is MISSING:
             return MISSING
-        if isinstance(value, UserContext):
-            value = value.field(bit, _missing_field)
-            if isinstance(value, _Missing):
-                return MISSING
-        elif isinstance(value, Mapping) and bit in value:
-            value = value[bit]
-        elif isinstance(value, (list, tuple, str)) and bit.lstrip("-").isdigit() and not hasattr(value, bit):
-            try:
-                value = value[int(bit)]
-            except IndexError:
-                return MISSING
-        else:
-            found = environment.getattr(value, bit)
+        found = _plain_step(value, bit)
+        if found is _NOT_PLAIN:
+            found = context.environment.getattr(value, bit)
             if isinstance(found, Undefined):
                 return MISSING
-            value = found
-        value = _website_value(_called(context, value))
+        value = _website_value(_called(context, found))
     return value
 
 
@@ -640,8 +644,6 @@ _AUTOESCAPE_AWARE = frozenset(
 
 
 def _filter(name: str, autoescape: bool, value: Any, *arg: Any) -> Any:
-    from dbmail.outgoing import render
-
     _tick()
     function = FILTERS[name]
     result = function(value, *arg, **({"autoescape": autoescape} if name in _AUTOESCAPE_AWARE else {}))
@@ -1260,21 +1262,27 @@ class _UseTranslation(Exception):
     """A value the direct path does not reproduce: the translation renders this recipient."""
 
 
+def _plain_value(value: Any) -> Any:
+    """``_website_value(_called(...))`` on the direct path: a callable needs the sandbox's call."""
+    if type(value) is str:  # most text starts with no digit: _website_value would return it as it is
+        return _website_value(value) if value[:1].isdigit() else value
+    if callable(value):
+        raise _UseTranslation
+    return value
+
+
 class DirectTemplate:
     """A Django template of text and plain variables only (no tag, no filter: most program
     mail), rendered without Jinja2. Each variable is looked up, converted and escaped by the
-    same helpers as the translation's (``_name``, ``_lookup``, ``_out``), minus the sandbox's
-    metering of calls to them; a value those would reach through the sandbox (a callable, an
-    attribute, a key a mapping lacks) hands the recipient to ``translation``, so the output is
-    the translation's byte for byte."""
+    same helpers as the translation's (``_plain_step``, ``_website_value``, ``_out``), minus the
+    sandbox's metering of calls to them; a value those would reach through the sandbox (a
+    callable, an attribute, a key a mapping lacks) hands the recipient to ``translation``, so
+    the output is the translation's byte for byte."""
 
-    __slots__ = ("parts", "autoescape", "translation", "_user_context", "_check_value", "_budget")
+    __slots__ = ("parts", "autoescape", "translation")
 
     def __init__(self, parts: list, autoescape: bool, translation: Any):
-        from dbmail.outgoing import render
-
         self.parts, self.autoescape, self.translation = parts, autoescape, translation
-        self._user_context, self._check_value, self._budget = render.UserContext, render._check_value, render._budget
 
     @classmethod
     def of(cls, source: str, autoescape: bool, translation: Any) -> Any:
@@ -1293,6 +1301,26 @@ class DirectTemplate:
                 parts.append((value.bits[0], tuple(value.bits[1:])))
         return cls(parts, autoescape, translation)
 
+    def bind(self, shared: Mapping[str, Any]) -> DirectTemplate:
+        """This template with each variable outside ``user`` rendered once from ``shared`` (the
+        context's other names: the same objects for every recipient) and merged with the text
+        around it, so that a recipient's render looks up the recipient's own fields only; it
+        writes what this one writes for ``shared`` plus a ``user``. Itself if a shared variable
+        needs the translation or fails (a limit, a value's error): every recipient's render
+        meets that, as before. Call it within a render's budget."""
+        parts: list = []
+        for is_shared, run in itertools.groupby(self.parts, lambda part: type(part) is str or part[0] != "user"):
+            if not is_shared:
+                parts.extend(run)
+                continue
+            try:
+                text = DirectTemplate(list(run), self.autoescape, self.translation)._render(shared)[0]
+            except Exception:  # raised by the unbound render too, for every recipient
+                return self
+            if text:
+                parts.append(text)
+        return DirectTemplate(parts, self.autoescape, self.translation)
+
     def generate(self, context: Mapping[str, Any]) -> Any:
         """The output's parts (as the translation's ``generate``)."""
         try:
@@ -1303,52 +1331,39 @@ class DirectTemplate:
     def _render(self, context: Mapping[str, Any]) -> list[str]:
         """One part: the whole output, its size checked as it grows (the render's own check
         sees the total)."""
-        budget = self._budget()
+        budget = render._budget()
         budget.tick()
-        limit, autoescape = budget.limits.output_chars, self.autoescape
+        limit, autoescape, lookup = budget.limits.output_chars, self.autoescape, self._lookup
         out, size = [], 0
         for part in self.parts:
             if type(part) is not str:
                 head, bits = part
-                value = self._lookup(context[head], bits) if head in context else MISSING
+                value = lookup(context[head], bits) if head in context else MISSING
                 if value is MISSING:
                     continue  # string_if_invalid: ""
                 if type(value) is str:  # _out's result for text, without building the Markup
                     part = _escape_text(value) if autoescape else value
                 else:
-                    part = str(_out(self._check_value(value), autoescape))
+                    part = str(_out(render._check_value(value), autoescape))
             size += len(part)
             if size > limit:
                 raise TemplateLimitExceeded(f"rendered text is over {limit} characters (the output limit)")
             out.append(part)
         return ["".join(out)]
 
-    def _lookup(self, value: Any, bits: tuple[str, ...]) -> Any:
+    @staticmethod
+    def _lookup(value: Any, bits: tuple[str, ...]) -> Any:
         """``_name`` then ``_lookup``'s steps, for values that need no sandbox."""
-        user_context = self._user_context
-        for bit in (None, *bits):
-            if bit is None:
-                pass
-            elif value is MISSING:
+        if type(value) is render.UserContext and len(bits) == 1:  # user.first_name: most variables
+            return _plain_value(value.field(bits[0], _missing_field))
+        value = _plain_value(value)
+        for bit in bits:
+            if value is MISSING:
                 return MISSING
-            elif type(value) is user_context:
-                value = value.field(bit, _missing_field)
-                if value is MISSING:
-                    return MISSING
-            elif isinstance(value, Mapping) and bit in value:
-                value = value[bit]
-            elif isinstance(value, (list, tuple, str)) and bit.lstrip("-").isdigit() and not hasattr(value, bit):
-                try:
-                    value = value[int(bit)]
-                except IndexError:
-                    return MISSING
-            else:
+            value = _plain_step(value, bit)
+            if value is _NOT_PLAIN:
                 raise _UseTranslation
-            if type(value) is str:
-                if value[:2].isdigit():
-                    value = _website_value(value)
-            elif callable(value):
-                raise _UseTranslation
+            value = _plain_value(value)
         return value
 
 

@@ -38,7 +38,7 @@ from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing import render as rendering
 from dbmail.outgoing.queue import QueuedEmail, SendQueue, SqsQueue
-from dbmail.outgoing.sendto import Destination, get_sendto_function
+from dbmail.outgoing.sendto import Destination, get_sendto_function, recipient_fields
 
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
     from dbmail.core.models import MessageRequestBase
@@ -190,7 +190,7 @@ class PreparedRequest:
     """Everything per-request, computed once: compiled templates, send-to function, sender."""
 
     request_id: str
-    compiled: rendering.CompiledMessage
+    compiled: rendering.CompiledMessage  # bound to request_context, message_vars and email_host_sender
     destinations: Callable
     send_from: str
     created_at: datetime
@@ -201,9 +201,7 @@ class PreparedRequest:
     priority: bool  # the send lane of its emails (is_priority)
 
     def render(self, recipient) -> tuple[list[Destination], str, str]:
-        # a PynamoDB item's own dict (a descriptor per field costs as much as a render), else the
-        # namespace's (a preview's or the archive's placeholder)
-        fields = getattr(recipient, "attribute_values", None) or vars(recipient)
+        fields = recipient_fields(recipient)
         user = rendering.UserContext({f: fields.get(f) for f in RECIPIENT_FIELDS}, fields.get("vars"))
         subject, body = self.compiled.render(
             rendering.build_context(user, self.request_context, self.email_host_sender, self.message_vars)
@@ -214,29 +212,34 @@ class PreparedRequest:
 def prepare(
     request: MessageRequestBase, settings: Settings, limits: rendering.RenderLimits = rendering.DEFAULT_LIMITS
 ) -> PreparedRequest:
-    """Validate the request as a whole; any RequestInvalid here fails it before any email exists."""
+    """Validate the request as a whole; any RequestInvalid here fails it before any email exists.
+
+    The templates are bound to the request's shared names (``CompiledMessage.bind``): ``render``
+    builds each recipient's context from these same values."""
     message_vars = request.message_vars or {}
     if not isinstance(message_vars, dict):
         raise RequestInvalid("message_vars must be a JSON object of name to value")
     check_special_headers(request.special_headers)
+    compiled = rendering.compile_message(  # a preview's draft request may not carry template_dialect
+        request.subject, request.msgtext, limits, request.template_dialect
+    )
+    request_context = {
+        "id": request.request_id,
+        "subject": request.subject or "",
+        "sender": request.sender or "",
+        "public": bool(request.public),
+        "public_url": f"{settings.site_url}/email/{request.request_id}",
+        "created_at": request.created_at,
+        "priority_level": request.priority_level,
+    }
     return PreparedRequest(
         request_id=request.request_id,
-        compiled=rendering.compile_message(  # a preview's draft request may not carry template_dialect
-            request.subject, request.msgtext, limits, request.template_dialect
-        ),
+        compiled=compiled.bind(rendering.shared_context(request_context, settings.email_host_sender, message_vars)),
         destinations=get_sendto_function(request.sendto_fn_name),
         send_from=resolve_sender(request, settings),
         created_at=request.created_at,
         sent_by=request.sent_by,
-        request_context={
-            "id": request.request_id,
-            "subject": request.subject or "",
-            "sender": request.sender or "",
-            "public": bool(request.public),
-            "public_url": f"{settings.site_url}/email/{request.request_id}",
-            "created_at": request.created_at,
-            "priority_level": request.priority_level,
-        },
+        request_context=request_context,
         message_vars=message_vars,
         email_host_sender=settings.email_host_sender,
         priority=is_priority(request),
