@@ -30,7 +30,7 @@ from bench import coldstart, content, floors, latency, render, report, runs
 from bench.costs import FunctionUse, PerEmail, cost_lines, project
 from bench.docs import write_docs
 from bench.host import stack_template
-from bench.instrument import captured_calls
+from bench.instrument import captured_calls, statement_units
 from bench.report import Check, Figure
 from dbmail.cli.files import read_env_file
 from dbmail.core import models, settings
@@ -178,6 +178,10 @@ def measure_send(results: Results, state: stack.StatePaths, config: Config, work
         runs_seen.append((expanded, sent))
     results.figures["send"], results.figures["ses floor"] = Figure(tuple(dbmail)), Figure(tuple(floor))
     results.notes["send runs"] = runs_seen
+    # what a PartiQL update of a sent email costs (DynamoDB Local does not say): its item's size
+    table = read_env_file(state.env_file)["DBMAIL_EMAIL_TABLE"]
+    items = client("dynamodb").scan(TableName=table, Limit=1000)["Items"]
+    results.notes["units per statement"] = statement_units(items)
     say(
         f"send            {config.send_emails} emails of a 3 KB HTML body a run, batches of 10, "
         f"{SES_CONCURRENCY} in flight: "
@@ -270,14 +274,19 @@ def measure_send_rate(results: Results, config: Config, work: Path) -> None:
     )
 
 
-def write_units_per_email(send_runs: list[tuple[dict, dict]]) -> tuple[float, float, dict[str, float]]:
-    """Write and read units per email over the send runs (expansion and send), and writes by table."""
+def write_units_per_email(
+    send_runs: list[tuple[dict, dict]], units_per_statement: int = 1
+) -> tuple[float, float, dict[str, float]]:
+    """Write and read units per email over the send runs (expansion and send), and writes by
+    table; a PartiQL update costs ``units_per_statement`` (its items' size, measured)."""
     writes: dict[str, float] = {}
     reads = emails = 0.0
     for expanded, sent in send_runs:
         for run in (expanded, sent):
             for table, units in run["write_units"].items():
                 writes[table] = writes.get(table, 0.0) + units
+            for table, statements in run.get("statement_writes", {}).items():
+                writes[table] = writes.get(table, 0.0) + statements * units_per_statement
             reads += sum(run["read_units"].values())
         emails += sent["emails"]
     return sum(writes.values()) / emails, reads / emails, {t: u / emails for t, u in writes.items()}
@@ -285,7 +294,7 @@ def write_units_per_email(send_runs: list[tuple[dict, dict]]) -> tuple[float, fl
 
 def per_email(results: Results, memory: dict[str, int]) -> PerEmail:
     send_runs = results.notes["send runs"]
-    writes, reads, _ = write_units_per_email(send_runs)
+    writes, reads, _ = write_units_per_email(send_runs, results.notes["units per statement"])
     durations: dict[str, list[float]] = {}
     sqs_calls = batches = 0
     for expanded, sent in send_runs:
@@ -342,7 +351,7 @@ def checks(results: Results, config: Config) -> list[Check]:
                 "median s: floor / dbmail",
             ),
         )
-    writes, _, _ = write_units_per_email(results.notes["send runs"])
+    writes, _, _ = write_units_per_email(results.notes["send runs"], results.notes["units per statement"])
     out.append(Check("DynamoDB write units per email", writes, 5, False, "WCU", "3 KB body, all tables"))
     if 10_000 in results.sizes and 100_000 in results.sizes:
         small, large = results.sizes[10_000]["rss"].median, results.sizes[100_000]["rss"].median

@@ -2,11 +2,13 @@
 operation, DynamoDB capacity units (ReturnConsumedCapacity=TOTAL injected into every call that
 takes it; DynamoDB Local reports them as DynamoDB does, GSI writes included), the peak number of
 calls in flight, and the parameters of chosen operations, appended to a file for the floors to
-replay.
+replay. DynamoDB Local reports no capacity for PartiQL (BatchExecuteStatement): its successful
+write statements are counted by table instead, for the bench to price at their items' size.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import threading
 from collections import Counter
@@ -16,6 +18,18 @@ from typing import Any, BinaryIO
 import botocore.session
 
 WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+KB = 1024
+
+
+def item_bytes(item: dict) -> int:
+    """An upper bound of a DynamoDB item's size as it bills writes: each attribute's name plus its
+    value as the wire writes it (UTF-8)."""
+    return sum(len(name.encode()) + len(json.dumps(value, ensure_ascii=False).encode()) for name, value in item.items())
+
+
+def statement_units(items: list[dict]) -> int:
+    """Write units a PartiQL update of any of ``items`` costs: 1 per KB of the largest, rounded up."""
+    return max(1, -(-max(map(item_bytes, items), default=0) // KB))
 
 
 def consumed_units(consumed: dict | list | None) -> dict[str, float]:
@@ -36,6 +50,7 @@ class Instruments:
         self.calls: Counter = Counter()  # "service.Operation" -> calls
         self.write_units: Counter = Counter()  # table -> DynamoDB write units
         self.read_units: Counter = Counter()
+        self.statement_writes: Counter = Counter()  # table -> PartiQL updates that were made
         self.capture = capture or set()  # operations whose parameters are kept, in order
         self.in_flight = 0  # calls of the captured operations under way
         self.peak_in_flight = 0
@@ -76,6 +91,10 @@ class Instruments:
 
     def _after(self, parsed: dict, model: Any, **_: Any) -> None:
         units = consumed_units(parsed.get("ConsumedCapacity"))
+        if model.name == "BatchExecuteStatement" and not units:
+            made = Counter(r.get("TableName", "?") for r in parsed.get("Responses", []) if "Error" not in r)
+            with self._lock:
+                self.statement_writes.update(made)
         with self._lock:
             if model.name in self.capture:
                 self.in_flight -= 1
@@ -95,6 +114,7 @@ class Instruments:
             "calls": dict(self.calls),
             "write_units": dict(self.write_units),
             "read_units": dict(self.read_units),
+            "statement_writes": dict(self.statement_writes),
             "peak_in_flight": self.peak_in_flight,
         }
 

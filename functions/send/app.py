@@ -31,11 +31,12 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     # the records of a batch are delivered at once; a record that raises comes back after the
     # visibility timeout (counted as "error")
     sender = wiring.email_sender(settings)  # here, not in the records' threads: built once
-    return process_batch_counting_outcomes(
-        event,
-        context,
-        EventType.SQS,
-        partial(send_record, sender),
-        EMAILS_PROCESSED,
-        concurrency=CONCURRENT_DELIVERIES,
-    )
+    with sender.batch(len(event.get("Records") or ())):  # their DynamoDB calls are made together
+        return process_batch_counting_outcomes(
+            event,
+            context,
+            EventType.SQS,
+            partial(send_record, sender),
+            EMAILS_PROCESSED,
+            concurrency=CONCURRENT_DELIVERIES,
+        )

@@ -4,11 +4,13 @@ The local stack is built from the template itself, never from a hand-written cop
 to a table, queue, function or environment variable reaches the local stack unchanged.
 """
 
+import copy
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ class TemplateError(Exception):
     """The template (or a parameter file) asks for something the local stack cannot give."""
 
 
-class TemplateLoader(yaml.SafeLoader):
+class TemplateLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's when PyYAML has it
     """SafeLoader that reads CloudFormation short tags (!Ref, !GetAtt, !Sub, !Join) as long form."""
 
 
@@ -67,6 +69,13 @@ TemplateLoader.add_multi_constructor("!", _construct_intrinsic)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    """The template's body, parsed once per version of the file (tests load it for each stack)."""
+    stat = path.stat()
+    return copy.deepcopy(_parsed(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=8)
+def _parsed(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     with open(path, encoding="utf-8") as stream:
         return yaml.load(stream, Loader=TemplateLoader)  # a SafeLoader subclass: safe
 

@@ -20,7 +20,7 @@ from dbmail.client import request_status, submit_request
 from dbmail.core.errors import HeaderInvalid, SenderNotAllowed
 from dbmail.core.settings import Settings
 from dbmail.core.unsubscribe import verify_token
-from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.expand import message_id_for, message_ref_for
 from dbmail.outgoing.queue import QueuedEmail
 from tests.conftest import recipient
 from tests.integration.conftest import GOT_MAIL, GOT_MAIL_KEY, got_mail, wait_delivered
@@ -547,3 +547,107 @@ def test_an_email_of_a_3_kb_body_costs_at_most_5_write_units(local_stack, store)
     # then each email cost 4 write units: its put and index entry (1 + 1), the claim, the record
     assert {name for name, _ in written} == {"BatchWriteItem", "UpdateItem"}
     assert sum(units for _, units in written) / 10 == 4
+
+
+def queued_items(store, count: int, **fields) -> list:
+    """``count`` queued TextOfEmail items of a request of their own (written as expansion writes them)."""
+    request_id = uuid.uuid4().hex
+    items = []
+    for n in range(count):
+        item = store.models.TextOfEmail(
+            request_id,
+            f"u{n:010d}#0",
+            recipient_key=f"u{n:010d}",
+            send_to=f"user{n}@example.net",
+            send_from="splash@example.org",
+            created_at=datetime.now(UTC),
+            message_ref=f"{n:032x}",
+            **fields,
+        )
+        item.save()
+        items.append(item)
+    return items
+
+
+def test_a_batch_of_claims_is_one_statement_call_and_each_email_is_held_by_one_claim(store):
+    """The send function's batch path (Store.claim_emails and mark_sent_many): PartiQL statements
+    on DynamoDB Local (moto's parser cannot run them)."""
+    # given eight queued emails, one already sent, one held by a live claim, one whose lease lapsed
+    items = queued_items(store, 8)
+    now = datetime.now(UTC)
+    lapsed, live, sent = items[5], items[6], items[7]
+    lapsed.update(
+        actions=[type(lapsed).status.set("processing"), type(lapsed).claimed_until.set(now - timedelta(seconds=1))]
+    )
+    live.update(
+        actions=[
+            type(live).status.set("processing"),
+            type(live).claim_id.set("other"),
+            type(live).claimed_until.set(now + timedelta(seconds=60)),
+        ]
+    )
+    sent.update(actions=[type(sent).status.set("sent")])
+    calls: list[str] = []
+    client = store.models.TextOfEmail._get_connection().connection.client
+    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    # when nine deliveries claim them at once, two of them the same email (a duplicate message)
+    lease = now + timedelta(seconds=60)
+    asks = {
+        f"receipt-{n}": (store.email_ref(item.request_id, item.email_key), now, lease) for n, item in enumerate(items)
+    }
+    asks["receipt-dup"] = (store.email_ref(items[0].request_id, items[0].email_key), now, lease)
+    claimed = store.claim_emails(asks)
+    # then the queued and lapsed ones are claimed, each by one claim only, and come back whole
+    holders = {claim_id: item.email_key for claim_id, item in claimed.items() if item is not None}
+    assert sorted(holders.values()) == sorted(item.email_key for item in items[:6])
+    assert ("receipt-0" in holders) != ("receipt-dup" in holders)
+    for claim_id, email_key in holders.items():
+        item = claimed[claim_id]
+        assert (item.status, item.claim_id, item.send_to) == (
+            "processing",
+            claim_id,
+            f"user{int(email_key[1:11])}@example.net",
+        )
+    assert claimed["receipt-6"] is None and claimed["receipt-7"] is None
+    # and it took two statement calls (no email twice in one) and one read, not nine updates
+    assert calls == ["BatchExecuteStatement", "BatchExecuteStatement", "BatchGetItem"]
+    # and a claim the same receipt makes again (its outcome lost) still holds
+    assert store.claim_emails({"receipt-1": asks["receipt-1"]})["receipt-1"] is not None
+    # when their sends are recorded at once
+    calls.clear()
+    marks = {claim_id: (claimed[claim_id], now, f"ses-{claim_id}", f"<{claim_id}@example.org>") for claim_id in holders}
+    assert store.mark_sent_many(marks) == {}
+    # then in one call, each is sent with its ids and no claim left
+    assert calls == ["BatchExecuteStatement"]
+    for claim_id, email_key in holders.items():
+        item = store.get_email(items[0].request_id, email_key)
+        assert (item.status, item.provider_message_id, item.message_id, item.claimed_until, item.msgtext) == (
+            "sent",
+            f"ses-{claim_id}",
+            f"<{claim_id}@example.org>",
+            None,
+            None,
+        )
+    # and the email held by another live claim was left alone
+    assert store.get_email(live.request_id, live.email_key).claim_id == "other"
+
+
+def test_a_claim_of_an_item_written_without_message_ref_gives_it_one(store):
+    # given two queued items written by older code (no message_ref)
+    items = queued_items(store, 2)
+    for item in items:
+        item.update(actions=[type(item).message_ref.remove()])
+    now = datetime.now(UTC)
+    # when both are claimed at once
+    claimed = store.claim_emails(
+        {
+            f"r{n}": (store.email_ref(i.request_id, i.email_key), now, now + timedelta(seconds=60))
+            for n, i in enumerate(items)
+        }
+    )
+    # then each has its message_ref before the provider is called
+    for n, item in enumerate(items):
+        assert claimed[f"r{n}"].message_ref == message_ref_for(item.request_id, item.email_key)
+        assert store.get_email(item.request_id, item.email_key).message_ref == message_ref_for(
+            item.request_id, item.email_key
+        )

@@ -119,3 +119,15 @@ def test_consumed_capacity_is_summed_by_table_from_one_answer_or_a_batchs_list()
     assert consumed_units({"TableName": "emails", "CapacityUnits": 4.0}) == {"emails": 4.0}
     batch = [{"TableName": "emails", "CapacityUnits": 6.0}, {"TableName": "requests", "CapacityUnits": 1.0}]
     assert consumed_units(batch) == {"emails": 6.0, "requests": 1.0}
+
+
+def test_a_partiql_update_is_priced_at_its_largest_items_size():
+    from bench.instrument import statement_units
+
+    # given sent emails' items as a Scan returns them, one over a kilobyte
+    small = {"request_id": {"S": "r" * 32}, "status": {"S": "sent"}}
+    large = {**small, "subject": {"S": "é" * 600}}  # 1,200 bytes in UTF-8
+    # then an update costs a unit per started kilobyte of the largest item, and at least one
+    assert statement_units([small]) == 1
+    assert statement_units([small, large]) == 2
+    assert statement_units([]) == 1

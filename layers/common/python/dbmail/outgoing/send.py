@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -21,6 +21,7 @@ from dbmail.core.settings import Settings
 from dbmail.core.unsubscribe import unsubscribe_url
 from dbmail.feedback.events import bare_address
 from dbmail.outgoing.expand import PreparedRequest, expiry_reason, message_id_for, message_ref_for, prepare
+from dbmail.outgoing.gathering import Gathered, deliveries, expecting
 from dbmail.outgoing.queue import QueuedEmail, SendQueue
 from dbmail.outgoing.send_rate import SendBudget, Unlimited
 
@@ -47,9 +48,10 @@ CONCURRENT_DELIVERIES = 10
 # must be rendered again (compiled templates: larger, and rarely needed).
 HEADERS_CACHED = 512
 PREPARED_CACHED = 16
-# How long the first of a batch's deliveries to look its address up on the suppression list
-# waits for the others' addresses (their claims, made at once, end within a few milliseconds of
-# each other; tens on a loaded machine). A delivery that is later makes a lookup of its own.
+# How long the first of a batch's deliveries to claim, to look its address up on the
+# suppression list or to record its send waits for the others to ask the same (outgoing/
+# gathering.py): they run at once, so they ask within a few milliseconds of each other (tens on
+# a loaded machine). A delivery that is later makes a call of its own.
 GATHER_SECONDS = 0.05
 
 
@@ -112,69 +114,6 @@ class PerRequest:
         return value
 
 
-class _Lookup:
-    """The addresses of one lookup of the suppression list, and its outcome once made."""
-
-    def __init__(self):
-        self.addresses: set[str] = set()
-        self.found: dict = {}
-        self.error: Exception | None = None
-        self.made = threading.Event()
-
-
-class SuppressionLookups:
-    """The suppression lookups of the deliveries in progress at once, made in one call: the
-    first delivery to ask waits (at most GATHER_SECONDS) until each delivery in progress has
-    asked or will not, so a batch's ten lookups cost one BatchGetItem. A delivery alone (the
-    CLI, a test) asks without waiting."""
-
-    def __init__(self, get_many: Callable[[set[str]], dict], gather_seconds: float = GATHER_SECONDS):
-        self._get_many = get_many
-        self._gather_seconds = gather_seconds
-        self._changed = threading.Condition()
-        self._may_ask = 0  # deliveries in progress that have not asked yet, and may
-        self._forming: _Lookup | None = None
-
-    @contextmanager
-    def delivery(self) -> Iterator[Callable[[str], object]]:
-        """Around one delivery; gives the function it asks with (once at most)."""
-        asked = []
-        with self._changed:
-            self._may_ask += 1
-        try:
-            yield lambda address: self._ask(address, asked)
-        finally:
-            if not asked:
-                with self._changed:
-                    self._may_ask -= 1
-                    self._changed.notify_all()
-
-    def _ask(self, address: str, asked: list) -> object:
-        """The suppression entry of ``address``, or None."""
-        with self._changed:
-            asked.append(address)
-            self._may_ask -= 1
-            self._changed.notify_all()
-            lookup, leading = self._forming, self._forming is None
-            if leading:
-                lookup = self._forming = _Lookup()
-            lookup.addresses.add(address)
-            if leading:
-                self._changed.wait_for(lambda: self._may_ask == 0, timeout=self._gather_seconds)
-                self._forming = None  # a delivery that asks from now on starts the next lookup
-        if leading:
-            try:
-                lookup.found = self._get_many(lookup.addresses)
-            except Exception as exc:  # each delivery of the lookup fails with it (and is retried)
-                lookup.error = exc
-            finally:
-                lookup.made.set()
-        lookup.made.wait()
-        if lookup.error is not None:
-            raise lookup.error
-        return lookup.found.get(address)
-
-
 def render_email_again(store: Store, prepared: PreparedRequest, email) -> tuple[str, str]:
     """An email's subject and body rendered again from its request and recipient, as expansion
     rendered them: for a message that did not carry them (too large to inline, or queued again
@@ -202,7 +141,15 @@ class EmailSender:
     def __post_init__(self):
         self._special_headers = PerRequest(self._read_special_headers, HEADERS_CACHED)
         self._prepared = PerRequest(self._prepare, PREPARED_CACHED)
-        self._lookups = SuppressionLookups(self.suppressions.get_many)
+        # a batch's claims, suppression lookups and records of sends: one call each, not ten
+        self._claims = Gathered(self.store.claim_emails, GATHER_SECONDS)
+        self._lookups = Gathered(lambda asks: self.suppressions.get_many(asks.keys()), GATHER_SECONDS)
+        self._marks = Gathered(self.store.mark_sent_many, GATHER_SECONDS)
+
+    def batch(self, deliveries: int) -> AbstractContextManager[None]:
+        """Around the deliveries of one batch (the send function's records), all at once: their
+        claims, lookups and records of sends are gathered from the first."""
+        return expecting(deliveries, self._claims, self._lookups, self._marks)
 
     def deliver(
         self,
@@ -214,8 +161,8 @@ class EmailSender:
         """Claim, send and record one email. Every provider failure is recorded and the email
         queued again (or failed, when permanent or out of tries), so the SQS message itself
         succeeds; only an unforeseen error is raised, after releasing the claim."""
-        with self._lookups.delivery() as lookup:
-            return self._deliver(queued, claim_id, receive_count, time_left, lookup)
+        with deliveries(self._claims, self._lookups, self._marks) as calls:
+            return self._deliver(queued, claim_id, receive_count, time_left, *calls)
 
     def _deliver(
         self,
@@ -223,7 +170,9 @@ class EmailSender:
         claim_id: str,
         receive_count: int,
         time_left: Callable[[], float],
-        lookup: Callable[[str], object],
+        claim: Callable[[str, tuple], object],
+        lookup: Callable[[str, None], object],
+        mark_sent: Callable[[str, tuple], None],
     ) -> SendOutcome:
         log = {"request_id": queued.request_id, "email_key": queued.email_key, "receive_count": receive_count}
         if time_left() < SEND_TIME_RESERVE_SECONDS:
@@ -231,8 +180,8 @@ class EmailSender:
             logger.info("invocation nearly out of time; email handed back to the queue", extra=log)
             return SendOutcome.DEFERRED
         now = self.clock()
-        email = self.store.email_ref(queued.request_id, queued.email_key)
-        if not self.store.claim_email(email, claim_id, now, now + CLAIM_LEASE):
+        email = claim(claim_id, (self.store.email_ref(queued.request_id, queued.email_key), now, now + CLAIM_LEASE))
+        if email is None:
             return self._not_claimed(queued, log)
         reason = expiry_reason(email, now, self.settings.max_age)
         if reason:
@@ -275,7 +224,7 @@ class EmailSender:
             )
             logger.exception("unexpected error while sending; the message is retried", extra=log)
             raise
-        self.store.mark_sent(email, self.clock(), provider_id, outgoing.message_id)
+        mark_sent(claim_id, (email, self.clock(), provider_id, outgoing.message_id))
         logger.info("email sent", extra=log)
         return SendOutcome.SENT
 
@@ -323,10 +272,10 @@ class EmailSender:
         )
         return SendOutcome.DUPLICATE
 
-    def _suppression(self, email, lookup: Callable[[str], object]) -> str | None:
+    def _suppression(self, email, lookup: Callable[[str, None], object]) -> str | None:
         """Why the email's address is suppressed (the suppression's reason, source and date), or None."""
         address = bare_address(email.send_to)
-        entry = lookup(address) if address else None
+        entry = lookup(address, None) if address else None
         if entry is None:
             return None
         return f"suppressed: {entry.reason} (by {entry.source}, {entry.created_at:%Y-%m-%d})"

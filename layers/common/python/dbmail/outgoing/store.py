@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.constants import ALL_OLD, NONE, UPDATED_NEW
 from pynamodb.exceptions import AttributeDeserializationError, UpdateError
 from pynamodb.expressions.condition import size
@@ -25,6 +26,23 @@ from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing.expand import message_ref_for
 
 MAX_ERROR_CHARS = 1000
+STATEMENTS_PER_CALL = 25  # BatchExecuteStatement's limit
+CONDITION_FAILED = "ConditionalCheckFailed"  # a PartiQL statement's condition did not hold
+# The claim and the record of a send, for a batch of emails at once (PartiQL; ``{t}`` is the
+# table, each ``?`` a parameter in the order claim_emails and mark_sent_many give them).
+CLAIM_STATEMENT = (
+    'UPDATE "{t}" SET "status"=? SET "claim_id"=? SET "claimed_until"=? WHERE "request_id"=? AND "email_key"=? '
+    'AND ("status"=? OR ("status"=? AND "claimed_until"<?) OR ("status"=? AND "claim_id"=?))'
+)
+MARK_SENT_STATEMENT = (
+    'UPDATE "{t}" SET "status"=? SET "sent"=? SET "provider_message_id"=? SET "message_id"=? '
+    'REMOVE "msgtext" REMOVE "error" REMOVE "claimed_until" WHERE "request_id"=? AND "email_key"=?'
+)
+
+
+def _string(value: str) -> dict[str, str]:
+    """A PartiQL parameter holding a string."""
+    return {"S": str(value)}
 
 
 def _update_if(item, actions: list, condition) -> bool:
@@ -329,13 +347,16 @@ class Store:
     def claim_email(self, email: TextOfEmailBase, claim_id: str, now: datetime, lease_until: datetime) -> bool:
         """Only one send may hold an email; once its lease lapses (the holder died) another may.
         ``claim_id`` is unique per receive (the SQS receipt handle), so even two concurrent
-        deliveries of one message cannot both hold it. The item comes back whole (ALL_NEW: small,
+        deliveries of one message cannot both hold it; the receive that holds it may claim it
+        again (a claim whose outcome was lost). The item comes back whole (ALL_NEW: small,
         since the body travels in the message). An item written before message_ref was set at
         put gets it now, before the provider is called, so that its feedback can find the email;
         one that has it keeps it (rewriting the key would write the index again)."""
         Email = self.models.TextOfEmail
-        condition = (Email.status == EmailStatus.QUEUED) | (
-            (Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now)
+        condition = (
+            (Email.status == EmailStatus.QUEUED)
+            | ((Email.status == EmailStatus.PROCESSING) & (Email.claimed_until < now))
+            | ((Email.status == EmailStatus.PROCESSING) & (Email.claim_id == claim_id))
         )
         actions = [
             Email.status.set(EmailStatus.PROCESSING),
@@ -344,6 +365,133 @@ class Store:
             Email.message_ref.set(Email.message_ref | message_ref_for(email.request_id, email.email_key)),
         ]
         return _update_if(email, actions, condition)
+
+    def claim_emails(self, asks: Mapping[str, tuple[TextOfEmailBase, datetime, datetime]]) -> dict[str, object]:
+        """``claim_email`` for the deliveries of a batch at once, by claim_id (to the email, now
+        and the lease's end): the claimed item, or None. The conditional updates go in one
+        BatchExecuteStatement (a PartiQL update costs the write units of an UpdateItem), then the
+        claimed items are read in one strongly consistent BatchGetItem: two calls, not ten. A
+        claim of one, and a statement DynamoDB did not run (throttled, a server error), take
+        claim_email's UpdateItem instead."""
+        if len(asks) <= 1:
+            return self._claim_each(asks)
+        Email = self.models.TextOfEmail
+        processing = _string(EmailStatus.PROCESSING)
+        outcomes = self._run_statements(
+            CLAIM_STATEMENT.format(t=Email.Meta.table_name),
+            {
+                claim_id: (
+                    email,
+                    [
+                        processing,
+                        _string(claim_id),
+                        _string(Email.claimed_until.serialize(lease_until)),
+                        _string(email.request_id),
+                        _string(email.email_key),
+                        _string(EmailStatus.QUEUED),
+                        processing,
+                        _string(Email.claimed_until.serialize(now)),
+                        processing,
+                        _string(claim_id),
+                    ],
+                )
+                for claim_id, (email, now, lease_until) in asks.items()
+            },
+        )
+        results: dict[str, object] = dict.fromkeys(asks)  # None: not claimed
+        results.update(
+            self._claim_each({c: asks[c] for c, code in outcomes.items() if code not in (None, CONDITION_FAILED)})
+        )
+        results.update(self._read_claimed({c: asks[c][0] for c, code in outcomes.items() if code is None}))
+        return results
+
+    def _claim_each(self, asks: Mapping[str, tuple[TextOfEmailBase, datetime, datetime]]) -> dict[str, object]:
+        return {
+            claim_id: email if self.claim_email(email, claim_id, now, lease_until) else None
+            for claim_id, (email, now, lease_until) in asks.items()
+        }
+
+    def _read_claimed(self, claimed: Mapping[str, TextOfEmailBase]) -> dict[str, object]:
+        """The items just claimed, by claim_id; one that is gone or held by another claim is None.
+        One written without message_ref (by older code) gets it, as claim_email gives it."""
+        Email = self.models.TextOfEmail
+        by_key = {(e.request_id, e.email_key): claim_id for claim_id, e in claimed.items()}
+        found: dict[str, object] = dict.fromkeys(claimed)
+        for item in Email.batch_get(list(by_key), consistent_read=True):
+            claim_id = by_key[(item.request_id, item.email_key)]
+            if item.claim_id != claim_id:
+                continue
+            if item.message_ref is None and not _update_if(
+                item,
+                [Email.message_ref.set(message_ref_for(item.request_id, item.email_key))],
+                Email.claim_id == claim_id,
+            ):
+                continue
+            found[claim_id] = item
+        return found
+
+    def mark_sent_many(self, asks: Mapping[str, tuple[TextOfEmailBase, datetime, str, str]]) -> dict[str, object]:
+        """``mark_sent`` for the deliveries of a batch at once, by claim_id (to the email, when,
+        the provider's id and the Message-ID): None, or the error that one met. One
+        BatchExecuteStatement; a statement DynamoDB did not run takes mark_sent's UpdateItem."""
+        if len(asks) > 1:
+            Email = self.models.TextOfEmail
+            outcomes = self._run_statements(
+                MARK_SENT_STATEMENT.format(t=Email.Meta.table_name),
+                {
+                    claim_id: (
+                        email,
+                        [
+                            _string(EmailStatus.SENT),
+                            _string(Email.sent.serialize(when)),
+                            _string(provider_message_id),
+                            _string(message_id),
+                            _string(email.request_id),
+                            _string(email.email_key),
+                        ],
+                    )
+                    for claim_id, (email, when, provider_message_id, message_id) in asks.items()
+                },
+            )
+            asks = {claim_id: asks[claim_id] for claim_id, code in outcomes.items() if code is not None}
+        results: dict[str, object] = {}
+        for claim_id, (email, when, provider_message_id, message_id) in asks.items():
+            try:
+                self.mark_sent(email, when, provider_message_id, message_id)
+            except Exception as exc:  # that delivery's own failure, raised in it
+                results[claim_id] = exc
+        return results
+
+    def _run_statements(self, statement: str, entries: Mapping[str, tuple[TextOfEmailBase, list]]) -> dict[str, object]:
+        """One PartiQL ``statement`` per entry (by claim_id: the email and its parameters), in as
+        few BatchExecuteStatement calls as DynamoDB allows (25 statements, no item twice in a
+        call). Each entry's outcome: None (done), CONDITION_FAILED, or another error's code. A
+        call that fails as a whole leaves its entries' outcome its error (they are tried again
+        one by one)."""
+        client = self.models.TextOfEmail._get_connection().connection.client
+        calls: list[tuple[list[str], set[tuple[str, str]]]] = []  # (claim ids, their emails' keys)
+        for claim_id, (email, _) in entries.items():
+            key = (email.request_id, email.email_key)
+            for ids, keys in calls:
+                if len(ids) < STATEMENTS_PER_CALL and key not in keys:
+                    break
+            else:
+                ids, keys = [], set()
+                calls.append((ids, keys))
+            ids.append(claim_id)
+            keys.add(key)
+        outcomes: dict[str, object] = {}
+        for call, _ in calls:
+            try:
+                responses = client.batch_execute_statement(
+                    Statements=[{"Statement": statement, "Parameters": entries[claim_id][1]} for claim_id in call]
+                )["Responses"]
+            except (BotoCoreError, ClientError) as exc:
+                outcomes.update(dict.fromkeys(call, type(exc).__name__))
+                continue
+            for claim_id, response in zip(call, responses, strict=True):
+                outcomes[claim_id] = (response["Error"].get("Code") or "Error") if "Error" in response else None
+        return outcomes
 
     def _update_email(self, email: TextOfEmailBase, actions: list, condition=None) -> None:
         """An update whose result the send does not need: nothing is read back (ReturnValues NONE)."""
