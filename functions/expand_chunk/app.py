@@ -5,15 +5,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dbmail import wiring
+from dbmail.core.batching import process_batch_counting_outcomes
 from dbmail.core.errors import ExpansionIncomplete
-from dbmail.core.observability import (
-    INCOMPLETE,
-    REQUESTS_EXPANDED,
-    logger,
-    metrics,
-    process_batch_counting_outcomes,
-    tracer,
-)
+from dbmail.core.observability import INCOMPLETE, REQUESTS_EXPANDED, logger, metrics, tracer
 from dbmail.core.settings import Settings
 from dbmail.outgoing.expand import ExpandTask
 

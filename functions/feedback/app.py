@@ -13,15 +13,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dbmail import wiring
-from dbmail.core.observability import (
-    FEEDBACK_EVENTS,
-    INVALID,
-    RETRY,
-    logger,
-    metrics,
-    process_batch_counting_outcomes,
-    tracer,
-)
+from dbmail.core.batching import process_batch_counting_outcomes
+from dbmail.core.observability import FEEDBACK_EVENTS, INVALID, RETRY, logger, metrics, tracer
 from dbmail.core.settings import Settings
 from dbmail.feedback.events import FeedbackInvalid, from_queue_body, parse_body
 from dbmail.feedback.recorder import FeedbackNotYetMatched

@@ -7,7 +7,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dbmail import wiring
-from dbmail.core.observability import EMAILS_PROCESSED, logger, metrics, process_batch_counting_outcomes, tracer
+from dbmail.core.batching import process_batch_counting_outcomes
+from dbmail.core.observability import EMAILS_PROCESSED, logger, metrics, tracer
 from dbmail.core.settings import Settings
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.send import CONCURRENT_DELIVERIES, EmailSender

@@ -100,8 +100,14 @@ def test_an_integration_module_is_what_brings_the_sdk():
 # what each function's handler needs from the package (its services are built on first use)
 NOT_AT_COLD_START = {
     "functions/send": {"dbmail.inbound.router", "dbmail.feedback.one_click", "dbmail.outgoing.expire"},
-    "functions/inbound": {"dbmail.outgoing.expire", "dbmail.feedback.sendgrid_webhook", "dbmail.outgoing.archive"},
+    "functions/inbound": {
+        "dbmail.outgoing.expire",
+        "dbmail.feedback.sendgrid_webhook",
+        "dbmail.outgoing.archive",
+        "aws_lambda_powertools.utilities.batch",  # the SQS and stream handlers' only (core/batching.py)
+    },
     "functions/expire": {"dbmail.inbound.router", "dbmail.feedback.one_click", "dbmail.feedback.sendgrid_webhook"},
+    "functions/unsubscribe": {"aws_lambda_powertools.utilities.batch", "dbmail.outgoing.expand", "jinja2"},
 }
 
 
