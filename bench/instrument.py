@@ -8,7 +8,6 @@ write statements are counted by table instead, for the bench to price at their i
 
 from __future__ import annotations
 
-import json
 import pickle
 import threading
 from collections import Counter
@@ -21,15 +20,36 @@ WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWrit
 KB = 1024
 
 
+def value_bytes(value: dict) -> int:
+    """A DynamoDB attribute value's size as DynamoDB counts it (strings and binaries their bytes,
+    numbers about a byte per two digits, sets and documents their members plus 3 bytes)."""
+    ((kind, data),) = value.items()
+    if kind == "S":
+        return len(data.encode())
+    if kind == "B":
+        return len(data)
+    if kind == "N":
+        return len(data.lstrip("-").replace(".", "")) // 2 + 2
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind in ("SS", "NS", "BS"):
+        return sum(value_bytes({kind[0]: member}) for member in data)
+    if kind == "L":
+        return 3 + sum(1 + value_bytes(member) for member in data)
+    return 3 + sum(1 + len(name.encode()) + value_bytes(member) for name, member in data.items())  # M
+
+
 def item_bytes(item: dict) -> int:
-    """An upper bound of a DynamoDB item's size as it bills writes: each attribute's name plus its
-    value as the wire writes it (UTF-8)."""
-    return sum(len(name.encode()) + len(json.dumps(value, ensure_ascii=False).encode()) for name, value in item.items())
+    """A DynamoDB item's size (as a Scan returns it): each attribute's name and value."""
+    return sum(len(name.encode()) + value_bytes(value) for name, value in item.items())
 
 
-def statement_units(items: list[dict]) -> int:
-    """Write units a PartiQL update of any of ``items`` costs: 1 per KB of the largest, rounded up."""
-    return max(1, -(-max(map(item_bytes, items), default=0) // KB))
+def statement_units(items: list[dict]) -> float:
+    """The write units a PartiQL update of one of ``items`` costs on average: as an UpdateItem,
+    one per started KB of the item."""
+    if not items:
+        return 1.0
+    return sum(max(1, -(-item_bytes(item) // KB)) for item in items) / len(items)
 
 
 def consumed_units(consumed: dict | list | None) -> dict[str, float]:

@@ -121,13 +121,16 @@ def test_consumed_capacity_is_summed_by_table_from_one_answer_or_a_batchs_list()
     assert consumed_units(batch) == {"emails": 6.0, "requests": 1.0}
 
 
-def test_a_partiql_update_is_priced_at_its_largest_items_size():
-    from bench.instrument import statement_units
+def test_a_partiql_update_is_priced_at_its_items_size():
+    from bench.instrument import item_bytes, statement_units
 
     # given sent emails' items as a Scan returns them, one over a kilobyte
-    small = {"request_id": {"S": "r" * 32}, "status": {"S": "sent"}}
+    small = {"request_id": {"S": "r" * 32}, "status": {"S": "sent"}, "tries": {"N": "0"}}
     large = {**small, "subject": {"S": "é" * 600}}  # 1,200 bytes in UTF-8
-    # then an update costs a unit per started kilobyte of the largest item, and at least one
+    # then an item's size is its names and values as DynamoDB counts them
+    assert item_bytes(small) == (10 + 32) + (6 + 4) + (5 + 2)
+    assert item_bytes({"tags": {"SS": ["ab", "c"]}, "doc": {"M": {"k": {"S": "v"}}}}) == (4 + 3) + (3 + 3 + 1 + 1 + 1)
+    # and an update costs a unit per started kilobyte of its item, averaged, and at least one
     assert statement_units([small]) == 1
-    assert statement_units([small, large]) == 2
+    assert statement_units([small, large]) == 1.5
     assert statement_units([]) == 1
