@@ -21,7 +21,7 @@ import pytest
 
 from dbmail.client import request_status, submit_request
 from dbmail.core.clock import utcnow
-from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.emails import message_id_for
 from dbmail.outgoing.resend import resend
 from dbmail_local import stack
 from tests.conftest import recipient

@@ -29,7 +29,7 @@ from dbmail.client import (
     set_plain_redirect,
     submit_request,
 )
-from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.emails import message_id_for
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail_local import stack
 from tests.conftest import DIRECTORY, recipient

@@ -20,7 +20,7 @@ from dbmail.client import request_status, submit_request
 from dbmail.core.errors import HeaderInvalid, SenderNotAllowed
 from dbmail.core.settings import Settings
 from dbmail.core.unsubscribe import verify_token
-from dbmail.outgoing.expand import message_id_for, message_ref_for
+from dbmail.outgoing.emails import message_id_for, message_ref_for
 from dbmail.outgoing.queue import QueuedEmail
 from tests.conftest import recipient
 from tests.integration.conftest import GOT_MAIL, GOT_MAIL_KEY, got_mail, wait_delivered

@@ -17,7 +17,7 @@ from dbmail.client import submit_request
 from dbmail.core.secrets import UNSET
 from dbmail.core.settings import website_settings
 from dbmail.feedback.store import SuppressionStore
-from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.emails import message_id_for
 from tests.conftest import recipient
 from tests.integration.test_outgoing import outbox_by_message_id
 from tests.unit.test_sendgrid_webhook import SendGrid

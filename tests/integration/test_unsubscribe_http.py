@@ -19,7 +19,7 @@ from dbmail.client import submit_request
 from dbmail.core.settings import Settings, website_settings
 from dbmail.core.unsubscribe import make_token, verify_token
 from dbmail.feedback.store import SuppressionStore
-from dbmail.outgoing.expand import message_id_for
+from dbmail.outgoing.emails import message_id_for
 from tests.conftest import recipient
 from tests.integration.test_outgoing import outbox_by_message_id
 

@@ -12,7 +12,8 @@ from dbmail.core.errors import ExpansionIncomplete
 from dbmail.core.models import bind_models
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import RequestStatus
-from dbmail.outgoing.expand import BATCH_RECIPIENTS, RECIPIENT_FIELDS, Outcome, message_ref_for, prepare
+from dbmail.outgoing.emails import message_ref_for
+from dbmail.outgoing.expand import BATCH_RECIPIENTS, RECIPIENT_FIELDS, Outcome, prepare
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.render import UserContext, build_context, compile_message
 from dbmail.outgoing.store import Store

@@ -231,7 +231,7 @@ def test_resend_delivers_each_failed_email_once_with_the_same_message_id(moto_st
     for message in messages + messages:  # every message delivered twice
         sender(moto_stack, transport).deliver(QueuedEmail.from_body(message["Body"]), message["MessageId"] + "x", 1)
     assert len(transport.sent) == 2
-    from dbmail.outgoing.expand import message_id_for
+    from dbmail.outgoing.emails import message_id_for
 
     assert {m.message_id for m in transport.sent} == {
         message_id_for(rid, key, "Splash <splash@example.org>") for key in ("u0000000001#0", "u0000000002#0")

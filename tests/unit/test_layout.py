@@ -99,7 +99,13 @@ def test_an_integration_module_is_what_brings_the_sdk():
 
 # what each function's handler needs from the package (its services are built on first use)
 NOT_AT_COLD_START = {
-    "functions/send": {"dbmail.inbound.router", "dbmail.feedback.one_click", "dbmail.outgoing.expire"},
+    "functions/send": {
+        "dbmail.inbound.router",
+        "dbmail.feedback.one_click",
+        "dbmail.outgoing.expire",
+        "dbmail.outgoing.expand",  # and with it the template engine: only an email rendered again needs it
+        "jinja2",
+    },
     "functions/inbound": {
         "dbmail.outgoing.expire",
         "dbmail.feedback.sendgrid_webhook",

@@ -14,7 +14,7 @@ from dbmail.core.compose import OutgoingEmail
 from dbmail.core.errors import DeliveryError, FailureKind
 from dbmail.core.unsubscribe import verify_token
 from dbmail.feedback.events import message_ref_of
-from dbmail.outgoing.expand import message_ref_for
+from dbmail.outgoing.emails import message_ref_for
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.send import CLAIM_LEASE, SEND_TIME_RESERVE_SECONDS, EmailSender, SendOutcome
 from dbmail.outgoing.send_rate import Unlimited

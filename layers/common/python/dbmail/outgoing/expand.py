@@ -20,7 +20,6 @@ whose invocation died (its lease lapsed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +36,7 @@ from dbmail.core.errors import ExpansionIncomplete, RequestInvalid, TemplateInva
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing import render as rendering
+from dbmail.outgoing.emails import too_old
 from dbmail.outgoing.queue import QueuedEmail, SendQueue, SqsQueue
 from dbmail.outgoing.sendto import Destination, get_sendto_function, recipient_fields
 
@@ -142,34 +142,6 @@ def chunk_range(ends: list[str], chunk: int) -> tuple[str | None, str]:
 def email_key(recipient_key: str, index: int) -> str:
     """Deterministic: the same recipient and position always give the same key."""
     return f"{recipient_key}#{index}"
-
-
-def message_ref_for(request_id: str, key: str) -> str:
-    """The email's 32-hex reference: in its Message-ID, its VERP envelope sender and the
-    provider's feedback (TextOfEmail.message_ref)."""
-    return hashlib.sha256(f"{request_id}/{key}".encode()).hexdigest()[:32]
-
-
-def message_id_for(request_id: str, key: str, send_from: str) -> str:
-    """A stable RFC 5322 Message-ID, so a receiver can recognise a repeated delivery."""
-    domain = send_from.rpartition("@")[2].rstrip(">").strip() or "dbmail.invalid"
-    return f"<dbmail.{message_ref_for(request_id, key)}@{domain}>"
-
-
-def expiry_reason(item, now: datetime, max_age: timedelta) -> str | None:
-    """Why mail (a request or one of its emails: both carry created_at and sent_by) must not go
-    out any more, or None. The original's rule: never late (sent_by), never older than the
-    window (``max_age``, which is settings.max_age)."""
-    if item.sent_by is not None and item.sent_by < now:
-        return "sent_by deadline passed"
-    return too_old(item, now, max_age)
-
-
-def too_old(item, now: datetime, max_age: timedelta) -> str | None:
-    """The window half of ``expiry_reason``: why ``item`` is past it, or None."""
-    if item.created_at < now - max_age:
-        return f"older than {max_age.days} days"
-    return None
 
 
 def resolve_sender(request: MessageRequestBase, settings: Settings) -> str:

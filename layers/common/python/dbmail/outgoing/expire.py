@@ -23,7 +23,8 @@ from aws_lambda_powertools import Logger
 from dbmail.core.clock import utcnow
 from dbmail.core.errors import DeliveryError, ExpansionIncomplete, RequestInvalid
 from dbmail.core.statuses import EmailStatus, RequestStatus
-from dbmail.outgoing.expand import Expander, expiry_reason, is_priority, resolve_sender
+from dbmail.outgoing.emails import expiry_reason
+from dbmail.outgoing.expand import Expander, is_priority, resolve_sender
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.report import failure_report
 

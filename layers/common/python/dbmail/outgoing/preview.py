@@ -26,7 +26,8 @@ from typing import Any
 from dbmail.core.compose import OutgoingEmail, compose, to_mime
 from dbmail.core.errors import RequestInvalid
 from dbmail.core.settings import Settings
-from dbmail.outgoing.expand import RECIPIENT_FIELDS, message_id_for, message_ref_for, prepare
+from dbmail.outgoing.emails import message_id_for, message_ref_for
+from dbmail.outgoing.expand import RECIPIENT_FIELDS, prepare
 from dbmail.outgoing.send import verp_address
 
 BULK_RECIPIENTS = 50

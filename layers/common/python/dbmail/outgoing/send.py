@@ -20,7 +20,7 @@ from dbmail.core.errors import DeliveryError, FailureKind, RequestInvalid
 from dbmail.core.settings import Settings
 from dbmail.core.unsubscribe import unsubscribe_url
 from dbmail.feedback.events import bare_address
-from dbmail.outgoing.expand import PreparedRequest, expiry_reason, message_id_for, message_ref_for, prepare
+from dbmail.outgoing.emails import expiry_reason, message_id_for, message_ref_for
 from dbmail.outgoing.gathering import Gathered, deliveries, expecting
 from dbmail.outgoing.queue import QueuedEmail, SendQueue
 from dbmail.outgoing.send_rate import SendBudget, Unlimited
@@ -28,6 +28,7 @@ from dbmail.outgoing.send_rate import SendBudget, Unlimited
 if TYPE_CHECKING:  # integration types only: the domain never imports PynamoDB
     from dbmail.core.transports import Transport
     from dbmail.feedback.store import SuppressionStore
+    from dbmail.outgoing.expand import PreparedRequest
     from dbmail.outgoing.store import Store
 
 logger = Logger(child=True)
@@ -286,7 +287,10 @@ class EmailSender:
         return (request.special_headers if request else None) or {}
 
     def _prepare(self, request_id: str) -> PreparedRequest:
-        """A request compiled for rendering again (cached: once per request per container)."""
+        """A request compiled for rendering again (cached: once per request per container). The
+        template engine is loaded here, for the first email rendered again, never at cold start."""
+        from dbmail.outgoing.expand import prepare
+
         request = self.store.get_request(request_id)
         if request is None:
             raise RequestInvalid(f"request {request_id!r} is gone; its email cannot be rendered again")

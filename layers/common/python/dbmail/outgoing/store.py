@@ -23,7 +23,7 @@ from dbmail.core.models import (
 )
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
-from dbmail.outgoing.expand import message_ref_for
+from dbmail.outgoing.emails import message_ref_for
 
 MAX_ERROR_CHARS = 1000
 STATEMENTS_PER_CALL = 25  # BatchExecuteStatement's limit
