@@ -58,7 +58,10 @@ of their own per run (`bench/worker.py`), so the AWS calls and the peak RSS
 - **DynamoDB units.** `ReturnConsumedCapacity=TOTAL` is injected into every DynamoDB call
   through botocore's events and the `ConsumedCapacity` of the answers summed by table
   (DynamoDB Local reports it as DynamoDB does: an index write is counted; a 3 KB item is 3
-  units). Per email: the send runs' expansion and send, all tables.
+  units). DynamoDB Local reports nothing for PartiQL (`BatchExecuteStatement`: a send batch's
+  claims and records), so each update it made is priced as DynamoDB prices it, at its item's
+  size (1 unit per started KB, from the sent items read back). Per email: the send runs'
+  expansion and send, all tables.
 """
 
 AWS_LATENCY = """## Latency on real AWS
