@@ -1,5 +1,6 @@
 """Fixtures shared by the unit tests (the moto stack itself is in tests/conftest.py)."""
 
+import os
 import socket
 import struct
 import threading
@@ -9,6 +10,18 @@ import pytest
 
 from dbmail.client import install_default_email_lists, publish_directory, set_plain_redirect
 from tests.conftest import DIRECTORY
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(tmp_path, monkeypatch):
+    """No test meets a developer's `make up`: the CLI reads `.local/stack.env` of the working
+    directory into os.environ, so each test runs in its own empty directory, and whatever it
+    leaves in os.environ goes with it."""
+    monkeypatch.chdir(tmp_path)
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
