@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import threading
 import uuid
 from email import policy
 from email.message import EmailMessage
@@ -12,9 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 from hypothesis import settings as hypothesis_settings
 from moto import mock_aws
+from moto.core.base_backend import BackendDict
+from moto.sqs.models import sqs_backends
 
 from dbmail import wiring
 from dbmail.core import models, secrets, settings
@@ -25,6 +31,28 @@ from dbmail.outgoing.store import Store
 hypothesis_settings.register_profile("deterministic", derandomize=True)
 hypothesis_settings.register_profile("random", derandomize=False)
 hypothesis_settings.load_profile("random" if os.environ.get("HYPOTHESIS_RANDOM") else "deterministic")
+
+
+class _SearchPaths(list):
+    """boto3 adds its data directory to each new session's loader: a shared loader needs it once."""
+
+    def append(self, path: str) -> None:
+        if path not in self:
+            super().append(path)
+
+
+@cache
+def _shared_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+    """One botocore loader for every session in the process. The code under test makes a session
+    per client, and each new session would read and parse the same service models again (most of
+    a client's creation time); the files do not change, and a loader only caches what it read."""
+    loader = botocore.loaders.create_loader(search_path_string)
+    loader._search_paths = _SearchPaths(loader.search_paths)
+    return loader
+
+
+botocore.session.create_loader = _shared_loader
+
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
@@ -50,12 +78,60 @@ def function_settings(function: str) -> settings.Settings:
     return settings.Settings.for_function(function)
 
 
+# What moto holds, service by service: the live BackendDict with its backends by account and region.
+BackendState = list[tuple[BackendDict, dict[str, dict[str, object]]]]
+
+
+def _copied(state: BackendState) -> BackendState:
+    """A deep copy of the backends, taken in one go so that what refers to another resource (a
+    queue's dead-letter queue) refers to its copy. An SQS queue's Condition (for long polls)
+    cannot be copied: each copy gets a new one."""
+    memo = {
+        id(queue._messages_lock): threading.Condition()
+        for backends, accounts in state
+        if backends is sqs_backends
+        for regions in accounts.values()
+        for backend in regions.values()
+        for queue in backend.queues.values()
+    }
+    accounts = copy.deepcopy([accounts for _, accounts in state], memo)
+    return [(backends, copied) for (backends, _), copied in zip(state, accounts, strict=True)]
+
+
+def _template():
+    """template.yaml with moto's queue URLs."""
+    from dbmail_local.cfn import LocalTarget, Template
+
+    return Template.load(target=LocalTarget(sqs_url="https://sqs.us-east-1.amazonaws.com"))
+
+
+@cache
+def _created_stack() -> BackendState:
+    """The backends of a freshly created stack, built once per process (creating it costs most of
+    a second; copying it, milliseconds). Called with the stack's environment set."""
+    from dbmail_local.resources import create_resources
+
+    with mock_aws():
+        create_resources(_template())
+        live = [
+            (backends, {account: dict(regions) for account, regions in backends.items()})
+            for backends in BackendDict._instances
+        ]
+        return _copied(live)
+
+
+def _restore(state: BackendState) -> None:
+    """Puts a copy of ``state`` into moto (just reset by mock_aws): each test gets its own."""
+    for backends, accounts in _copied(state):
+        for account, regions in accounts.items():
+            backends[account].update(regions)
+
+
 @pytest.fixture
 def moto_stack(monkeypatch):
     """The template's tables, queues and SES identities in moto, with the stack's environment set
-    (every function's variables, as in stack.env); ``settings`` are the website's."""
-    from dbmail_local.cfn import LocalTarget, Template
-    from dbmail_local.resources import create_resources
+    (every function's variables, as in stack.env); ``settings`` are the website's. Each test starts
+    from its own copy of a freshly created stack."""
     from dbmail_local.ses_quota import report_quota
 
     report_quota(None)  # SES's GetAccount, which moto lacks, as the stack's moto answers it: no limit
@@ -72,9 +148,10 @@ def moto_stack(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "dbmail")
+    created = _created_stack()
     with mock_aws():
-        template = Template.load(target=LocalTarget(sqs_url="https://sqs.us-east-1.amazonaws.com"))
-        create_resources(template)
+        _restore(created)
+        template = _template()
         for name, value in template.environment().items():
             monkeypatch.setenv(name, value)
         clear_caches()

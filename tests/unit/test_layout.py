@@ -25,8 +25,12 @@ INTEGRATION = {
     "feedback/store.py",
     "core/models.py",
     "core/transports.py",
+    "core/aws.py",
     "wiring.py",
 }
+# The one domain module that calls AWS: settings read their secrets at cold start through it, and
+# it imports the SDK inside the read, never at import (the website's settings read no secret).
+READS_SECRETS = "dbmail.core.secrets"
 SDK = {"boto3", "botocore", "pynamodb"}
 INTEGRATION_MODULES = {"dbmail." + name.removesuffix(".py").replace("/", ".") for name in INTEGRATION}
 
@@ -45,6 +49,18 @@ def domain_modules() -> list[str]:
 def runtime_imports(module: str) -> set[str]:
     """What the module's own import statements name, leaving out ``if TYPE_CHECKING:`` blocks."""
     return runtime_imports_of(PACKAGE.parent / (module.replace(".", "/") + ".py"))
+
+
+def top_level_imports(module: str) -> set[str]:
+    """What the module imports when it is imported (its functions' own imports left out)."""
+    tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
 
 
 def runtime_imports_of(path: Path) -> set[str]:
@@ -84,8 +100,9 @@ def test_the_domain_folders_hold_the_flow():
 
 @pytest.mark.parametrize("module", domain_modules())
 def test_a_domain_module_imports_no_aws_sdk_or_pynamodb(module):
-    # given the module's own imports, then none is the SDK, PynamoDB or an integration module
-    imports = runtime_imports(module)
+    # given the module's own imports (the secret reader's at its top level), then none is the
+    # SDK, PynamoDB or an integration module
+    imports = runtime_imports(module) if module != READS_SECRETS else top_level_imports(module)
     assert {name for name in imports if name.split(".")[0] in SDK} == set()
     assert imports & INTEGRATION_MODULES == set()
     # and when it is imported alone, neither boto3 nor PynamoDB is loaded
@@ -95,6 +112,10 @@ def test_a_domain_module_imports_no_aws_sdk_or_pynamodb(module):
 def test_an_integration_module_is_what_brings_the_sdk():
     # given the check above, it would notice an SDK import: the store does load PynamoDB
     assert "pynamodb" in imported_sdks("dbmail.outgoing.store")
+    # and the secret reader's SDK is inside its read
+    assert {"dbmail.core.aws", "botocore.exceptions"} <= runtime_imports(READS_SECRETS) - top_level_imports(
+        READS_SECRETS
+    )
 
 
 # what each function's handler needs from the package (its services are built on first use)
@@ -115,6 +136,11 @@ NOT_AT_COLD_START = {
     "functions/expire": {"dbmail.inbound.router", "dbmail.feedback.one_click", "dbmail.feedback.sendgrid_webhook"},
     "functions/unsubscribe": {"aws_lambda_powertools.utilities.batch", "dbmail.outgoing.expand", "jinja2"},
 }
+
+
+# and none loads boto3: botocore is the SDK (dbmail.core.aws)
+for _modules in NOT_AT_COLD_START.values():
+    _modules.add("boto3")
 
 
 @pytest.mark.parametrize("function", sorted(NOT_AT_COLD_START))

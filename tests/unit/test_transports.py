@@ -486,11 +486,12 @@ def test_ses_unreachable_is_transient(error):
     assert raised.value.kind is FailureKind.TRANSIENT
 
 
-def test_make_transport_builds_an_ses_client_with_adaptive_retries_and_timeouts():
+def test_make_transport_builds_an_ses_client_with_adaptive_retries_and_timeouts(monkeypatch):
     # given the SES provider
-    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     # when the transport is made
-    config = make_transport(settings(), boto3_session=session)._ses.meta.config
+    config = make_transport(settings())._ses.meta.config
     # then botocore retries adaptively, 3 attempts in all, with timeouts that fit a 30 s Lambda
     assert config.retries == {"mode": "adaptive", "total_max_attempts": 3}
     assert (config.connect_timeout, config.read_timeout) == (3, 5)

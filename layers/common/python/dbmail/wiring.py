@@ -11,8 +11,7 @@ from __future__ import annotations
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
-import boto3  # the SDK at cold start, as every function's first record needs it
-
+from dbmail.core import aws  # botocore at cold start, as every function's first record needs it
 from dbmail.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ CACHED = 8  # settings per process: the four functions', the website's, and a te
 def send_queue(settings: Settings) -> SendQueue:
     from dbmail.outgoing.queue import SendQueue
 
-    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
+    sqs = aws.client("sqs", settings.region)
     return SendQueue(sqs, settings.send_queue_url, settings.priority_send_queue_url)
 
 
@@ -46,9 +45,7 @@ def expander(settings: Settings) -> Expander:
     from dbmail.outgoing.queue import SqsQueue
     from dbmail.outgoing.store import Store
 
-    chunk_queue = SqsQueue(
-        boto3.session.Session().client("sqs", region_name=settings.region), settings.expand_chunk_queue_url
-    )
+    chunk_queue = SqsQueue(aws.client("sqs", settings.region), settings.expand_chunk_queue_url)
     return Expander(store=Store(settings), queue=send_queue(settings), chunk_queue=chunk_queue, settings=settings)
 
 
@@ -79,7 +76,7 @@ def sendgrid_events(settings: Settings) -> SendGridEvents:
     from dbmail.feedback.sendgrid_webhook import SendGridEvents, SignatureVerifier
     from dbmail.outgoing.queue import SqsQueue
 
-    sqs = boto3.session.Session().client("sqs", region_name=settings.region)
+    sqs = aws.client("sqs", settings.region)
     return SendGridEvents(
         SignatureVerifier(settings.sendgrid_webhook_public_key), SqsQueue(sqs, settings.feedback_queue_url)
     )
@@ -91,15 +88,14 @@ def send_budget(settings: Settings) -> SendBudget:
     from dbmail.outgoing.send_rate import FleetBudget, Unlimited, send_rate
     from dbmail.outgoing.send_rate_store import DynamoBucket, ses_quota
 
-    session = boto3.session.Session()
     rate = send_rate(
         settings.max_send_rate,
         settings.provider,
-        lambda: ses_quota(session.client("sesv2", region_name=settings.region)),
+        lambda: ses_quota(aws.client("sesv2", settings.region)),
     )
     if rate is None:
         return Unlimited()
-    dynamodb = session.client("dynamodb", region_name=settings.region, endpoint_url=settings.dynamodb_endpoint)
+    dynamodb = aws.client("dynamodb", settings.region, endpoint_url=settings.dynamodb_endpoint)
     return FleetBudget(DynamoBucket(dynamodb, settings.send_rate_table, settings.provider), rate)
 
 
@@ -125,18 +121,15 @@ def email_sender(settings: Settings) -> EmailSender:
 
 @lru_cache(maxsize=CACHED)
 def inbound_router(settings: Settings) -> InboundRouter:
-    from dbmail.core.transports import SesTransport
+    from dbmail.core.transports import SesTransport, ses_client
     from dbmail.inbound.router import InboundRouter
     from dbmail.inbound.store import InboundStore
 
     settings.require_inbound()
-    session = boto3.session.Session()
     return InboundRouter(
         store=InboundStore(settings),
-        s3=session.client("s3", region_name=settings.region),
-        transport=SesTransport(
-            session.client("sesv2", region_name=settings.region), settings.configuration_set or None
-        ),
+        s3=aws.client("s3", settings.region),
+        transport=SesTransport(ses_client(settings.region), settings.configuration_set or None),
         settings=settings,
         feedback=partial(feedback_recorder, settings),
         budget=send_budget(settings),

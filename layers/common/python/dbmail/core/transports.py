@@ -72,9 +72,11 @@ def ses_failure_kind(exc: ClientError) -> FailureKind:
     return FailureKind.TRANSIENT  # 5xx, InternalFailure, ServiceUnavailable, codes we do not know
 
 
-def ses_client(session, region: str | None):
+def ses_client(region: str | None):
     """The sesv2 client every SES transport should use (adaptive retries, bounded timeouts)."""
-    return session.client("sesv2", region_name=region, config=SES_CLIENT_CONFIG)
+    from dbmail.core import aws
+
+    return aws.client("sesv2", region, config=SES_CLIENT_CONFIG)
 
 
 class Transport(Protocol):
@@ -252,10 +254,7 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
         exc.close()
 
 
-def make_transport(settings: Settings, boto3_session=None) -> Transport:
+def make_transport(settings: Settings) -> Transport:
     if settings.provider == "sendgrid":
         return SendGridTransport(settings.sendgrid_api_key, settings.sendgrid_url)
-    import boto3
-
-    session = boto3_session or boto3.session.Session()
-    return SesTransport(ses_client(session, settings.region), settings.configuration_set or None)
+    return SesTransport(ses_client(settings.region), settings.configuration_set or None)
