@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from functools import lru_cache
 
 from dbmail.core.errors import ConfigurationError
 
@@ -52,10 +53,8 @@ def _cached_value(variable: str, secret_id: str) -> str:
 def _get_secret_value(variable: str, secret_id: str, region: str | None) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from dbmail.core import aws
-
     try:
-        response = aws.client("secretsmanager", region).get_secret_value(SecretId=secret_id)
+        response = _client(region).get_secret_value(SecretId=secret_id)
     except (BotoCoreError, ClientError) as exc:
         raise ConfigurationError(f"{variable}: cannot read the secret {secret_id!r}: {exc}") from exc
     if "SecretString" not in response:
@@ -63,7 +62,16 @@ def _get_secret_value(variable: str, secret_id: str, region: str | None) -> str:
     return response["SecretString"]
 
 
+@lru_cache(maxsize=4)
+def _client(region: str | None):
+    """One Secrets Manager client for a cold start's reads (each new client costs tens of ms)."""
+    from dbmail.core import aws
+
+    return aws.client("secretsmanager", region)
+
+
 def clear() -> None:
-    """Forget every cached secret (tests: each stack has its own)."""
+    """Forget every cached secret and the client (tests: each stack has its own)."""
     with _lock:
         _cache.clear()
+    _client.cache_clear()
