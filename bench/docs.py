@@ -23,7 +23,7 @@ Everything runs on one local stack of the bench's own (DynamoDB Local and a moto
 run; each dbmail figure and its floor are measured alternately, on the same emulators, and each
 is repeated (min and median; the ratios use the medians). The functions run in a worker process
 of their own per run (`bench/worker.py`), so the AWS calls and the peak RSS
-(`resource.getrusage(...).ru_maxrss`, the real RSS, not tracemalloc) are theirs alone.
+(the process's own high-water RSS, `VmHWM`; the real RSS, not tracemalloc) are theirs alone.
 
 - **send vs bare SES.** dbmail: the send handler invoked with the queued messages of a
   1,000-recipient request (3 KB HTML body), 10 per batch as its SQS events give them, one
@@ -166,8 +166,10 @@ HTML body, each run in its own process.
 
 {markdown_table(SIZE_HEADER, size_rows)}
 
-Peak RSS is the worker's `ru_maxrss` (the target's figure: it catches a short spike, and varies
-with the load); the plateau is the median RSS over the run's second half, sampled every 50 ms.
+Peak RSS is the worker's `VmHWM` (it catches a short spike). Not `ru_maxrss`: Linux carries
+that over exec from the forking process, so a worker started by the bench reported the bench's
+own RSS whenever it was larger (the erratic 225-351 MiB of earlier runs). The plateau is the
+median RSS over the run's second half, sampled every 50 ms.
 
 ![emails queued per second and peak RSS against recipients]({PLOT})
 

@@ -1,4 +1,4 @@
-"""One measured run in a process of its own, so that its peak RSS (ru_maxrss) and its AWS calls
+"""One measured run in a process of its own, so that its peak RSS (VmHWM) and its AWS calls
 are its own:
 
     python -m bench.worker expand STATE_DIR RESULT_FILE REQUEST_ID [--capture FILE]
@@ -41,7 +41,11 @@ BATCH = 10
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """The process's own high-water RSS: /proc/self/status's VmHWM. Not ``ru_maxrss``: Linux
+    carries that over exec from the forking process, so a worker started by a 300 MiB bench
+    reports 300 MiB whatever it used itself."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:", 1)[1].split()[0]) / 1024  # kB
 
 
 def rss_mib() -> float:

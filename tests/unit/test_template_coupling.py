@@ -61,7 +61,8 @@ def test_the_queue_gives_each_email_as_many_receives_as_it_has_tries(template, l
 
 
 def test_the_send_function_delivers_a_whole_batch_at_once_from_both_lanes(template):
-    from dbmail.core import transports
+    from dbmail.core import aws
+    from dbmail_local.sqs import MAX_LOCAL_POLLERS
 
     events = template.properties("SendFunction")["Events"]  # unresolved: the queues by logical id
     queues = {event["Properties"]["Queue"]["Fn::GetAtt"][0]: event["Properties"] for event in events.values()}
@@ -69,9 +70,10 @@ def test_the_send_function_delivers_a_whole_batch_at_once_from_both_lanes(templa
     assert set(queues) == set(SEND_LANES)
     for properties in queues.values():
         assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-        # a batch is at most as many records as are delivered at once, and the SES client's
-        # connection pool has one connection for each
-        assert int(properties["BatchSize"]) <= send.CONCURRENT_DELIVERIES <= transports.MAX_POOL_CONNECTIONS
+        # a batch is at most as many records as are delivered at once, and a client's connection
+        # pool has one connection for each, also when the local runner's invocations share it
+        assert int(properties["BatchSize"]) <= send.CONCURRENT_DELIVERIES
+        assert send.CONCURRENT_DELIVERIES * MAX_LOCAL_POLLERS <= aws.POOL_CONNECTIONS
     # the priority lane waits for no batch to fill
     assert "MaximumBatchingWindowInSeconds" not in queues["PrioritySendQueue"]
 

@@ -41,12 +41,15 @@ def send_queue(settings: Settings) -> SendQueue:
 
 @lru_cache(maxsize=CACHED)
 def expander(settings: Settings) -> Expander:
+    from dbmail.core.models import open_connections
     from dbmail.outgoing.expand import Expander
     from dbmail.outgoing.queue import SqsQueue
     from dbmail.outgoing.store import Store
 
     chunk_queue = SqsQueue(aws.client("sqs", settings.region), settings.expand_chunk_queue_url)
-    return Expander(store=Store(settings), queue=send_queue(settings), chunk_queue=chunk_queue, settings=settings)
+    store = Store(settings)
+    open_connections(store.models.TextOfEmail)  # before a batch's writes use it from several threads
+    return Expander(store=store, queue=send_queue(settings), chunk_queue=chunk_queue, settings=settings)
 
 
 @lru_cache(maxsize=CACHED)

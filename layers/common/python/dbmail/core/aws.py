@@ -11,9 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import botocore.session
+from botocore.config import Config
+
+# Connections a client keeps open. A Lambda container runs one invocation, with up to 10 calls in
+# flight (the send function's deliveries); the local runner runs up to 4 invocations of a
+# function in one process, sharing its clients (wiring caches them), so 40. A call that finds the
+# pool full opens a connection of its own and closes it after: a TCP connect per call.
+POOL_CONNECTIONS = 40
 
 
 def client(service: str, region: str | None, **options: Any) -> Any:
     """A client for ``service`` in ``region``; ``options`` as botocore's ``create_client`` takes
-    them (``endpoint_url``, ``config``). Credentials and endpoints come from the environment."""
-    return botocore.session.Session().create_client(service, region_name=region, **options)
+    them (``endpoint_url``, ``config``: merged over POOL_CONNECTIONS). Credentials and endpoints
+    come from the environment."""
+    session = botocore.session.Session()
+    session.set_default_client_config(Config(max_pool_connections=POOL_CONNECTIONS))
+    return session.create_client(service, region_name=region, **options)

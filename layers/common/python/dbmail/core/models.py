@@ -26,6 +26,7 @@ from pynamodb.constants import STRING
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
+from dbmail.core.aws import POOL_CONNECTIONS
 from dbmail.core.clock import format_datetime, parse_datetime
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, InboundStatus, RequestStatus
@@ -282,7 +283,7 @@ def open_connections(*models: type[Model]) -> None:
     """Create the models' botocore clients now, with CLIENT_DEFAULTS. PynamoDB creates one on a
     model's first use, and threads that first use a model at once (a batch delivered
     concurrently) would each create their own, tens of milliseconds of CPU apiece. Each has a
-    pool of PynamoDB's max_pool_connections (10: the send function's concurrent deliveries)."""
+    pool of POOL_CONNECTIONS (the models' Meta.max_pool_connections)."""
     for model in models:
         connection = model._get_connection().connection
         connection.session.set_default_client_config(CLIENT_DEFAULTS)  # PynamoDB's options win
@@ -311,6 +312,7 @@ def _bind(base: type[Model], table_name: str, settings: Settings) -> type[Model]
             "region": settings.region,
             "host": settings.dynamodb_endpoint,
             "max_retry_attempts": 5,
+            "max_pool_connections": POOL_CONNECTIONS,
         },
     )
     return type(base.__name__.removesuffix("Base"), (base,), {"Meta": meta})

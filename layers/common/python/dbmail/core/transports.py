@@ -41,16 +41,14 @@ SES_THROTTLED = frozenset(
 # botocore retries throttles, 5xx and dropped connections itself (adaptive mode also slows the
 # client down) before we classify what is left. 3 attempts in all ("max_attempts" would count
 # retries: 3 means 4 tries); a hung SES costs at most 3 x (3 + 5) s, inside a 30 s invocation.
-# The pool holds a connection for each of the send function's concurrent deliveries
-# (outgoing/send.CONCURRENT_DELIVERIES). Per-request CPU saved, as PynamoDB does for its own
-# clients: no validation of the parameters (ours, always of one shape), and a fixed User-Agent
-# (botocore otherwise builds its telemetry one twice per request, about 0.1 ms each time).
-MAX_POOL_CONNECTIONS = 10
+# The pool is dbmail.core.aws's (every concurrent delivery of the process keeps its connection).
+# Per-request CPU saved, as PynamoDB does for its own clients: no validation of the parameters
+# (ours, always of one shape), and a fixed User-Agent (botocore otherwise builds its telemetry
+# one twice per request, about 0.1 ms each time).
 SES_CLIENT_CONFIG = Config(
     retries={"mode": "adaptive", "total_max_attempts": 3},
     connect_timeout=3,
     read_timeout=5,
-    max_pool_connections=MAX_POOL_CONNECTIONS,
     parameter_validation=False,
     user_agent="dbmail",
 )

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dbmail.core.errors import DbmailError
+from dbmail.core.parallel import each_at_once
 
 SQS_BATCH = 10
 ATTEMPTS = 3
@@ -74,18 +75,20 @@ class SqsQueue:
         self.url = queue_url
 
     def send_bodies(self, bodies: Iterable[str]) -> int:
+        """Sends every body, the batches' calls a few at a time (each_at_once)."""
+        batches: list[list[str]] = []
         batch: list[str] = []
-        size = count = 0
+        size = 0
         for body in bodies:
             length = len(body.encode())
             if batch and (len(batch) == SQS_BATCH or size + length > BATCH_MAX_BYTES):
-                count += self._send_batch(batch)
+                batches.append(batch)
                 batch, size = [], 0
             batch.append(body)
             size += length
         if batch:
-            count += self._send_batch(batch)
-        return count
+            batches.append(batch)
+        return sum(each_at_once(self._send_batch, batches))
 
     def send_later(self, body: str, delay_seconds: int) -> None:
         self._sqs.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=max(0, min(int(delay_seconds), 900)))

@@ -21,12 +21,14 @@ from dbmail.core.models import (
     bind_models,
     get_or_none,
 )
+from dbmail.core.parallel import each_at_once
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing.emails import message_ref_for
 
 MAX_ERROR_CHARS = 1000
 STATEMENTS_PER_CALL = 25  # BatchExecuteStatement's limit
+WRITES_PER_CALL = 25  # BatchWriteItem's limit
 CONDITION_FAILED = "ConditionalCheckFailed"  # a PartiQL statement's condition did not hold
 # The claim and the record of a send, for a batch of emails at once (PartiQL; ``{t}`` is the
 # table, each ``?`` a parameter in the order claim_emails and mark_sent_many give them).
@@ -309,7 +311,14 @@ class Store:
         return self.models.TextOfEmail(**attributes)
 
     def put_emails(self, emails: Iterable[TextOfEmailBase]) -> None:
-        """Batch-write new emails (25 per call; PynamoDB retries unprocessed items)."""
+        """Batch-write new emails: 25 per call (PynamoDB retries unprocessed items), the calls a
+        few at a time (each_at_once)."""
+        emails = list(emails)
+        each_at_once(
+            self._write_emails, [emails[n : n + WRITES_PER_CALL] for n in range(0, len(emails), WRITES_PER_CALL)]
+        )
+
+    def _write_emails(self, emails: list[TextOfEmailBase]) -> None:
         with self.models.TextOfEmail.batch_write() as batch:
             for email in emails:
                 batch.save(email)
