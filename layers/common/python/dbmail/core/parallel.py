@@ -10,7 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-CALLS_IN_FLIGHT = 4  # per batch; an invocation's botocore pool has 10 connections
+CALLS_IN_FLIGHT = 4  # per batch: well within a client's connection pool (dbmail.core.aws.POOL_CONNECTIONS)
 
 
 def each_at_once(call: Callable[[T], R], items: Sequence[T], in_flight: int = CALLS_IN_FLIGHT) -> list[R]:
