@@ -158,3 +158,23 @@ def test_a_function_imports_only_its_own_services(function):
     # then no other function's service module is loaded at its cold start
     assert "dbmail.wiring" in loaded
     assert set(loaded) & NOT_AT_COLD_START[function] == set()
+
+
+def test_a_secret_read_at_cold_start_goes_through_botocore_never_boto3():
+    # given a process that reads a secret from a Secrets Manager that cannot be reached
+    code = (
+        "import os, sys\n"
+        "os.environ.update(AWS_ACCESS_KEY_ID='x', AWS_SECRET_ACCESS_KEY='x', AWS_REGION='us-east-1',"
+        " AWS_ENDPOINT_URL='http://127.0.0.1:1', AWS_MAX_ATTEMPTS='1', AWS_RETRY_MODE='standard')\n"
+        "from dbmail.core import secrets\n"
+        "from dbmail.core.errors import ConfigurationError\n"
+        "try:\n"
+        "    secrets.read_secret('DBMAIL_UNSUBSCRIBE_SECRET_ARN', 'arn:aws:secretsmanager:us-east-1:1:secret:x')\n"
+        "except ConfigurationError as exc:\n"
+        "    print(str(exc).split(':')[0])\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'boto3', 'botocore'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    # then the read was made (and refused, naming the variable) with botocore alone: boto3 would
+    # cost every cold start about a tenth of a second
+    assert result.stdout.splitlines() == ["DBMAIL_UNSUBSCRIBE_SECRET_ARN", "['botocore']"]
