@@ -52,6 +52,11 @@ def kill_runner(local_stack) -> None:
     local_stack.wait_for(lambda: stack.running_pid(local_stack.state, stack.RUNNER) is None, timeout=10)
 
 
+def expanding(request) -> bool:
+    """The request's expansion is under way: its cursor (inline) or a chunk's lease (bulk) is saved."""
+    return bool(request.expand_cursor or request.chunk_leases)
+
+
 def sent_count(local_stack) -> int:
     """Emails SES accepted so far (the outbox; cheap enough to poll, unlike counting 30,000 items)."""
     return sum(1 for _ in os.scandir(local_stack.outbox))
@@ -90,7 +95,8 @@ def test_fault_campaign(local_stack, store):
             ),
         ]
         # when the runner is killed mid-expand ...
-        local_stack.wait_for(lambda: store.get_request(request_ids[0]).expand_cursor, timeout=120, interval=0.02)
+        # (an inline expansion has saved a cursor, or a bulk one, above BULK_THRESHOLD, has started a chunk)
+        local_stack.wait_for(lambda: expanding(store.get_request(request_ids[0])), timeout=120, interval=0.02)
         time.sleep(rng.uniform(0, 0.5))
         events.append(f"SIGKILL while the first request was {store.get_request(request_ids[0]).status}")
         kill_runner(local_stack)
