@@ -34,12 +34,13 @@ from bench.instrument import captured_calls, statement_units
 from bench.report import Check, Figure
 from dbmail.cli.files import read_env_file
 from dbmail.core import models, settings
+from dbmail.outgoing.send import CONCURRENT_SENDS
 from dbmail_local import REPO_ROOT, stack
 from dbmail_local.demo import HTML_BODY, generate_recipients
 from dbmail_local.rate_check import run as rate_run
 from dbmail_local.rate_check import throttled_stack
 
-SES_CONCURRENCY = 10  # the send function's emails in flight per invocation (and the floor's)
+SES_CONCURRENCY = CONCURRENT_SENDS  # the send function's emails in flight per invocation (and the floor's)
 LATENCY_WRITES = 20
 COLD_PROCESSES = 5
 RENDER_RECIPIENTS = 2000
@@ -174,7 +175,7 @@ def measure_send(results: Results, state: stack.StatePaths, config: Config, work
         if sent["failed"]:
             raise RuntimeError(f"the send path failed {sent['failed']} of {sent['emails']} emails")
         durations = sent["durations"]["SendFunction"]
-        dbmail.append(sum(durations[1:]) / (sent["emails"] - SES_CONCURRENCY))  # the first batch warms up
+        dbmail.append(sum(durations[1:]) / (sent["emails"] - sent["batches"][0]))  # the first batch warms up
         calls = captured_calls(capture)
         floors.ses_floor(sesv2, calls[:SES_CONCURRENCY], SES_CONCURRENCY)  # the floor's warm-up
         floor.append(floors.ses_floor(sesv2, calls, SES_CONCURRENCY) / len(calls))
@@ -186,7 +187,8 @@ def measure_send(results: Results, state: stack.StatePaths, config: Config, work
     items = client("dynamodb").scan(TableName=table, Limit=1000)["Items"]
     results.notes["units per statement"] = statement_units(items)
     say(
-        f"send            {config.send_emails} emails of a 3 KB HTML body a run, batches of 10, "
+        f"send            {config.send_emails} emails of a 3 KB HTML body a run, "
+        f"batches of {max(runs_seen[0][1]['batches'])} (the lane's BatchSize), "
         f"{SES_CONCURRENCY} in flight: "
         f"dbmail {results.figures['send'].median * 1000:.2f} ms/email (min {results.figures['send'].min * 1000:.2f}); "
         f"bare SES v2 SendEmail of the same calls, {SES_CONCURRENCY} in flight: "

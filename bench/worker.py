@@ -6,8 +6,8 @@ are its own:
 
 ``expand``: the expand functions (the stream's, and the chunk queue's when the template has one)
 run here with their triggers; the clock starts when they poll and stops when the request is
-processed. ``send``: the send function is invoked with the queued messages, 10 a batch as its
-Queued/Urgent events give them, one invocation at a time; the clock is the invocations' time
+processed. ``send``: the send function is invoked with the queued messages, in batches of its
+Queued/Urgent events' BatchSize (the lane's), one invocation at a time; the clock is the invocations' time
 (Lambda's poller, receiving and deleting, is not dbmail's). RESULT_FILE gets JSON (stdout has
 the functions' logs). ``--capture`` keeps the parameters of the calls the floors replay.
 """
@@ -37,7 +37,7 @@ SEND_REPLAYED = {"SendEmail"}  # bench/floors.py: the SES floor
 SEND_QUEUES = ["SendQueue", "PrioritySendQueue"]
 FINISHED = {"processed", "failed", "expired"}
 POLL_SECONDS = 0.05
-BATCH = 10
+RECEIVE_MAX = 10  # SQS's ReceiveMessage limit
 
 
 def peak_rss_mib() -> float:
@@ -86,15 +86,25 @@ def expand(runtime: Runtime, request_id: str, instruments: Instruments, timeout:
     }
 
 
+def _batch_sizes(runtime: Runtime) -> dict[str, int]:
+    """The send function's BatchSize by queue (logical id), as its events say."""
+    events = runtime.template.properties("SendFunction")["Events"].values()
+    return {
+        event["Properties"]["Queue"]["Fn::GetAtt"][0]: int(event["Properties"].get("BatchSize", 10)) for event in events
+    }
+
+
 def _queued(runtime: Runtime, emails: int) -> tuple[list[list[dict]], dict[str, str]]:
-    """Every queued send message, in batches of BATCH per lane, as Lambda's events carry them,
-    and the send queues' URLs by ARN."""
+    """Every queued send message, in batches of its lane's BatchSize, as Lambda's events carry
+    them, and the send queues' URLs by ARN."""
     sqs = boto3.client("sqs")
     region = runtime.template.target.region
     batches, urls = [], {}
+    sizes = _batch_sizes(runtime)
     for logical_id in SEND_QUEUES:
         if logical_id not in runtime.template.resources("AWS::SQS::Queue"):
             continue
+        batch = sizes[logical_id]
         name = runtime.template.physical_name(logical_id)
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
         arn = runtime.template.get_att(logical_id, "Arn")
@@ -103,7 +113,7 @@ def _queued(runtime: Runtime, emails: int) -> tuple[list[list[dict]], dict[str, 
         while True:
             messages = sqs.receive_message(
                 QueueUrl=url,
-                MaxNumberOfMessages=BATCH,
+                MaxNumberOfMessages=RECEIVE_MAX,
                 VisibilityTimeout=900,
                 WaitTimeSeconds=1,
                 MessageSystemAttributeNames=["All"],
@@ -112,7 +122,7 @@ def _queued(runtime: Runtime, emails: int) -> tuple[list[list[dict]], dict[str, 
             if not messages:
                 break
             records += [lambda_record(message, arn, region) for message in messages]
-        batches += [records[start : start + BATCH] for start in range(0, len(records), BATCH)]
+        batches += [records[start : start + batch] for start in range(0, len(records), batch)]
     if sum(map(len, batches)) != emails:
         raise RuntimeError(f"{sum(map(len, batches))} send messages queued, {emails} expected")
     return batches, urls
@@ -138,7 +148,13 @@ def send(runtime: Runtime, emails: int, instruments: Instruments) -> dict[str, A
         failed += len(invocation.failed_positions([record["messageId"] for record in batch], True))
     _delete(batches, urls)
     spent = durations["SendFunction"]
-    return {"seconds": sum(spent), "emails": emails, "failed": failed, "durations": durations}
+    return {
+        "seconds": sum(spent),
+        "emails": emails,
+        "failed": failed,
+        "durations": durations,
+        "batches": [len(batch) for batch in batches],
+    }
 
 
 def main() -> None:

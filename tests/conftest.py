@@ -138,7 +138,9 @@ def moto_stack(monkeypatch):
     # moto's PartiQL parser takes neither OR nor several SET clauses: here a batch's claims and
     # records of sends are left to their one-by-one path, as a statement DynamoDB did not run
     # is (the statements themselves run on DynamoDB Local: tests/integration/test_outgoing.py)
-    monkeypatch.setattr(Store, "_run_statements", lambda self, statement, entries: dict.fromkeys(entries, "moto"))
+    monkeypatch.setattr(
+        Store, "_run_statements", lambda self, statement, entries: dict.fromkeys(entries, {"Error": {"Code": "moto"}})
+    )
     for name in list(os.environ):
         if name.startswith(("AWS_ENDPOINT_URL", "DBMAIL_")):
             monkeypatch.delenv(name)

@@ -10,15 +10,14 @@ from dbmail import wiring
 from dbmail.core.batching import process_batch_counting_outcomes
 from dbmail.core.observability import EMAILS_PROCESSED, logger, metrics, tracer
 from dbmail.core.settings import Settings
-from dbmail.outgoing.queue import QueuedEmail
-from dbmail.outgoing.send import CONCURRENT_DELIVERIES, EmailSender
+from dbmail.outgoing.send import MAX_BATCH, SendBatch
 
 settings = Settings.for_function("send")  # cold start: a missing variable stops here, named
 
 
-def send_record(sender: EmailSender, record: SQSRecord, lambda_context: LambdaContext) -> str:
-    return sender.deliver(
-        QueuedEmail.from_body(record.body),
+def send_record(batch: SendBatch, record: SQSRecord, lambda_context: LambdaContext) -> str:
+    return batch.deliver(
+        record.body,
         claim_id=record.receipt_handle,
         receive_count=int(record.attributes.approximate_receive_count),
         time_left=lambda: lambda_context.get_remaining_time_in_millis() / 1000,
@@ -32,12 +31,13 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     # the records of a batch are delivered at once; a record that raises comes back after the
     # visibility timeout (counted as "error")
     sender = wiring.email_sender(settings)  # here, not in the records' threads: built once
-    with sender.batch(len(event.get("Records") or ())):  # their DynamoDB calls are made together
+    records = len(event.get("Records") or ())
+    with sender.batch(records) as batch:  # in waves whose DynamoDB calls are made together
         return process_batch_counting_outcomes(
             event,
             context,
             EventType.SQS,
-            partial(send_record, sender),
+            partial(send_record, batch),
             EMAILS_PROCESSED,
-            concurrency=CONCURRENT_DELIVERIES,
+            concurrency=min(records, MAX_BATCH),
         )

@@ -7,7 +7,7 @@ import pytest
 
 from dbmail import wiring
 from dbmail.outgoing.queue import QueuedEmail
-from dbmail.outgoing.send import CONCURRENT_DELIVERIES, EmailSender
+from dbmail.outgoing.send import CONCURRENT_SENDS, EmailSender
 from dbmail.outgoing.store import Store
 from tests.conftest import drain, function_settings
 from tests.handlers.conftest import load_handler
@@ -15,7 +15,7 @@ from tests.unit.test_expand import submit
 from tests.unit.test_send import BlockingTransport
 
 REFUSED_KEYS = {"u0000000003#0", "u0000000007#0"}
-BATCH = CONCURRENT_DELIVERIES - 1  # emails, and a poison record besides
+BATCH = CONCURRENT_SENDS - 1  # emails, and a poison record besides
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def queued_batch(moto_stack, n: int) -> tuple[str, list[dict]]:
 
 
 def test_a_batch_is_delivered_at_once_and_exactly_the_failed_records_are_reported(moto_stack, context, transport):
-    # given a batch of 10 queued emails, and a provider that fails two of them unforeseen, and
+    # given a batch of 9 queued emails, and a provider that fails two of them unforeseen, and
     # a record whose body is not a send message at all
     rid, messages = queued_batch(moto_stack, BATCH)
     poison = {**messages[0], "MessageId": "poison", "ReceiptHandle": "poison-receipt", "Body": "not json"}
@@ -104,3 +104,17 @@ def test_two_messages_of_one_email_in_one_batch_send_it_once(moto_stack, context
     # then both records succeed, and the email was sent once
     assert response == {"batchItemFailures": []}
     assert [e.to[0].addr_spec for e in transport.sent] == ["user1@example.net"]
+
+
+def test_a_bulk_batch_is_delivered_at_once_with_at_most_ten_sends_in_flight(moto_stack, context, transport):
+    # given a batch of 50 queued emails, as the bulk lane's BatchSize gives them
+    rid, messages = queued_batch(moto_stack, 50)
+    transport.release_at, transport.refuse = CONCURRENT_SENDS, set()
+    # when the send function gets it
+    response = load_handler("send")(sqs_event(messages), context)
+    # then no more than CONCURRENT_SENDS emails were with the provider at once, and that many were
+    assert transport.most_in_flight == CONCURRENT_SENDS
+    # and all 50 were sent, once each
+    assert response == {"batchItemFailures": []}
+    assert Store(moto_stack.settings).email_status_counts(rid) == {"sent": 50}
+    assert len({e.to[0].addr_spec for e in transport.sent}) == len(transport.sent) == 50

@@ -24,6 +24,7 @@ from dbmail.core.clock import utcnow
 from dbmail.outgoing.emails import message_id_for
 from dbmail.outgoing.resend import resend
 from dbmail_local import stack
+from dbmail_local.cfn import LocalTarget, Template
 from dbmail_local.sqs import MAX_LOCAL_POLLERS
 from tests.conftest import recipient
 from tests.integration.conftest import GOT_MAIL_KEY, got_mail
@@ -37,11 +38,20 @@ SEED = int(os.environ.get("DBMAIL_CHAOS_SEED", str(random.SystemRandom().randran
 # botocore's adaptive mode slows the client after each throttle (as it should against a real
 # quota), so random throttles are kept rare here; test_half_of_all_sends_throttled has its own.
 FAULTS = {"ses_send": {"throttle": 0.03, "transient": 0.05, "permanent": 0.01}, "sqs_duplicate": 0.05, "seed": SEED}
+
+
+def largest_send_batch() -> int:
+    """The largest BatchSize of the send function's events (the bulk lane's)."""
+    template = Template.load(target=LocalTarget(sqs_url="https://sqs.us-east-1.amazonaws.com"))
+    return max(
+        int(event["Properties"]["BatchSize"]) for event in template.properties("SendFunction")["Events"].values()
+    )
+
+
 # each of the runner's SQS pollers for the send function (MAX_LOCAL_POLLERS) runs an invocation that
-# delivers its batch (the send queue's BatchSize) at once and records the sends
-# together, so a SIGKILL can catch up to a batch per poller accepted by SES but not yet recorded
-SEND_BATCH = 10
-CRASH_WINDOW = MAX_LOCAL_POLLERS * SEND_BATCH
+# delivers its batch (up to the send queue's BatchSize) and records a wave's sends together once
+# they are made, so a SIGKILL can catch up to a batch per poller accepted by SES but not yet recorded
+CRASH_WINDOW = MAX_LOCAL_POLLERS * largest_send_batch()
 
 
 def kill_runner(local_stack) -> None:

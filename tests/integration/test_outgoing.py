@@ -609,8 +609,9 @@ def test_a_batch_of_claims_is_one_statement_call_and_each_email_is_held_by_one_c
             f"user{int(email_key[1:11])}@example.net",
         )
     assert claimed["receipt-6"] is None and claimed["receipt-7"] is None
-    # and it took two statement calls (no email twice in one) and one read, not nine updates
-    assert calls == ["BatchExecuteStatement", "BatchExecuteStatement", "BatchGetItem"]
+    # and it took two statement calls (no email twice in one), each returning its claimed items:
+    # no read, not nine updates
+    assert calls == ["BatchExecuteStatement", "BatchExecuteStatement"]
     # and a claim the same receipt makes again (its outcome lost) still holds
     assert store.claim_emails({"receipt-1": asks["receipt-1"]})["receipt-1"] is not None
     # when their sends are recorded at once
@@ -630,6 +631,37 @@ def test_a_batch_of_claims_is_one_statement_call_and_each_email_is_held_by_one_c
         )
     # and the email held by another live claim was left alone
     assert store.get_email(live.request_id, live.email_key).claim_id == "other"
+
+
+def test_claimed_items_a_batch_statement_does_not_return_are_read(store, monkeypatch):
+    from dbmail.outgoing import store as store_module
+
+    # given a DynamoDB whose batch statements return no items (the claim without RETURNING)
+    monkeypatch.setattr(
+        store_module, "CLAIM_STATEMENT", store_module.CLAIM_STATEMENT.removesuffix(" RETURNING ALL NEW *")
+    )
+    items = queued_items(store, 3)
+    items[2].update(actions=[type(items[2]).status.set("sent")])
+    calls: list[str] = []
+    client = store.models.TextOfEmail._get_connection().connection.client
+    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    now = datetime.now(UTC)
+    # when they are claimed at once
+    claimed = store.claim_emails(
+        {
+            f"r{n}": (store.email_ref(i.request_id, i.email_key), now, now + timedelta(seconds=60))
+            for n, i in enumerate(items)
+        }
+    )
+    # then the two queued ones are claimed and read whole in one BatchGetItem; the sent one is not claimed
+    assert calls == ["BatchExecuteStatement", "BatchGetItem"]
+    assert claimed["r2"] is None
+    for n in (0, 1):
+        assert (claimed[f"r{n}"].status, claimed[f"r{n}"].claim_id, claimed[f"r{n}"].send_to) == (
+            "processing",
+            f"r{n}",
+            f"user{n}@example.net",
+        )
 
 
 def test_a_claim_of_an_item_written_without_message_ref_gives_it_one(store):

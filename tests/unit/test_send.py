@@ -563,7 +563,7 @@ def test_a_failed_load_per_request_is_not_remembered():
 
 
 def test_the_senders_clients_are_ready_for_a_whole_batch_at_once(moto_stack):
-    from dbmail.outgoing.send import CONCURRENT_DELIVERIES
+    from dbmail.outgoing.send import CONCURRENT_SENDS
 
     # given the send function's EmailSender as wiring builds it (before any delivery)
     service = wiring.email_sender(function_settings("send"))
@@ -571,8 +571,8 @@ def test_the_senders_clients_are_ready_for_a_whole_batch_at_once(moto_stack):
     clients = [model._get_connection().connection._client for model in models]
     clients.append(service.transport._ses)
     # then its DynamoDB clients exist already (threads would each create one), and every client
-    # has a connection for each concurrent delivery and a fixed User-Agent (no per-request build)
+    # has a connection for each of a batch's sends in flight and a fixed User-Agent (no per-request build)
     for client in clients:
         assert client is not None
-        assert client.meta.config.max_pool_connections >= CONCURRENT_DELIVERIES
+        assert client.meta.config.max_pool_connections >= CONCURRENT_SENDS
         assert client._user_agent_creator.to_string().startswith("dbmail")

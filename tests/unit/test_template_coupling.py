@@ -71,9 +71,13 @@ def test_the_send_function_delivers_a_whole_batch_at_once_from_both_lanes(templa
     for properties in queues.values():
         assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         # a batch is at most as many records as are delivered at once, and a client's connection
-        # pool has one connection for each, also when the local runner's invocations share it
-        assert int(properties["BatchSize"]) <= send.CONCURRENT_DELIVERIES
-        assert send.CONCURRENT_DELIVERIES * MAX_LOCAL_POLLERS <= aws.POOL_CONNECTIONS
+        # pool has one connection for each of a batch's sends in flight, also when the local
+        # runner's invocations share it
+        assert int(properties["BatchSize"]) <= send.MAX_BATCH
+        assert send.CONCURRENT_SENDS * MAX_LOCAL_POLLERS <= aws.POOL_CONNECTIONS
+    # a batch of more than 10 needs a batching window (Lambda refuses the mapping without one)
+    for properties in queues.values():
+        assert int(properties["BatchSize"]) <= 10 or int(properties["MaximumBatchingWindowInSeconds"]) >= 1
     # the priority lane waits for no batch to fill
     assert "MaximumBatchingWindowInSeconds" not in queues["PrioritySendQueue"]
 

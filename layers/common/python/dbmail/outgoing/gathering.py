@@ -62,6 +62,15 @@ class Gathered(Generic[K, A]):
                 self._may_ask -= unstarted
                 self._changed.notify_all()
 
+    def withdraw(self) -> None:
+        """One announced delivery will not start (its record is not a delivery at all): a round
+        stops waiting for it."""
+        with self._changed:
+            if self._expected:
+                self._expected -= 1
+                self._may_ask -= 1
+                self._changed.notify_all()
+
     @contextmanager
     def delivery(self) -> Iterator[Callable[[K, A], Any]]:
         """Around one delivery; gives the function it asks with (once at most)."""

@@ -6,7 +6,7 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -41,10 +41,14 @@ SQS_MAX_DELAY_SECONDS = 900
 # provider's rate, and three attempts of at most 5 s each (transports.SES_CLIENT_CONFIG) must
 # fit. With less left, the email is handed back to the queue untouched, no try spent.
 SEND_TIME_RESERVE_SECONDS = 20.0
-# The records of one SQS batch (the send events' BatchSize) are delivered at once, each on its
-# own thread: what one EmailSender shares between them is thread-safe, and the HTTP connection
-# pools of its clients hold as many connections (transports.SES_CLIENT_CONFIG).
-CONCURRENT_DELIVERIES = 10
+# The records of one SQS batch (the send events' BatchSize, at most MAX_BATCH) are delivered on
+# a thread each, in waves of CONCURRENT_SENDS (SendBatch): a wave's DynamoDB calls are gathered
+# into one call each (below), and overlap the provider calls of the wave before. At most
+# CONCURRENT_SENDS deliveries of a batch call the provider at a time, which the HTTP connection
+# pools of its clients hold (transports.SES_CLIENT_CONFIG). What one EmailSender shares between
+# the threads is thread-safe.
+MAX_BATCH = 100
+CONCURRENT_SENDS = 10
 # Per container: every request's special headers (small), and the few requests whose emails
 # must be rendered again (compiled templates: larger, and rarely needed).
 HEADERS_CACHED = 512
@@ -142,15 +146,27 @@ class EmailSender:
     def __post_init__(self):
         self._special_headers = PerRequest(self._read_special_headers, HEADERS_CACHED)
         self._prepared = PerRequest(self._prepare, PREPARED_CACHED)
-        # a batch's claims, suppression lookups and records of sends: one call each, not ten
-        self._claims = Gathered(self.store.claim_emails, GATHER_SECONDS)
-        self._lookups = Gathered(lambda asks: self.suppressions.get_many(asks.keys()), GATHER_SECONDS)
-        self._marks = Gathered(self.store.mark_sent_many, GATHER_SECONDS)
 
-    def batch(self, deliveries: int) -> AbstractContextManager[None]:
-        """Around the deliveries of one batch (the send function's records), all at once: their
-        claims, lookups and records of sends are gathered from the first."""
-        return expecting(deliveries, self._claims, self._lookups, self._marks)
+    def gathered_calls(self, after_claims: Callable[[], None] = lambda: None) -> tuple[Gathered, ...]:
+        """A claim, a suppression lookup and a record of sends, each one call for the deliveries
+        that share it (a wave of a batch: one call each, not ten); ``after_claims`` is called
+        once a call of claims has returned."""
+
+        def claim_emails(asks: dict) -> dict:
+            try:
+                return self.store.claim_emails(asks)
+            finally:
+                after_claims()
+
+        return (
+            Gathered(claim_emails, GATHER_SECONDS),
+            Gathered(lambda asks: self.suppressions.get_many(asks.keys()), GATHER_SECONDS),
+            Gathered(self.store.mark_sent_many, GATHER_SECONDS),
+        )
+
+    def batch(self, deliveries: int) -> SendBatch:
+        """The deliveries of one batch (the send function's records), in waves (SendBatch)."""
+        return SendBatch(self, deliveries)
 
     def deliver(
         self,
@@ -158,12 +174,16 @@ class EmailSender:
         claim_id: str,
         receive_count: int,
         time_left: Callable[[], float] = lambda: float("inf"),
+        calls: tuple[Gathered, ...] | None = None,
+        sending: AbstractContextManager | None = None,
     ) -> SendOutcome:
         """Claim, send and record one email. Every provider failure is recorded and the email
         queued again (or failed, when permanent or out of tries), so the SQS message itself
-        succeeds; only an unforeseen error is raised, after releasing the claim."""
-        with deliveries(self._claims, self._lookups, self._marks) as calls:
-            return self._deliver(queued, claim_id, receive_count, time_left, *calls)
+        succeeds; only an unforeseen error is raised, after releasing the claim. ``calls``: the
+        gathered calls it shares with others (a wave's), else its own; ``sending`` is held
+        around the provider call (a batch's slot)."""
+        with deliveries(*(calls or self.gathered_calls())) as asks:
+            return self._deliver(queued, claim_id, receive_count, time_left, sending or nullcontext(), *asks)
 
     def _deliver(
         self,
@@ -171,6 +191,7 @@ class EmailSender:
         claim_id: str,
         receive_count: int,
         time_left: Callable[[], float],
+        sending: AbstractContextManager,
         claim: Callable[[str, tuple], object],
         lookup: Callable[[str, None], object],
         mark_sent: Callable[[str, tuple], None],
@@ -209,12 +230,15 @@ class EmailSender:
                 special_headers=self._special_headers(email.request_id),
                 unsubscribe_url=self._unsubscribe(email),
             )
-            if not self.budget.take(queued.priority, lambda: time_left() - SEND_TIME_RESERVE_SECONDS):
+            with sending:
+                tokened = self.budget.take(queued.priority, lambda: time_left() - SEND_TIME_RESERVE_SECONDS)
+                if tokened:
+                    provider_id = self.transport.send(outgoing)
+            if not tokened:
                 self.store.release_claim(email, claim_id, self.clock())
                 self.queue.enqueue_later(queued, 1)
                 logger.info("no send token in time; email handed back to the queue", extra=log)
                 return SendOutcome.DEFERRED
-            provider_id = self.transport.send(outgoing)
         except RequestInvalid as exc:
             return self._failed(queued, email, FailureKind.PERMANENT, exc, log)
         except DeliveryError as exc:
@@ -308,3 +332,83 @@ class EmailSender:
             address,
             days=self.settings.unsubscribe_token_days,
         )
+
+
+class _Wave:
+    """Up to CONCURRENT_SENDS deliveries of a batch that start together and share their gathered
+    calls. The next wave starts once this one's claims are made (its DynamoDB calls then overlap
+    this one's provider calls), or once each of its deliveries is done without one."""
+
+    def __init__(self, sender: EmailSender, size: int):
+        self.size = size
+        self.calls = sender.gathered_calls(after_claims=self.start_next)
+        self.started = threading.Event()
+        self.next: _Wave | None = None
+        self._unfinished = size
+        self._lock = threading.Lock()
+
+    def start_next(self) -> None:
+        if self.next is not None:
+            self.next.started.set()
+
+    def finished(self) -> None:
+        """One of its deliveries is done."""
+        with self._lock:
+            self._unfinished -= 1
+            last = self._unfinished == 0
+        if last:
+            self.start_next()
+
+
+class SendBatch:
+    """The deliveries of one batch, on a thread each, in waves of CONCURRENT_SENDS: a wave's
+    claims, suppression lookups and records of sends are one DynamoDB call each, and the next
+    wave makes its calls while this one's emails are with the provider, so the provider is kept
+    busy; at most CONCURRENT_SENDS of the batch's deliveries call it at a time. Deliveries join
+    waves in the order they arrive, so only the last wave can be short of one that never came
+    (its gathered calls wait GATHER_SECONDS for it at most). A context manager: its waves'
+    deliveries are announced to their gathered calls (``expecting``) until the batch ends."""
+
+    def __init__(self, sender: EmailSender, deliveries: int):
+        self._sender = sender
+        self._slots = threading.BoundedSemaphore(CONCURRENT_SENDS)
+        self._waves = [
+            _Wave(sender, min(CONCURRENT_SENDS, deliveries - start)) for start in range(0, deliveries, CONCURRENT_SENDS)
+        ]
+        for wave, following in zip(self._waves, self._waves[1:]):
+            wave.next = following
+        if self._waves:
+            self._waves[0].started.set()
+        self._joined = 0
+        self._lock = threading.Lock()
+        self._announced = ExitStack()
+
+    def __enter__(self) -> SendBatch:
+        for wave in self._waves:
+            self._announced.enter_context(expecting(wave.size, *wave.calls))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._announced.close()
+
+    def deliver(self, body: str, claim_id: str, receive_count: int, time_left: Callable[[], float]) -> SendOutcome:
+        """One record's delivery (its SQS body), in its wave: ``EmailSender.deliver``. A body
+        that is not a send message raises ValueError or KeyError, and leaves its wave at once."""
+        with self._lock:
+            position, self._joined = self._joined, self._joined + 1
+        if position >= len(self._waves) * CONCURRENT_SENDS:  # more records than announced
+            return self._sender.deliver(QueuedEmail.from_body(body), claim_id, receive_count, time_left)
+        wave = self._waves[position // CONCURRENT_SENDS]
+        wave.started.wait()
+        try:
+            try:
+                queued = QueuedEmail.from_body(body)
+            except (ValueError, KeyError, TypeError):
+                for call in wave.calls:
+                    call.withdraw()  # its wave's calls stop waiting for it
+                raise
+            return self._sender.deliver(
+                queued, claim_id, receive_count, time_left, calls=wave.calls, sending=self._slots
+            )
+        finally:
+            wave.finished()

@@ -34,7 +34,7 @@ CONDITION_FAILED = "ConditionalCheckFailed"  # a PartiQL statement's condition d
 # table, each ``?`` a parameter in the order claim_emails and mark_sent_many give them).
 CLAIM_STATEMENT = (
     'UPDATE "{t}" SET "status"=? SET "claim_id"=? SET "claimed_until"=? WHERE "request_id"=? AND "email_key"=? '
-    'AND ("status"=? OR ("status"=? AND "claimed_until"<?) OR ("status"=? AND "claim_id"=?))'
+    'AND ("status"=? OR ("status"=? AND "claimed_until"<?) OR ("status"=? AND "claim_id"=?)) RETURNING ALL NEW *'
 )
 MARK_SENT_STATEMENT = (
     'UPDATE "{t}" SET "status"=? SET "sent"=? SET "provider_message_id"=? SET "message_id"=? '
@@ -45,6 +45,11 @@ MARK_SENT_STATEMENT = (
 def _string(value: str) -> dict[str, str]:
     """A PartiQL parameter holding a string."""
     return {"S": str(value)}
+
+
+def _error_code(response: dict) -> str | None:
+    """A BatchStatementResponse's error code (CONDITION_FAILED, or another), None if it was done."""
+    return (response["Error"].get("Code") or "Error") if "Error" in response else None
 
 
 def _update_if(item, actions: list, condition) -> bool:
@@ -378,15 +383,16 @@ class Store:
     def claim_emails(self, asks: Mapping[str, tuple[TextOfEmailBase, datetime, datetime]]) -> dict[str, object]:
         """``claim_email`` for the deliveries of a batch at once, by claim_id (to the email, now
         and the lease's end): the claimed item, or None. The conditional updates go in one
-        BatchExecuteStatement (a PartiQL update costs the write units of an UpdateItem), then the
-        claimed items are read in one strongly consistent BatchGetItem: two calls, not ten. A
-        claim of one, and a statement DynamoDB did not run (throttled, a server error), take
-        claim_email's UpdateItem instead."""
+        BatchExecuteStatement (a PartiQL update costs the write units of an UpdateItem), each
+        returning its item as the claim left it (RETURNING ALL NEW): one call, not ten. A
+        claimed item the response does not carry is read in one strongly consistent
+        BatchGetItem. A claim of one, and a statement DynamoDB did not run (throttled, a server
+        error), take claim_email's UpdateItem instead."""
         if len(asks) <= 1:
             return self._claim_each(asks)
         Email = self.models.TextOfEmail
         processing = _string(EmailStatus.PROCESSING)
-        outcomes = self._run_statements(
+        responses = self._run_statements(
             CLAIM_STATEMENT.format(t=Email.Meta.table_name),
             {
                 claim_id: (
@@ -407,11 +413,14 @@ class Store:
                 for claim_id, (email, now, lease_until) in asks.items()
             },
         )
+        done = {c for c, r in responses.items() if _error_code(r) is None}
+        items = {c: Email.from_raw_data(responses[c]["Item"]) for c in done if "Item" in responses[c]}
+        items.update(self._read_emails({c: asks[c][0] for c in done - items.keys()}))
+        held = {c: item for c, item in items.items() if item.claim_id == c}  # (a read may find it lapsed)
+        unrun = {c: asks[c] for c, r in responses.items() if _error_code(r) not in (None, CONDITION_FAILED)}
         results: dict[str, object] = dict.fromkeys(asks)  # None: not claimed
-        results.update(
-            self._claim_each({c: asks[c] for c, code in outcomes.items() if code not in (None, CONDITION_FAILED)})
-        )
-        results.update(self._read_claimed({c: asks[c][0] for c, code in outcomes.items() if code is None}))
+        results.update(self._claim_each(unrun))
+        results.update(self._with_message_ref(held))
         return results
 
     def _claim_each(self, asks: Mapping[str, tuple[TextOfEmailBase, datetime, datetime]]) -> dict[str, object]:
@@ -420,23 +429,27 @@ class Store:
             for claim_id, (email, now, lease_until) in asks.items()
         }
 
-    def _read_claimed(self, claimed: Mapping[str, TextOfEmailBase]) -> dict[str, object]:
-        """The items just claimed, by claim_id; one that is gone or held by another claim is None.
-        One written without message_ref (by older code) gets it, as claim_email gives it."""
+    def _read_emails(self, emails: Mapping[str, TextOfEmailBase]) -> dict[str, TextOfEmailBase]:
+        """The emails that exist, by claim_id, read strongly consistently (BatchGetItem)."""
+        if not emails:
+            return {}
+        by_key = {(e.request_id, e.email_key): claim_id for claim_id, e in emails.items()}
+        return {
+            by_key[(item.request_id, item.email_key)]: item
+            for item in self.models.TextOfEmail.batch_get(list(by_key), consistent_read=True)
+        }
+
+    def _with_message_ref(self, held: Mapping[str, TextOfEmailBase]) -> dict[str, object]:
+        """The claimed items, by claim_id (None: no longer held). One written without
+        message_ref (by older code) gets it, as claim_email gives it."""
         Email = self.models.TextOfEmail
-        by_key = {(e.request_id, e.email_key): claim_id for claim_id, e in claimed.items()}
-        found: dict[str, object] = dict.fromkeys(claimed)
-        for item in Email.batch_get(list(by_key), consistent_read=True):
-            claim_id = by_key[(item.request_id, item.email_key)]
-            if item.claim_id != claim_id:
-                continue
-            if item.message_ref is None and not _update_if(
-                item,
-                [Email.message_ref.set(message_ref_for(item.request_id, item.email_key))],
-                Email.claim_id == claim_id,
-            ):
-                continue
-            found[claim_id] = item
+        found: dict[str, object] = {}
+        for claim_id, item in held.items():
+            message_ref = message_ref_for(item.request_id, item.email_key)
+            still = item.message_ref is not None or _update_if(
+                item, [Email.message_ref.set(message_ref)], Email.claim_id == claim_id
+            )
+            found[claim_id] = item if still else None
         return found
 
     def mark_sent_many(self, asks: Mapping[str, tuple[TextOfEmailBase, datetime, str, str]]) -> dict[str, object]:
@@ -445,7 +458,7 @@ class Store:
         BatchExecuteStatement; a statement DynamoDB did not run takes mark_sent's UpdateItem."""
         if len(asks) > 1:
             Email = self.models.TextOfEmail
-            outcomes = self._run_statements(
+            responses = self._run_statements(
                 MARK_SENT_STATEMENT.format(t=Email.Meta.table_name),
                 {
                     claim_id: (
@@ -462,7 +475,7 @@ class Store:
                     for claim_id, (email, when, provider_message_id, message_id) in asks.items()
                 },
             )
-            asks = {claim_id: asks[claim_id] for claim_id, code in outcomes.items() if code is not None}
+            asks = {claim_id: asks[claim_id] for claim_id, r in responses.items() if _error_code(r) is not None}
         results: dict[str, object] = {}
         for claim_id, (email, when, provider_message_id, message_id) in asks.items():
             try:
@@ -471,12 +484,11 @@ class Store:
                 results[claim_id] = exc
         return results
 
-    def _run_statements(self, statement: str, entries: Mapping[str, tuple[TextOfEmailBase, list]]) -> dict[str, object]:
+    def _run_statements(self, statement: str, entries: Mapping[str, tuple[TextOfEmailBase, list]]) -> dict[str, dict]:
         """One PartiQL ``statement`` per entry (by claim_id: the email and its parameters), in as
         few BatchExecuteStatement calls as DynamoDB allows (25 statements, no item twice in a
-        call). Each entry's outcome: None (done), CONDITION_FAILED, or another error's code. A
-        call that fails as a whole leaves its entries' outcome its error (they are tried again
-        one by one)."""
+        call). Each entry's BatchStatementResponse (``_error_code``: None when it was done). A
+        call that fails as a whole gives its entries its error (they are tried again one by one)."""
         client = self.models.TextOfEmail._get_connection().connection.client
         calls: list[tuple[list[str], set[tuple[str, str]]]] = []  # (claim ids, their emails' keys)
         for claim_id, (email, _) in entries.items():
@@ -489,18 +501,17 @@ class Store:
                 calls.append((ids, keys))
             ids.append(claim_id)
             keys.add(key)
-        outcomes: dict[str, object] = {}
+        responses: dict[str, dict] = {}
         for call, _ in calls:
             try:
-                responses = client.batch_execute_statement(
+                answered = client.batch_execute_statement(
                     Statements=[{"Statement": statement, "Parameters": entries[claim_id][1]} for claim_id in call]
                 )["Responses"]
             except (BotoCoreError, ClientError) as exc:
-                outcomes.update(dict.fromkeys(call, type(exc).__name__))
+                responses.update(dict.fromkeys(call, {"Error": {"Code": type(exc).__name__}}))
                 continue
-            for claim_id, response in zip(call, responses, strict=True):
-                outcomes[claim_id] = (response["Error"].get("Code") or "Error") if "Error" in response else None
-        return outcomes
+            responses.update(zip(call, answered, strict=True))
+        return responses
 
     def _update_email(self, email: TextOfEmailBase, actions: list, condition=None) -> None:
         """An update whose result the send does not need: nothing is read back (ReturnValues NONE)."""
