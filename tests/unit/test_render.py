@@ -221,3 +221,25 @@ def test_ordinary_loops_filters_and_joins_still_work():
 def test_an_oversized_rendering_is_a_template_error_not_an_oversized_item():
     with pytest.raises(TemplateInvalid, match="over 350000 characters"):
         render("s", "{% for i in range(4000) %}{{ 'x' * 100 }}{% endfor %}")
+
+
+def test_a_plain_django_template_is_compiled_by_jinja2_only_for_a_recipient_that_needs_it():
+    # given a body of text and plain variables, one of them a method of a field (the translation's)
+    compiled = compile_message(
+        "Hi {{ user.first_name }}", "Dear {{ user.first_name }} {{ user.nick.upper }}", dialect="django"
+    )
+    translation = compiled.body_template.translation
+    assert not translation.compiled and not compiled.subject_template.translation.compiled
+
+    def body(**fields) -> str:
+        return compiled.render(build_context(UserContext(fields, None), {}, "", None))[1]
+
+    # when a recipient without the field is rendered, then nothing was compiled (the direct path)
+    assert body(first_name="Zoë") == "Dear Zoë "
+    assert not translation.compiled
+    # when a recipient's field needs the method, then its translation is compiled, once, and renders it
+    assert body(first_name="Zoë", nick="zed") == "Dear Zoë ZED"
+    assert translation.compiled
+    template = translation.template()
+    assert body(first_name="Ada", nick="ace") == "Dear Ada ACE"
+    assert translation.template() is template

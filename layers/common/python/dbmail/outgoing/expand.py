@@ -174,7 +174,7 @@ class PreparedRequest:
 
     def render(self, recipient) -> tuple[list[Destination], str, str]:
         fields = recipient_fields(recipient)
-        user = rendering.UserContext({f: fields.get(f) for f in RECIPIENT_FIELDS}, fields.get("vars"))
+        user = rendering.UserContext(fields, fields.get("vars"), RECIPIENT_FIELDS)
         subject, body = self.compiled.render(
             rendering.build_context(user, self.request_context, self.email_host_sender, self.message_vars)
         )

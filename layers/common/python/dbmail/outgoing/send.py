@@ -393,7 +393,8 @@ class SendBatch:
 
     def deliver(self, body: str, claim_id: str, receive_count: int, time_left: Callable[[], float]) -> SendOutcome:
         """One record's delivery (its SQS body), in its wave: ``EmailSender.deliver``. A body
-        that is not a send message raises ValueError or KeyError, and leaves its wave at once."""
+        that is not a send message raises (ValueError, KeyError or TypeError) and leaves its
+        wave at once."""
         with self._lock:
             position, self._joined = self._joined, self._joined + 1
         if position >= len(self._waves) * CONCURRENT_SENDS:  # more records than announced

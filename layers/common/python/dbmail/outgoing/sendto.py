@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from dbmail.core.addresses import format_address, mailbox_key, unique_mailboxes
 from dbmail.core.errors import UnknownSendToFunction
@@ -22,9 +21,8 @@ class RecipientLike(Protocol):
     emergency_email: str | None
 
 
-@dataclass(frozen=True)
-class Destination:
-    """One address for one user, formatted '"Name" <email>'."""
+class Destination(NamedTuple):
+    """One address for one user, formatted '"Name" <email>' (a tuple: one is made per recipient)."""
 
     send_to: str
     email: str

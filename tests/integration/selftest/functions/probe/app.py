@@ -36,8 +36,12 @@ def _record(kind, event, context, **outcome):
         "environment": ENVIRONMENT_AT_IMPORT,
         **outcome,
     }
-    # Asynchronous retries keep their request id: the time tells their records apart.
-    (OUT / f"{kind}-{context.aws_request_id}-{time.time_ns()}.json").write_text(json.dumps(entry))
+    # Asynchronous retries keep their request id: the time tells their records apart. Written
+    # aside and renamed, so a test polling OUT never reads a half-written file.
+    path = OUT / f"{kind}-{context.aws_request_id}-{time.time_ns()}.json"
+    written = path.with_suffix(".part")
+    written.write_text(json.dumps(entry))
+    written.replace(path)
 
 
 def _failures(identifiers):
