@@ -2,6 +2,8 @@
 that failed (partial batch response) and sends each email once."""
 
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -118,3 +120,33 @@ def test_a_bulk_batch_is_delivered_at_once_with_at_most_ten_sends_in_flight(moto
     assert response == {"batchItemFailures": []}
     assert Store(moto_stack.settings).email_status_counts(rid) == {"sent": 50}
     assert len({e.to[0].addr_spec for e in transport.sent}) == len(transport.sent) == 50
+
+
+def test_the_next_wave_is_claimed_while_the_first_is_with_the_provider(moto_stack, context, transport):
+    # given a batch of 20 queued emails, two waves, and a provider that holds every send
+    rid, messages = queued_batch(moto_stack, 2 * CONCURRENT_SENDS)
+    transport.release_at, transport.refuse = None, set()
+    store = wiring.email_sender(None).store
+    claimed, claim, counting = [], store.claim_email, threading.Lock()
+
+    def counted_claim(*args):
+        held = claim(*args)
+        with counting:
+            claimed.append(held)
+        return held
+
+    store.claim_email = counted_claim  # (moto's tables are read by the handler's threads only)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # when the send function gets it
+        delivering = pool.submit(load_handler("send"), sqs_event(messages), context)
+        # then while the first wave's ten sends are held, the second wave's emails are claimed too
+        deadline = time.monotonic() + 5
+        while (transport.in_flight, claimed.count(True)) != (CONCURRENT_SENDS, 2 * CONCURRENT_SENDS):
+            assert time.monotonic() < deadline, (transport.in_flight, claimed)
+            time.sleep(0.01)
+        transport.release.set()
+        response = delivering.result(timeout=10)
+    # and once the provider answers, all twenty are sent, never more than ten at once
+    assert response == {"batchItemFailures": []}
+    assert Store(moto_stack.settings).email_status_counts(rid) == {"sent": 20}
+    assert transport.most_in_flight == CONCURRENT_SENDS

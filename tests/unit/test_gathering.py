@@ -165,3 +165,16 @@ def test_an_announced_delivery_that_never_starts_stops_counting_when_its_batch_e
         assert waiting.result(timeout=5) == "done"
     with calls.delivery() as ask_alone:
         assert ask_alone("r2", None) == "done"
+
+
+def test_an_announced_delivery_that_is_withdrawn_is_not_waited_for():
+    # given a batch of two announced deliveries, and a call that would wait 30 s for the second
+    calls = []
+    claims = Gathered(lambda asks: calls.append(set(asks)) or {}, 30)
+    with claims.expecting(2):
+        # when the second is withdrawn (its record is not a delivery) and the first asks
+        claims.withdraw()
+        with claims.delivery() as claim:
+            claim("first", None)
+    # then the call was made for the first at once
+    assert calls == [{"first"}]
