@@ -94,6 +94,23 @@ def test_a_changed_signature_or_another_secret_is_refused_as_forged():
             verify_token(SECRET, forged, now=NOW)
 
 
+def test_a_signature_spelled_with_other_unused_bits_is_refused():
+    # given a genuine token, and its signature's last character changed only in its 2 unused bits
+    # (base64url: 43 characters carry 256 bits and 2 spare), so it decodes to the same bytes
+    token = make_token(SECRET, 7, "zoe@example.net", now=NOW)
+    payload, signature = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    for spare in (1, 2, 3):
+        respelled = f"{payload}.{signature[:-1]}{alphabet[(last & ~3) | spare]}"
+        if respelled == token:
+            continue
+        # when it is verified, then it is not the link: only make_token's spelling is
+        with pytest.raises(TokenForged):
+            verify_token(SECRET, respelled, now=NOW)
+    assert verify_token(SECRET, token, now=NOW).user_id == 7
+
+
 def test_a_version_1_token_is_refused_even_with_a_good_signature():
     # given the old format (no version 2, no expiry), properly signed
     old = signed({"v": 1, "u": 7, "e": "zoe@example.net"})
