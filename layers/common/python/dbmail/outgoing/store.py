@@ -416,7 +416,7 @@ class Store:
         done = {c for c, r in responses.items() if _error_code(r) is None}
         items = {c: Email.from_raw_data(responses[c]["Item"]) for c in done if "Item" in responses[c]}
         items.update(self._read_emails({c: asks[c][0] for c in done - items.keys()}))
-        held = {c: item for c, item in items.items() if item.claim_id == c}  # (a read may find it lapsed)
+        held = {c: item for c, item in items.items() if item.claim_id == c}  # as returned or read now
         unrun = {c: asks[c] for c, r in responses.items() if _error_code(r) not in (None, CONDITION_FAILED)}
         results: dict[str, object] = dict.fromkeys(asks)  # None: not claimed
         results.update(self._claim_each(unrun))
