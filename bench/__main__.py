@@ -32,6 +32,7 @@ from bench.docs import write_docs
 from bench.host import stack_template
 from bench.instrument import captured_calls, statement_units
 from bench.report import Check, Figure
+from bench.worker import RECEIVE_MAX
 from dbmail.cli.files import read_env_file
 from dbmail.core import models, settings
 from dbmail.outgoing.send import CONCURRENT_SENDS
@@ -300,19 +301,19 @@ def per_email(results: Results, memory: dict[str, int]) -> PerEmail:
     send_runs = results.notes["send runs"]
     writes, reads, _ = write_units_per_email(send_runs, results.notes["units per statement"])
     durations: dict[str, list[float]] = {}
-    sqs_calls = batches = 0
+    sqs_calls = polls = 0
     for expanded, sent in send_runs:
         for run in (expanded, sent):
             for name, spent in run["durations"].items():
                 durations.setdefault(name, []).extend(spent)
             sqs_calls += sum(count for call, count in run["calls"].items() if call.startswith("sqs.Send"))
-        batches += len(sent["durations"]["SendFunction"])
+        polls += sum(-(-size // RECEIVE_MAX) for size in sent["batches"])
     emails = sum(sent["emails"] for _, sent in send_runs)
     functions = tuple(
         FunctionUse(name, memory[name], len(spent), sum(spent)) for name, spent in sorted(durations.items())
     )
-    # Lambda's SQS poller: a ReceiveMessage and a DeleteMessageBatch per batch of 10
-    return PerEmail(functions, emails, (sqs_calls + 2 * batches) / emails, writes, reads)
+    # Lambda's SQS poller: a ReceiveMessage and a DeleteMessageBatch per 10 messages (their limit)
+    return PerEmail(functions, emails, (sqs_calls + 2 * polls) / emails, writes, reads)
 
 
 def checks(results: Results, config: Config) -> list[Check]:

@@ -26,9 +26,10 @@ of their own per run (`bench/worker.py`), so the AWS calls and the peak RSS
 (the process's own high-water RSS, `VmHWM`; the real RSS, not tracemalloc) are theirs alone.
 
 - **send vs bare SES.** dbmail: the send handler invoked with the queued messages of a
-  1,000-recipient request (3 KB HTML body), 10 per batch as its SQS events give them, one
-  invocation at a time (the handler has up to 10 emails in flight); the time is the invocations'
-  (claim, compose, send, record), per email, the first batch left out as warm-up. Floor: the
+  1,000-recipient request (3 KB HTML body), in batches of its lane's BatchSize as its SQS
+  events give them (50 on the bulk lane), one invocation at a time (the handler has up to 10
+  emails with the provider at once); the time is the invocations' (claim, compose, send,
+  record), per email, the first batch left out as warm-up. Floor: the
   SES v2 `SendEmail` calls that run made, captured through botocore's events (the same raw
   bytes, sender, destination, configuration set and tags), replayed with 10 in flight and
   nothing else. Ratio: floor seconds per email / dbmail seconds per email.
@@ -76,7 +77,7 @@ email, and a few seconds more after a deployment or a quiet spell:
   reach the stream within milliseconds of the write.
 - **Batching windows.** The priority lane (`Urgent`: requests of at most 100 recipients, or
   `priority_level >= 1`) has no batching window; the bulk lane waits up to
-  `MaximumBatchingWindowInSeconds: 1` to fill a batch of 10. A small request's email never
+  `MaximumBatchingWindowInSeconds: 1` to fill a batch of 50. A small request's email never
   waits for that second.
 - **SQS long polling.** Lambda's SQS pollers long-poll (20 s), so a message is received within
   tens of milliseconds of being sent.
@@ -181,7 +182,7 @@ median RSS over the run's second half, sampled every 50 ms.
 
 From the send runs ({measured.emails:,} emails of a 3 KB HTML body): Lambda GB-s from the measured
 invocation durations and each function's MemorySize in template.yaml, invocations, SQS requests
-(the expansion's sends and Lambda's poller: a receive and a delete per batch of 10; each call
+(the expansion's sends and Lambda's poller: a receive and a delete per 10 messages; each call
 under 64 KiB), DynamoDB write and read units per email as measured ({measured.write_units:.2f}
 and {measured.read_units:.2f}), and SES at $0.10 per 1,000. us-east-1 list prices; free tiers,
 CloudWatch logs and metrics, and data transfer left out. Lambda durations are the local ones:
