@@ -4,6 +4,7 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -502,6 +503,27 @@ def test_no_send_token_in_time_hands_the_email_back_untried_in_its_lane(moto_sta
     # so the next delivery, with a token, sends it
     service.budget = Unlimited()
     assert service.deliver(queued, claim_id="m2", receive_count=1) == SendOutcome.SENT
+
+
+def test_a_delivery_left_without_time_while_waiting_for_its_slot_hands_the_email_back(moto_stack, expanded):
+    # given a delivery with 25 s left when it starts, which waits for its batch's send slot
+    # until only 5 s are left (the batch's other sends met a slow provider)
+    purge_send_queues(moto_stack)
+    transport, left = RecordingTransport(), [25.0]
+
+    @contextmanager
+    def slot():
+        left[0] = 5.0
+        yield
+
+    service = sender(moto_stack, transport)
+    # when it gets the slot
+    outcome = service.deliver(expanded, claim_id="m1", receive_count=1, time_left=lambda: left[0], sending=slot())
+    # then it does not call the provider: the claim is released and the email queued again, no try spent
+    assert outcome == SendOutcome.DEFERRED and transport.sent == []
+    email = Store(moto_stack.settings).get_email(expanded.request_id, expanded.email_key)
+    assert (email.status, email.tries, email.claimed_until) == ("queued", 0, None)
+    assert queued_messages(moto_stack) == 1
 
 
 def test_a_retry_goes_back_to_its_lane_with_its_content(moto_stack, expanded):

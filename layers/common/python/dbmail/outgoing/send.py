@@ -230,14 +230,16 @@ class EmailSender:
                 special_headers=self._special_headers(email.request_id),
                 unsubscribe_url=self._unsubscribe(email),
             )
-            with sending:
-                tokened = self.budget.take(queued.priority, lambda: time_left() - SEND_TIME_RESERVE_SECONDS)
+            with sending:  # a slot of the batch's, which may have taken a while (a slow provider)
+                tokened = time_left() >= SEND_TIME_RESERVE_SECONDS and self.budget.take(
+                    queued.priority, lambda: time_left() - SEND_TIME_RESERVE_SECONDS
+                )
                 if tokened:
                     provider_id = self.transport.send(outgoing)
             if not tokened:
                 self.store.release_claim(email, claim_id, self.clock())
                 self.queue.enqueue_later(queued, 1)
-                logger.info("no send token in time; email handed back to the queue", extra=log)
+                logger.info("no send slot or token in time; email handed back to the queue", extra=log)
                 return SendOutcome.DEFERRED
         except RequestInvalid as exc:
             return self._failed(queued, email, FailureKind.PERMANENT, exc, log)
