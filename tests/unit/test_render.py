@@ -243,3 +243,17 @@ def test_a_plain_django_template_is_compiled_by_jinja2_only_for_a_recipient_that
     template = translation.template()
     assert body(first_name="Ada", nick="ace") == "Dear Ada ACE"
     assert translation.template() is template
+
+
+def test_a_lazy_compile_is_not_charged_to_the_render_that_needs_it():
+    # given a plain template whose translation takes longer to compile than a recipient's render
+    # may take (a large template of many variables takes seconds: here the compile sleeps), and a
+    # recipient whose field needs that translation
+    compiled = compile_message("s", "Dear {{ user.first_name }} {{ user.nick.upper }}", RenderLimits(seconds=0.2))
+    translation = compiled.body_template.translation
+    compile_translation = translation._compile
+    translation._compile = lambda: time.sleep(0.5) or compile_translation()
+    context = build_context(UserContext({"first_name": "Zoë", "nick": "zed"}, None), {}, "", None)
+    # when that recipient is rendered, then the compile (the request's work) does not fail it
+    assert compiled.render(context)[1] == "Dear Zoë ZED"
+    assert translation.compiled
