@@ -1,12 +1,14 @@
 """each_at_once: an expansion batch's independent calls overlap, a few at a time, and an error
-is raised only once none of the batch is still in flight."""
+is raised only once none of the batch is still in flight. pooled: the threads are kept for the
+next caller, lent to one caller at a time, and hold each caller's own bound."""
 
 import threading
 import time
+from concurrent.futures import wait
 
 import pytest
 
-from dbmail.core.parallel import each_at_once
+from dbmail.core.parallel import each_at_once, pooled
 
 
 def test_the_calls_overlap_up_to_the_limit_and_the_results_keep_their_order():
@@ -50,3 +52,65 @@ def test_one_item_or_one_in_flight_runs_in_the_callers_thread():
     caller = threading.get_ident()
     assert each_at_once(lambda _: threading.get_ident(), [1]) == [caller]
     assert each_at_once(lambda _: threading.get_ident(), [1, 2, 3], in_flight=1) == [caller] * 3
+
+
+def _in_flight_recorder():
+    lock, running, most, threads = threading.Lock(), [0], [0], set()
+
+    def call(seconds: float) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            threads.add(threading.get_ident())
+        time.sleep(seconds)
+        with lock:
+            running[0] -= 1
+
+    return call, most, threads
+
+
+def test_a_pool_is_kept_for_the_next_caller_and_its_threads_reused():
+    # given a caller that ran eight tasks at once on a pool of its own name
+    call, most, first_threads = _in_flight_recorder()
+    with pooled(8, "test-reuse") as submit:
+        wait([submit(call, 0.05) for _ in range(8)])
+    assert most[0] == 8
+    # when the next caller asks for as many
+    call, most, next_threads = _in_flight_recorder()
+    with pooled(8, "test-reuse") as submit:
+        wait([submit(call, 0.05) for _ in range(8)])
+    # then its tasks ran at once on the same threads: none was started for it
+    assert most[0] == 8
+    assert next_threads == first_threads
+
+
+def test_a_pool_lent_again_with_more_threads_holds_the_new_callers_bound():
+    # given a pool of ten threads, kept
+    with pooled(10, "test-bound") as submit:
+        wait([submit(time.sleep, 0.01) for _ in range(10)])
+    # when a caller asks for three at a time and submits nine
+    call, most, _ = _in_flight_recorder()
+    with pooled(3, "test-bound") as submit:
+        wait([submit(call, 0.03) for _ in range(9)])
+    # then never more than three ran at once
+    assert most[0] == 3
+
+
+def test_callers_at_once_each_get_a_pool_of_their_own():
+    # given two callers inside pooled at the same time, each with tasks that wait for all of its own
+    barrier_a, barrier_b = threading.Barrier(5), threading.Barrier(5)
+    results = []
+
+    def caller(barrier: threading.Barrier) -> None:
+        with pooled(5, "test-apart") as submit:
+            futures = [submit(barrier.wait, 2) for _ in range(5)]
+            wait(futures)
+        results.append([f.exception() for f in futures])
+
+    # when both run, then each caller's five tasks ran at once (no barrier timed out)
+    threads = [threading.Thread(target=caller, args=(b,)) for b in (barrier_a, barrier_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[None] * 5, [None] * 5]

@@ -8,17 +8,19 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
 from dbmail.core.observability import ERROR, count_outcomes
+from dbmail.core.parallel import pooled
 
 
 class ConcurrentBatchProcessor(BatchProcessor):
-    """Powertools' BatchProcessor with up to ``concurrency`` records in progress at once, on a
-    thread pool (the records' calls are I/O: SES and DynamoDB round trips overlap). Each record
-    still succeeds or fails on its own, and the failed ones are the batchItemFailures."""
+    """Powertools' BatchProcessor with up to ``concurrency`` records in progress at once, on
+    threads kept between invocations (the records' calls are I/O: SES and DynamoDB round trips
+    overlap). Each record still succeeds or fails on its own, and the failed ones are the
+    batchItemFailures."""
 
     def __init__(self, event_type: EventType, concurrency: int):
         super().__init__(event_type=event_type)
@@ -28,8 +30,10 @@ class ConcurrentBatchProcessor(BatchProcessor):
         workers = min(self.concurrency, len(self.records))
         if workers <= 1:
             return super().process()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="record") as pool:
-            return list(pool.map(self._process_record, self.records))
+        with pooled(workers, "record") as submit:
+            futures = [submit(self._process_record, record) for record in self.records]
+            wait(futures)  # each record's outcome is its own: _process_record returns failures
+        return [future.result() for future in futures]
 
 
 def process_batch_counting_outcomes(
