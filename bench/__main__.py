@@ -28,6 +28,7 @@ from botocore.config import Config as ClientConfig
 
 from bench import coldstart, content, floors, latency, render, report, runs
 from bench.costs import FunctionUse, PerEmail, cost_lines, project
+from bench.cpu import CpuSpan, describe
 from bench.docs import write_docs
 from bench.host import stack_template
 from bench.instrument import captured_calls, statement_units
@@ -215,7 +216,10 @@ def measure_expand(results: Results, state: stack.StatePaths, config: Config, wo
                 calls = captured_calls(work / f"expand-{size}.pickle")
                 table = floors.copy_table(dynamodb, email_table)
                 concurrency = max(1, run["peak_in_flight"])
+                cpu = CpuSpan(state)
+                cpu.start()
                 floor.append(floors.write_floor(dynamodb, sqs, calls, email_table, table, concurrency))
+                results.notes.setdefault("expand cpu", []).append((run["cpu_seconds"], cpu.stop()))
                 dynamodb.delete_table(TableName=table)
                 results.notes["write floor concurrency"] = concurrency
             if run["status"] != "processed":
@@ -245,6 +249,9 @@ def measure_expand(results: Results, state: stack.StatePaths, config: Config, wo
             f"replayed, {results.notes['write floor concurrency']} in flight (its peak): "
             f"median {results.figures['write floor'].median:.1f} s (min {results.figures['write floor'].min:.1f})"
         )
+        for expansion, replay in results.notes["expand cpu"]:
+            say(f"cpu seconds     expansion: {describe(expansion)}")
+            say(f"                its floor: {describe(replay)}")
 
 
 def measure_render(results: Results, config: Config, work: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.costs import PerEmail, Projection
+from bench.cpu import THIS_PROCESS, busy_seconds
 from bench.plot import plot_sizes
 from bench.report import check_rows, markdown_table
 
@@ -99,6 +100,20 @@ def _figure_rows(results: Results) -> list[list[str]]:
     return rows
 
 
+CPU_HEADER = ("run", "functions or client", "DynamoDB Local", "moto", "CPU s", "wall s", "cores busy")
+
+
+def _cpu_rows(results: Results) -> list[list[str]]:
+    """The floor-size expansions and their floors: CPU seconds by process (bench/cpu.py)."""
+    rows = []
+    for n, pair in enumerate(results.notes.get("expand cpu", []), 1):
+        for run, spent in zip(("expansion", "its write floor"), pair):
+            busy, wall = busy_seconds(spent), spent["wall"]
+            processes = [f"{spent.get(name, 0):.1f}" for name in (THIS_PROCESS, "dynamodb", "moto")]
+            rows.append([f"{run} {n}", *processes, f"{busy:.1f}", f"{wall:.1f}", f"{busy / wall:.2f}"])
+    return rows
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:,.0f} s"
@@ -156,6 +171,16 @@ the same emulators, in the same run) are the figures that carry over, not the ab
 Seconds (per email for send and the SES floor; per run otherwise), min and median of the repeats.
 
 {markdown_table(("figure", "min", "median", "samples"), _figure_rows(results))}
+
+### Where the CPU went: the {config.floor_size:,}-recipient expansions and their floors
+
+CPU seconds by process over each run (`/proc`): the worker's functions and triggers, or the
+floor's client; DynamoDB Local; moto. The expansion spends the writes' CPU, as its floor does,
+and its reads of the recipients, its rendering and its state besides, on the same
+{os.cpu_count()} cores as both emulators: where the cores are busy, its ratio to the floor is
+about the floor's CPU over its own.
+
+{markdown_table(CPU_HEADER, _cpu_rows(results))}
 
 Django for the original's path: {results.notes.get("django install", "")}. Heaviest direct imports of the slowest
 handler: {results.notes.get("heaviest imports", "")}.

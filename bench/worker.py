@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 
+from bench.cpu import CpuSpan
 from bench.host import load_function, stack_runtime, triggers_running
 from bench.instrument import Instruments
 from dbmail_local.sqs import lambda_record
@@ -59,8 +60,10 @@ def expand(runtime: Runtime, request_id: str, instruments: Instruments, timeout:
     durations: dict[str, list[float]] = {}
     instruments.install()  # after the clock's client: its polls are not counted
     rss: list[tuple[float, float]] = []  # (seconds, MiB): whether the peak is a climb or a plateau
+    cpu = CpuSpan(runtime.state)
     with triggers_running(runtime, EXPAND_FUNCTIONS, durations) as functions:
         started = time.perf_counter()
+        cpu.start()
         while True:
             rss.append((time.perf_counter() - started, rss_mib()))
             item = dynamodb.get_item(
@@ -75,6 +78,7 @@ def expand(runtime: Runtime, request_id: str, instruments: Instruments, timeout:
                 break
             time.sleep(POLL_SECONDS)
         seconds = time.perf_counter() - started
+        cpu_seconds = cpu.stop()
     return {
         "seconds": seconds,
         "status": status,
@@ -83,6 +87,7 @@ def expand(runtime: Runtime, request_id: str, instruments: Instruments, timeout:
         "durations": durations,
         "rss_mib_over_time": rss[:: max(1, len(rss) // 10)],
         "rss_plateau_mib": statistics.median(mib for _, mib in rss[len(rss) // 2 :]),  # the second half's
+        "cpu_seconds": cpu_seconds,
     }
 
 

@@ -1,5 +1,11 @@
 """The bench's pure parts: the cost calculator, the projection, the ratio and target table, and
-the parsers of what it measures (importtime output, DynamoDB's ConsumedCapacity)."""
+the parsers of what it measures (importtime output, DynamoDB's ConsumedCapacity), and the CPU
+seconds by process."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +22,10 @@ from bench.costs import (
     project,
     sqs_billed_requests,
 )
+from bench.cpu import THIS_PROCESS, CpuSpan, busy_seconds, describe
 from bench.instrument import consumed_units
 from bench.report import Check, Figure, markdown_table, percentile, text_table, throughput_ratio
+from dbmail_local.stack import StatePaths
 
 
 def test_costs_scale_the_measured_use_to_the_emails_asked_for():
@@ -134,3 +142,31 @@ def test_a_partiql_update_is_priced_at_its_items_size():
     assert statement_units([small]) == 1
     assert statement_units([small, large]) == 1.5
     assert statement_units([]) == 1
+
+
+def test_a_cpu_span_counts_this_process_and_each_running_emulator_apart(tmp_path: Path):
+    # given a stack whose "moto" is a process busy for the span, and no DynamoDB Local
+    state = StatePaths.resolve(tmp_path)
+    state.pids.mkdir(parents=True, exist_ok=True)
+    spin = "import time\nwhile True: time.perf_counter()"
+    busy = subprocess.Popen([sys.executable, "-c", spin, "dbmail_local"])  # the stack's own, by its command line
+    try:
+        state.pid_file("moto").write_text(f"{busy.pid}\n")
+        span = CpuSpan(state)
+        span.start()
+        # when this process spins 0.3 s and the other spins beside it
+        until = time.perf_counter() + 0.3
+        while time.perf_counter() < until:
+            pass
+        spent = span.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    # then each has its own CPU seconds, the absent emulator none, and the line adds them up
+    assert spent[THIS_PROCESS] >= 0.2
+    assert spent["moto"] >= 0.05
+    assert "dynamodb" not in spent
+    assert spent["wall"] >= 0.3
+    assert busy_seconds(spent) == pytest.approx(spent[THIS_PROCESS] + spent["moto"])
+    assert describe(spent).startswith(f"{THIS_PROCESS} {spent[THIS_PROCESS]:.1f}, moto")
+    assert f"in {spent['wall']:.1f} s" in describe(spent)
