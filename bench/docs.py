@@ -69,9 +69,11 @@ of their own per run (`bench/worker.py`), so the AWS calls and the peak RSS
 AWS_LATENCY = """## Latency on real AWS
 
 Locally a 1-recipient request is delivered in the time above because the runner polls the
-request stream every 50 ms and long-polls SQS (moto answers a long poll as soon as a message
-arrives). On AWS expect roughly **0.5-1.5 s** from the website's write to SES accepting the
-email, and a few seconds more after a deployment or a quiet spell:
+request stream every 50 ms while it is active (every 250 ms, Lambda's rate, once it has been
+quiet for 2 s: a first request after a quiet spell waits about 0.1 s more) and long-polls SQS
+(moto answers a long poll as soon as a message arrives). On AWS expect roughly **0.5-1.5 s**
+from the website's write to SES accepting the email, and a few seconds more after a deployment
+or a quiet spell:
 
 - **Stream polling.** Lambda polls each DynamoDB stream shard about 4 times a second, so a new
   request waits up to ~250 ms (about 125 ms on average) before its expand invocation; records
