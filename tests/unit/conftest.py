@@ -59,25 +59,41 @@ class _Hostile(BaseHTTPRequestHandler):
             self.connection.close()
         elif behaviour == "garble":  # not HTTP at all
             self.wfile.write(b"SMTP ready\r\n\r\n")
+        elif behaviour in ("keep", "idle-close"):  # a good answer on a kept-alive connection
+            self.send_response(202)
+            self.send_header("X-Message-Id", f"sg-{len(self.server.requests)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.wfile.flush()
+            # "idle-close": then the server drops it, as one does an idle connection, unannounced
+            self.close_connection = behaviour == "idle-close"
+            return
         # "close": no answer at all; for every behaviour the connection is then closed
         self.close_connection = True
+
+    def setup(self):
+        super().setup()
+        self.server.connections += 1
 
 
 @pytest.fixture
 def hostile():
-    """Start a hostile server with the given behaviour (hang, truncate, reset, garble, close);
-    returns its base URL. ``hostile.requests`` holds (method, path, headers, body) of each request."""
+    """Start a hostile server with the given behaviour (hang, truncate, reset, garble, close; or
+    keep, idle-close: a good answer on a connection kept alive, or dropped after it); returns its
+    base URL. ``hostile.requests`` holds (method, path, headers, body) of each request, and
+    ``hostile.servers`` the servers (their ``connections``: TCP connections accepted)."""
     servers, requests = [], []
 
     def start(behaviour):
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
         server.daemon_threads = True
         server.behaviour, server.release, server.requests = behaviour, threading.Event(), requests
+        server.connections = 0  # TCP connections accepted
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
-    start.requests = requests
+    start.requests, start.servers = requests, servers
     yield start
     for server in servers:
         server.release.set()

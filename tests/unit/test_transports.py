@@ -288,6 +288,49 @@ def test_sendgrid_refused_connection_is_transient():
     assert raised.value.kind is FailureKind.TRANSIENT
 
 
+@pytest.mark.parametrize("url", ["ftp://api.sendgrid.com", "api.sendgrid.com", "https://"])
+def test_a_sendgrid_url_that_is_not_http_is_refused_at_the_start(url):
+    with pytest.raises(ConfigurationError, match="DBMAIL_SENDGRID_URL must be http"):
+        SendGridTransport(API_KEY, url)
+
+
+def test_sendgrid_sends_one_after_another_on_one_kept_connection(hostile):
+    # given SendGrid keeping its connections alive
+    url = hostile("keep")
+    transport = SendGridTransport(API_KEY, url, timeout=5)
+    # when three emails are sent one after another
+    ids = [transport.send(outgoing()) for _ in range(3)]
+    # then each was accepted, all on one TCP connection (no handshake per email), each to the contract
+    assert ids == ["sg-1", "sg-2", "sg-3"]
+    assert hostile.servers[0].connections == 1
+    assert contract_kept(hostile) == 3
+
+
+def test_sendgrid_that_dropped_an_idle_connection_gets_the_send_on_a_new_one(hostile):
+    # given SendGrid that drops each connection after answering, without saying so
+    url = hostile("idle-close")
+    transport = SendGridTransport(API_KEY, url, timeout=5)
+    assert transport.send(outgoing()) == "sg-1"
+    time.sleep(0.1)  # the server has closed the kept connection by now
+    # when the next email goes out on the connection kept from the first
+    provider_id = transport.send(outgoing())
+    # then it is sent once, on a new connection: the dead one cost no try and sent nothing
+    assert provider_id == "sg-2"
+    assert hostile.servers[0].connections == 2
+    assert contract_kept(hostile) == 2
+
+
+def test_a_failure_on_a_new_sendgrid_connection_is_not_tried_again(hostile):
+    # given SendGrid that hangs up without answering, on the first connection of a transport
+    url = hostile("close")
+    # when an email is sent, then it fails transiently after one request: nothing is retried
+    # at once on a connection that had not served before (the send service retries later)
+    with pytest.raises(DeliveryError, match="RemoteDisconnected"):
+        SendGridTransport(API_KEY, url, timeout=5).send(outgoing())
+    assert contract_kept(hostile) == 1
+    assert hostile.servers[0].connections == 1
+
+
 @pytest.mark.parametrize(
     "to, name",
     [

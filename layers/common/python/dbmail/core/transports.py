@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import urllib.error
-import urllib.request
+import threading
+import urllib.parse
 from email.utils import quote as _quote
 from typing import Protocol
 
@@ -53,6 +53,8 @@ SES_CLIENT_CONFIG = Config(
 # SendGrid's v3 mail/send limitations: "less than 30MB" for the whole email; we measure the
 # JSON body we would post and refuse it before the call (SES's 40 MB is MAX_MESSAGE_BYTES).
 SENDGRID_MAX_BYTES = 30 * 1024 * 1024
+KEPT_CONNECTIONS = 10  # a send batch's sends in flight at once (outgoing.send.CONCURRENT_SENDS)
+MAX_ANSWER_BYTES = 64 * 1024  # of a SendGrid answer read (an error's JSON is a few hundred bytes)
 
 logger = Logger(child=True)
 
@@ -166,13 +168,41 @@ def sendgrid_payload(email: OutgoingEmail) -> dict:
     return payload
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow no redirect. urllib would re-send a 301/302/303 as a GET without the body but with
-    the Authorization header, to wherever Location points, and take its 2xx for a send. Refused,
-    the 3xx reaches HTTPDefaultErrorHandler and is raised as an HTTPError like any other."""
+class _Connections:
+    """Kept-alive connections to SendGrid, up to ``keep`` of them idle. urllib opened one per
+    email: a TCP and TLS handshake per send, which on the real network costs more than the send.
+    Each connection serves one send at a time. http.client follows no redirect (urllib would
+    re-send a 301/302/303 as a GET, Authorization and all, to wherever Location points)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+    def __init__(self, url: str, timeout: float, keep: int):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            shown = f"{parts.scheme}:" if parts.scheme else "a relative"
+            raise ConfigurationError(f"DBMAIL_SENDGRID_URL must be http(s)://host[:port], not {shown} URL")
+        self.path = (parts.path.rstrip("/") or "") + "/v3/mail/send"
+        self._host, self._port, self._https = parts.hostname, parts.port, parts.scheme == "https"
+        self._timeout, self._keep = timeout, keep
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection (True: it served a send before) or a new one, not connected yet."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self.take_new(), False
+
+    def take_new(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def give_back(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self._keep:
+                self._idle.append(connection)
+                return
+        connection.close()
 
 
 class SendGridTransport:
@@ -182,10 +212,8 @@ class SendGridTransport:
                 "MailProvider is sendgrid but the SendGrid API key (the secret DBMAIL_SENDGRID_API_KEY_SECRET_ARN "
                 "names) is empty"
             )
-        self._api_key = api_key
-        self._url = base_url.rstrip("/") + "/v3/mail/send"
-        self._timeout = timeout
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._connections = _Connections(base_url, timeout, KEPT_CONNECTIONS)
 
     def send(self, email: OutgoingEmail) -> str:
         body = json.dumps(sendgrid_payload(email)).encode()
@@ -195,34 +223,73 @@ class SendGridTransport:
                 f"(under {SENDGRID_MAX_BYTES} bytes); not sent",
                 kind=FailureKind.PERMANENT,
             )
-        request = urllib.request.Request(
-            self._url,
-            data=body,
-            method="POST",
-            headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
-        )
+        connection, reused = self._connections.take()
         try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                response.read()  # to the end, so that a truncated answer is noticed
-                message_id = response.headers.get("X-Message-Id", "")
-                if not message_id:  # accepted all the same: a retry would send it twice
-                    logger.warning(
-                        "SendGrid accepted the email without an X-Message-Id",
-                        extra={"provider": "sendgrid", "status": response.status},
-                    )
-                return message_id
-        except urllib.error.HTTPError as exc:
-            raise DeliveryError(
-                f"SendGrid HTTP {exc.code}: {_error_detail(exc)}", kind=sendgrid_failure_kind(exc.code)
-            ) from exc
-        except urllib.error.URLError as exc:  # DNS, refused or failed connect, TLS, a timed-out send
-            raise DeliveryError(f"SendGrid unreachable: {exc.reason}", kind=FailureKind.TRANSIENT) from exc
+            status, headers, answer, reusable = self._post(connection, body)
         except (OSError, http.client.HTTPException) as exc:
-            # urllib raises getresponse() and read() errors raw: RemoteDisconnected, a reset,
-            # a read timeout, IncompleteRead (a truncated body), a garbled status line
+            connection.close()
+            if not (reused and isinstance(exc, _STALE)):
+                raise _connection_failure(exc) from exc
+            # SendGrid closed the idle connection before reading this send: once on a new one
+            connection = self._connections.take_new()
+            try:
+                status, headers, answer, reusable = self._post(connection, body)
+            except (OSError, http.client.HTTPException) as again:
+                connection.close()
+                raise _connection_failure(again) from again
+        if reusable:
+            self._connections.give_back(connection)
+        else:
+            connection.close()
+        if not 200 <= status < 300:
             raise DeliveryError(
-                f"SendGrid connection failed: {type(exc).__name__}", kind=FailureKind.TRANSIENT
-            ) from exc
+                f"SendGrid HTTP {status}: {_error_detail(status, answer)}", kind=sendgrid_failure_kind(status)
+            )
+        message_id = headers.get("X-Message-Id", "")
+        if not message_id:  # accepted all the same: a retry would send it twice
+            logger.warning(
+                "SendGrid accepted the email without an X-Message-Id", extra={"provider": "sendgrid", "status": status}
+            )
+        return message_id
+
+    def _post(self, connection: http.client.HTTPConnection, body: bytes):
+        """(status, headers, the answer's first bytes, whether the connection may serve again).
+        Raises what the connection raises: a refused or failed connect, a reset, a timeout, a
+        truncated answer (IncompleteRead), a garbled status line."""
+        if connection.sock is None:
+            try:
+                connection.connect()
+            except OSError as exc:  # DNS, refused or failed connect, TLS, a timed-out connect
+                raise _Unreachable(exc) from exc
+        connection.request("POST", self._connections.path, body=body, headers=self._headers)
+        response = connection.getresponse()
+        if response.length is not None and response.length <= MAX_ANSWER_BYTES:
+            answer = response.read()  # to the end, so that a truncated answer is noticed
+            reusable = not response.will_close
+        else:  # chunked, unsized or oversized: its start only, and the connection is not kept
+            answer, reusable = response.read(MAX_ANSWER_BYTES), False
+        return response.status, response.headers, answer, reusable
+
+
+class _Unreachable(OSError):
+    """The connect itself failed: nothing was sent."""
+
+    def __init__(self, cause: OSError):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+# What a kept connection that SendGrid closed while idle raises on its next send
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def _connection_failure(exc: Exception) -> DeliveryError:
+    if isinstance(exc, _Unreachable):
+        cause = exc.cause
+        reason = getattr(cause, "reason", None) or cause.strerror or type(cause).__name__
+        return DeliveryError(f"SendGrid unreachable: {reason}", kind=FailureKind.TRANSIENT)
+    # a reset, a read timeout, IncompleteRead (a truncated body), a garbled status line
+    return DeliveryError(f"SendGrid connection failed: {type(exc).__name__}", kind=FailureKind.TRANSIENT)
 
 
 def sendgrid_failure_kind(status: int) -> FailureKind:
@@ -237,17 +304,12 @@ def sendgrid_failure_kind(status: int) -> FailureKind:
     return FailureKind.TRANSIENT  # a redirect (never followed) or other surprise
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    """The first 500 characters of SendGrid's JSON error body, if it can be read."""
-    try:
-        detail = redact_addresses(exc.read(500).decode("utf-8", "replace"))
-        if 300 <= exc.code < 400:  # the Location is not quoted: it may be anywhere
-            return f"redirect not followed (is DBMAIL_SENDGRID_URL right?) {detail}".rstrip()
-        return detail
-    except (OSError, http.client.HTTPException):
-        return "(error body unreadable)"
-    finally:
-        exc.close()
+def _error_detail(status: int, answer: bytes) -> str:
+    """The first 500 characters of SendGrid's JSON error body, addresses redacted."""
+    detail = redact_addresses(answer[:500].decode("utf-8", "replace"))
+    if 300 <= status < 400:  # the Location is not quoted: it may be anywhere
+        return f"redirect not followed (is DBMAIL_SENDGRID_URL right?) {detail}".rstrip()
+    return detail
 
 
 def make_transport(settings: Settings) -> Transport:
