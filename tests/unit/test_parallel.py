@@ -54,31 +54,41 @@ def test_one_item_or_one_in_flight_runs_in_the_callers_thread():
     assert each_at_once(lambda _: threading.get_ident(), [1, 2, 3], in_flight=1) == [caller] * 3
 
 
-def _in_flight_recorder():
+def _in_flight_recorder(together: int):
+    """A task that records how many run at once, and waits (up to 5 s) until ``together`` tasks
+    are running: it fails (BrokenBarrierError) unless that many ever run at once."""
     lock, running, most, threads = threading.Lock(), [0], [0], set()
+    barrier = threading.Barrier(together, timeout=5)
 
-    def call(seconds: float) -> None:
+    def call() -> None:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
             threads.add(threading.get_ident())
-        time.sleep(seconds)
+        barrier.wait()
+        time.sleep(0.01)
         with lock:
             running[0] -= 1
 
     return call, most, threads
 
 
+def _run(workers: int, name: str, call, tasks: int) -> None:
+    with pooled(workers, name) as submit:
+        futures = [submit(call) for _ in range(tasks)]
+        wait(futures)
+    for future in futures:
+        future.result()  # a barrier broken: not that many ran at once
+
+
 def test_a_pool_is_kept_for_the_next_caller_and_its_threads_reused():
     # given a caller that ran eight tasks at once on a pool of its own name
-    call, most, first_threads = _in_flight_recorder()
-    with pooled(8, "test-reuse") as submit:
-        wait([submit(call, 0.05) for _ in range(8)])
+    call, most, first_threads = _in_flight_recorder(8)
+    _run(8, "test-reuse", call, 8)
     assert most[0] == 8
     # when the next caller asks for as many
-    call, most, next_threads = _in_flight_recorder()
-    with pooled(8, "test-reuse") as submit:
-        wait([submit(call, 0.05) for _ in range(8)])
+    call, most, next_threads = _in_flight_recorder(8)
+    _run(8, "test-reuse", call, 8)
     # then its tasks ran at once on the same threads: none was started for it
     assert most[0] == 8
     assert next_threads == first_threads
@@ -86,13 +96,12 @@ def test_a_pool_is_kept_for_the_next_caller_and_its_threads_reused():
 
 def test_a_pool_lent_again_with_more_threads_holds_the_new_callers_bound():
     # given a pool of ten threads, kept
-    with pooled(10, "test-bound") as submit:
-        wait([submit(time.sleep, 0.01) for _ in range(10)])
+    call, _, _ = _in_flight_recorder(10)
+    _run(10, "test-bound", call, 10)
     # when a caller asks for three at a time and submits nine
-    call, most, _ = _in_flight_recorder()
-    with pooled(3, "test-bound") as submit:
-        wait([submit(call, 0.03) for _ in range(9)])
-    # then never more than three ran at once
+    call, most, _ = _in_flight_recorder(3)
+    _run(3, "test-bound", call, 9)
+    # then three ran at once, never more
     assert most[0] == 3
 
 

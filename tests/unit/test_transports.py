@@ -23,7 +23,13 @@ from werkzeug import Request, Response
 from dbmail.core.compose import compose
 from dbmail.core.errors import ConfigurationError, DeliveryError, FailureKind
 from dbmail.core.settings import Settings
-from dbmail.core.transports import SENDGRID_MAX_BYTES, SendGridTransport, SesTransport, make_transport
+from dbmail.core.transports import (
+    SENDGRID_MAX_BYTES,
+    SendGridTransport,
+    SesTransport,
+    make_transport,
+    retry_after_seconds,
+)
 from tests.sendgrid_contract import PATH, v3_mail_send_problems
 
 API_KEY = "SG.test-key.for-dbmail"
@@ -195,6 +201,34 @@ def test_sendgrid_http_errors_are_classified(httpserver, status, kind, detail):
     assert "@" not in str(raised.value)
     # and the transport tried once: retrying (after Retry-After or not) is the send service's job
     assert len(posted(httpserver)) == 1
+
+
+@pytest.mark.parametrize("status, asked", [(429, 60), (503, 30), (500, None), (400, None)])
+def test_sendgrid_says_how_long_to_wait_after_a_429_or_503(httpserver, status, asked):
+    # given SendGrid answering with its Retry-After (429: 60 s, 503: 30 s) or without one
+    url = serve_sendgrid(httpserver, ANSWERS[status]())
+    # when a message is sent, then the failure carries the wait it asked for
+    with pytest.raises(DeliveryError) as raised:
+        SendGridTransport(API_KEY, url).send(outgoing())
+    assert raised.value.retry_after == asked
+
+
+@pytest.mark.parametrize(
+    "headers, seconds",
+    [
+        ({"Retry-After": "120"}, 120),
+        ({"Retry-After": "Thu, 01 Jan 2026 00:02:00 GMT"}, 120),
+        ({"Retry-After": "Thu, 01 Jan 2026 00:00:00 GMT"}, 0),  # a date past: no wait
+        ({"X-RateLimit-Reset": "1767225645"}, 45),  # SendGrid's epoch second of the reset
+        ({"Retry-After": "soon", "X-RateLimit-Reset": "1767225610"}, 10),
+        ({"Retry-After": "-5"}, None),
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_a_retry_after_is_read_as_seconds_an_http_date_or_sendgrids_reset(headers, seconds):
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # 1767225600
+    assert retry_after_seconds(headers, now) == seconds
 
 
 def test_sendgrid_wrong_key_is_retryable_so_mail_waits_for_the_fix(httpserver):

@@ -55,11 +55,13 @@ class FailureKind(StrEnum):
 
 
 class DeliveryError(DbmailError):
-    """The provider did not accept a message; ``kind`` says whether and how to retry."""
+    """The provider did not accept a message; ``kind`` says whether and how to retry, and
+    ``retry_after`` how many seconds the provider asked us to wait first (its Retry-After)."""
 
-    def __init__(self, message: str, *, kind: FailureKind = FailureKind.TRANSIENT):
+    def __init__(self, message: str, *, kind: FailureKind = FailureKind.TRANSIENT, retry_after: float | None = None):
         super().__init__(message)
         self.kind = FailureKind(kind)
+        self.retry_after = retry_after
 
     @property
     def permanent(self) -> bool:

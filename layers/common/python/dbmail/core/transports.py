@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import urllib.parse
+from email.utils import parsedate_to_datetime
 from email.utils import quote as _quote
 from typing import Protocol
 
@@ -243,7 +245,9 @@ class SendGridTransport:
             connection.close()
         if not 200 <= status < 300:
             raise DeliveryError(
-                f"SendGrid HTTP {status}: {_error_detail(status, answer)}", kind=sendgrid_failure_kind(status)
+                f"SendGrid HTTP {status}: {_error_detail(status, answer)}",
+                kind=sendgrid_failure_kind(status),
+                retry_after=retry_after_seconds(headers, time.time()) if status in (429, 503) else None,
             )
         message_id = headers.get("X-Message-Id", "")
         if not message_id:  # accepted all the same: a retry would send it twice
@@ -292,9 +296,27 @@ def _connection_failure(exc: Exception) -> DeliveryError:
     return DeliveryError(f"SendGrid connection failed: {type(exc).__name__}", kind=FailureKind.TRANSIENT)
 
 
+def retry_after_seconds(headers, now: float) -> float | None:
+    """The wait a 429 or 503 asks for: Retry-After (seconds, or an HTTP date), else SendGrid's
+    X-RateLimit-Reset (the epoch second its limit resets); None if neither says, or says
+    nonsense. The send service waits at least that long, within SQS's 15 minutes."""
+    value = (headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    if value:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    reset = (headers.get("X-RateLimit-Reset") or "").strip()
+    if reset.isdigit():
+        return max(0.0, float(reset) - now)
+    return None
+
+
 def sendgrid_failure_kind(status: int) -> FailureKind:
     if status == 429:
-        return FailureKind.THROTTLED  # Retry-After and X-RateLimit-Reset are not honoured
+        return FailureKind.THROTTLED  # waited for as its Retry-After asks (retry_after_seconds)
     if status in (401, 403) or status >= 500:
         return FailureKind.TRANSIENT  # a bad key (401/403) is fixable, so mail waits for the fix
     if status == 408:

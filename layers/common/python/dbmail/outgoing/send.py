@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import OrderedDict
@@ -285,7 +286,11 @@ class EmailSender:
         if final:
             return SendOutcome.FAILED
         attempt = int(email.throttles or 0) + 1 if throttled else tries  # counting this one
-        self.queue.enqueue_later(queued, retry_delay(kind, attempt, self.settings.retry_max_delay_seconds))
+        delay = retry_delay(kind, attempt, self.settings.retry_max_delay_seconds)
+        asked = exc.retry_after if isinstance(exc, DeliveryError) else None  # at least the provider's Retry-After
+        if asked is not None:
+            delay = max(delay, min(SQS_MAX_DELAY_SECONDS, math.ceil(asked)))
+        self.queue.enqueue_later(queued, delay)
         return SendOutcome.THROTTLED if throttled else SendOutcome.RETRYING
 
     def _not_claimed(self, queued: QueuedEmail, log: dict) -> str:
