@@ -25,7 +25,7 @@ from bench.costs import (
 from bench.cpu import THIS_PROCESS, CpuSpan, busy_seconds, describe
 from bench.instrument import consumed_units
 from bench.report import Check, Figure, markdown_table, percentile, text_table, throughput_ratio
-from dbmail_local.stack import StatePaths
+from dbmail_local.stack import StatePaths, running_pid
 
 
 def test_costs_scale_the_measured_use_to_the_emails_asked_for():
@@ -152,6 +152,9 @@ def test_a_cpu_span_counts_this_process_and_each_running_emulator_apart(tmp_path
     busy = subprocess.Popen([sys.executable, "-c", spin, "dbmail_local"])  # the stack's own, by its command line
     try:
         state.pid_file("moto").write_text(f"{busy.pid}\n")
+        started = time.monotonic()  # until the stack knows it as its own (by its command line)
+        while running_pid(state, "moto") is None and time.monotonic() < started + 10:
+            time.sleep(0.01)
         span = CpuSpan(state)
         span.start()
         # when this process spins for 0.25 s of its own CPU (however busy the machine) and at

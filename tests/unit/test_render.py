@@ -1,3 +1,4 @@
+import threading
 import time
 from pathlib import Path
 
@@ -257,3 +258,22 @@ def test_a_lazy_compile_is_not_charged_to_the_render_that_needs_it():
     # when that recipient is rendered, then the compile (the request's work) does not fail it
     assert compiled.render(context)[1] == "Dear Zoë ZED"
     assert translation.compiled
+
+
+def test_compiling_a_template_with_tags_leaves_no_render_budget_behind_in_the_thread():
+    # given a thread (a kept pool thread lives on) with no render in progress
+    def prepare_and_render():
+        assert rendering._current.get() is None
+        # when a Django template with a tag is compiled (its translation now, while preparing)
+        compiled = compile_message("Hi", "{% if user.first_name %}Dear {{ user.first_name }}{% endif %}")
+        left_by_compile = rendering._current.get()
+        # then no default budget is left in the thread's context, and a render still has its own
+        user = UserContext({"first_name": "Zoë"}, None)
+        assert compiled.render(build_context(user, {}, "host@example.org", {})) == ("Hi", "Dear Zoë")
+        return left_by_compile, rendering._current.get()
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(prepare_and_render()))
+    thread.start()
+    thread.join()
+    assert results == [(None, None)]

@@ -163,14 +163,15 @@ def test_throttles_never_use_up_the_tries(moto_stack, expanded):
 def test_a_throttle_with_a_retry_after_waits_at_least_as_long_as_the_provider_asked(moto_stack, expanded):
     # given a provider that throttles with Retry-After: 120, then with one asking for an hour
     purge_send_queues(moto_stack)
+    transport = RecordingTransport(DeliveryError("SendGrid HTTP 429", kind=FailureKind.THROTTLED, retry_after=119.6))
+    service = sender(moto_stack, transport)
     delays = []
-    for asked in (120, 3600):
-        error = DeliveryError("SendGrid HTTP 429", kind=FailureKind.THROTTLED, retry_after=asked - 0.4)
-        service = sender(moto_stack, RecordingTransport(error))
-        later = type(service.queue).enqueue_later.__get__(service.queue)  # the queue's own (it is shared)
-        service.queue.enqueue_later = lambda email, delay, later=later: delays.append(delay) or later(email, delay)
-        # when the email is throttled (its own delay would be a few seconds)
-        assert service.deliver(expanded, claim_id=f"r{asked}", receive_count=1) == SendOutcome.THROTTLED
+    later = service.queue.enqueue_later
+    service.queue.enqueue_later = lambda email, delay: delays.append(delay) or later(email, delay)
+    # when the email is throttled twice (its own delay would be a few seconds)
+    assert service.deliver(expanded, claim_id="r1", receive_count=1) == SendOutcome.THROTTLED
+    transport.failure = DeliveryError("SendGrid HTTP 429", kind=FailureKind.THROTTLED, retry_after=3599.6)
+    assert service.deliver(expanded, claim_id="r2", receive_count=1) == SendOutcome.THROTTLED
     # then it was queued again each time for the wait asked (rounded up), within SQS's 15 minutes
     assert delays == [120, 900]
     assert queued_messages(moto_stack) == 2

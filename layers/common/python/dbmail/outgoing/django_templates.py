@@ -1298,7 +1298,7 @@ class LazyTemplate:
         with self._lock:
             if self._template is None:
                 self._template = self._compile()
-        render._budget().excuse(monotonic() - started)
+        render.excuse(monotonic() - started)
         return self._template
 
     def generate(self, context: Mapping[str, Any]) -> Any:

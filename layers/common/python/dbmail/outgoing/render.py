@@ -75,6 +75,15 @@ def _budget() -> _Budget:
     return budget
 
 
+def excuse(seconds: float) -> None:
+    """``seconds`` of the request's work (a lazy compile) done inside a render: not charged to
+    it. Outside a render (a compile while preparing) there is no budget to excuse, and none is
+    made: ``_budget`` would leave a default one in the thread's context, a kept pool thread's too."""
+    budget = _current.get()
+    if budget is not None:
+        budget.excuse(seconds)
+
+
 @contextmanager
 def _rendering(limits: RenderLimits):
     token = _current.set(_Budget(limits))
