@@ -236,6 +236,7 @@ PATCHED_BACKEND_METHODS = (
     "change_message_visibility",
     "change_message_visibility_batch",
     "purge_queue",
+    "is_message_valid_based_on_retention_period",
 )
 
 
@@ -349,3 +350,28 @@ def test_a_standard_queue_send_never_counts_the_queue(monkeypatch, in_process_sq
     for _ in range(2):
         backend.send_message("ordered.fifo", "same", group_id="g")
     assert len(backend.get_queue("ordered.fifo")._messages) == 1
+
+
+def test_a_receive_checks_retention_without_computing_the_queues_attributes(monkeypatch, in_process_sqs):
+    """Given a queue of messages, one past its retention period, with cheap_retention_checks:
+    a receive returns the others and never computes the queue's attributes (its message counts
+    scan the whole queue, once per message received in moto's own check)."""
+    from moto.sqs.models import Queue
+
+    from dbmail_local.moto_server import cheap_retention_checks
+
+    cheap_retention_checks()
+    backend = in_process_sqs
+    backend.create_queue("kept", VisibilityTimeout="60", MessageRetentionPeriod="60")
+    for n in range(3):
+        backend.send_message("kept", f"fresh-{n}")
+    backend.send_message("kept", "stale")  # last: moto stops receiving at an expired message
+    stale = next(message for message in backend.get_queue("kept")._messages if message.body == "stale")
+    stale.sent_timestamp -= 120_000  # ms: sent two minutes ago, kept for one
+
+    def no_attributes(self):
+        raise AssertionError("a receive computed the queue's attributes")
+
+    monkeypatch.setattr(Queue, "attributes", property(no_attributes))
+    received = backend.receive_message("kept", 10, 0, 60)
+    assert sorted(message.body for message in received) == ["fresh-0", "fresh-1", "fresh-2"]
