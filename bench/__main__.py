@@ -214,13 +214,15 @@ def measure_expand(results: Results, state: stack.StatePaths, config: Config, wo
             run = runs.run_worker(state, "expand", request_id, capture=capture)
             if size == config.floor_size:
                 calls = captured_calls(work / f"expand-{size}.pickle")
-                table = floors.copy_table(dynamodb, email_table)
+                table, queues = floors.copy_table(dynamodb, email_table), floors.copy_queues(sqs, calls)
                 concurrency = max(1, run["peak_in_flight"])
                 cpu = CpuSpan(state)
                 cpu.start()
-                floor.append(floors.write_floor(dynamodb, sqs, calls, email_table, table, concurrency))
+                floor.append(floors.write_floor(dynamodb, sqs, calls, email_table, table, queues, concurrency))
                 results.notes.setdefault("expand cpu", []).append((run["cpu_seconds"], cpu.stop()))
                 dynamodb.delete_table(TableName=table)
+                for url in queues.values():
+                    sqs.delete_queue(QueueUrl=url)
                 results.notes["write floor concurrency"] = concurrency
             if run["status"] != "processed":
                 raise RuntimeError(f"an expansion of {size:,} recipients ended {run['status']!r}")

@@ -5,7 +5,9 @@
 - Write floor: the BatchWriteItem and SendMessageBatch calls an expansion made (captured: the
   same items, the same message bodies, in the same order), replayed with as many calls in flight
   as the expansion had at its peak; the items go to a fresh copy of the email table (same keys,
-  same index, same stream), so that every write is a new item as the expansion's were.
+  same index, same stream), so that every write is a new item as the expansion's were, and the
+  messages to fresh queues (copy_queues), so that the replay leaves nothing in the stack's
+  queues: a replayed plan or chunk task would otherwise be the next expansion's work.
 - Bare stream: a PutItem until its record is read from the table's stream (GetRecords polled
   every POLL_SECONDS).
 """
@@ -61,23 +63,37 @@ def copy_table(dynamodb, table: str) -> str:
     return name
 
 
+def copy_queues(sqs, captured: list[tuple[str, dict]]) -> dict[str, str]:
+    """A new empty queue for each queue the captured SendMessageBatches wrote: {url: its copy's url}."""
+    urls = sorted({params["QueueUrl"] for operation, params in captured if operation == "SendMessageBatch"})
+    suffix = uuid.uuid4().hex[:8]
+    return {url: sqs.create_queue(QueueName=f"{url.rsplit('/', 1)[-1]}-floor-{suffix}")["QueueUrl"] for url in urls}
+
+
 def _batch_write(dynamodb, request_items: dict) -> None:
     while request_items:
         request_items = dynamodb.batch_write_item(RequestItems=request_items).get("UnprocessedItems") or {}
 
 
 def write_floor(
-    dynamodb, sqs, captured: list[tuple[str, dict]], email_table: str, floor_table: str, concurrency: int
+    dynamodb,
+    sqs,
+    captured: list[tuple[str, dict]],
+    email_table: str,
+    floor_table: str,
+    floor_queues: dict[str, str],
+    concurrency: int,
 ) -> float:
     """Seconds to make the captured writes again, ``concurrency`` in flight: the email table's
-    BatchWriteItems into ``floor_table``, the SendMessageBatches as they were."""
+    BatchWriteItems into ``floor_table``, the SendMessageBatches into ``floor_queues``' copies."""
     calls: list[Callable[[], Any]] = []
     for operation, params in captured:
         if operation == "BatchWriteItem" and email_table in params["RequestItems"]:
             items = {floor_table: params["RequestItems"][email_table]}
             calls.append(lambda items=items: _batch_write(dynamodb, items))
         elif operation == "SendMessageBatch":
-            calls.append(lambda p=params: sqs.send_message_batch(**p))
+            moved = {**params, "QueueUrl": floor_queues[params["QueueUrl"]]}
+            calls.append(lambda p=moved: sqs.send_message_batch(**p))
     return _replay(calls, concurrency)
 
 

@@ -71,3 +71,19 @@ def test_a_small_request_is_delivered_in_seconds_while_a_bulk_one_expands_in_chu
     reconciliation = status["reconciliation"]
     assert reconciliation["emails"] == ADDRESSED and reconciliation["balanced"]
     assert status["stuck"] == []
+
+
+def test_a_plan_on_dynamodb_local_counts_chunks_across_pages_cut_at_1_mb(store):
+    # given 60 recipients of about 100 KB each (DynamoDB Local ends a page after 1 MB read), and
+    # 50 small ones whose count is a multiple of the chunk (a page ends exactly at its Limit)
+    large, small = "r-plan-large", "r-plan-small"
+    big = [f"u{i:010d}" for i in range(1, 61)]
+    store.put_recipients(
+        store.models.EmailRequest(large, key, user_id=n, vars={"notes": "x" * 100_000}) for n, key in enumerate(big, 1)
+    )
+    keys = [f"u{i:010d}" for i in range(1, 51)]
+    store.put_recipients(store.models.EmailRequest(small, key, user_id=n) for n, key in enumerate(keys, 1))
+    # when each is planned, then every chunk holds the chunk size, the last the rest
+    assert store.chunk_ends(large, 25) == ([big[24], big[49], big[59]], 60)
+    assert store.chunk_ends(small, 25) == ([keys[24], keys[49]], 50)
+    assert store.chunk_ends(small, 7) == ([keys[n] for n in range(6, 50, 7)] + [keys[49]], 50)

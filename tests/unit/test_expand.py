@@ -1,6 +1,6 @@
 """Expanding a request: one TextOfEmail per address, idempotent, resumable, failing cleanly."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
@@ -11,7 +11,7 @@ from dbmail.core.clock import utcnow
 from dbmail.core.errors import ExpansionIncomplete
 from dbmail.core.models import bind_models
 from dbmail.core.settings import Settings
-from dbmail.core.statuses import RequestStatus
+from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing.emails import message_ref_for
 from dbmail.outgoing.expand import BATCH_RECIPIENTS, RECIPIENT_FIELDS, Outcome, prepare
 from dbmail.outgoing.queue import QueuedEmail
@@ -292,3 +292,42 @@ def test_a_prepared_request_renders_each_recipient_as_its_unbound_templates_do()
         assert prepared.render(item)[1:] == unbound.render(context)
     # and the shared names were rendered once, when the request was prepared
     assert {part[0] for part in prepared.compiled.body_template.parts if type(part) is not str} == {"user"}
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"user_id": 7, "subject": "Hi", "sent_by": None, "error": None},
+        {"user_id": None, "subject": "", "status": EmailStatus.FAILED, "error": "TemplateInvalid: x"},
+        {"user_id": 12345678901, "subject": "Zoë", "sent_by": datetime(2026, 11, 28, 9, 30, tzinfo=UTC), "tries": 2},
+        {"user_id": 3, "feedback_events": {"e1", "e2"}, "queued_at": datetime(2026, 12, 1, 23, 59, 59)},
+    ],
+)
+def test_a_new_email_is_the_item_pynamodb_would_write(moto_stack, attributes):
+    # given the attributes the expansion gives a new email
+    store = Store(moto_stack.settings)
+    given = {
+        "request_id": "r1",
+        "email_key": "u0000000007.0",
+        "recipient_key": "u0000000007",
+        "send_to": "Zoë <zoe@example.net>",
+        "send_from": "Splash <splash@example.org>",
+        "created_at": datetime(2026, 11, 1, tzinfo=UTC),
+        "queued_at": utcnow(),
+        **attributes,
+    }
+    # when the store builds its item without the model, then it is the model's own serialization
+    email = store.new_email(**given)
+    model = store.models.TextOfEmail(**{**given, "message_ref": email.item["message_ref"]["S"]})
+    assert email.item == model.serialize()
+    assert (email.request_id, email.email_key, email.status) == ("r1", "u0000000007.0", model.status)
+
+
+def test_a_new_email_refuses_what_the_model_would(moto_stack):
+    store = Store(moto_stack.settings)
+    with pytest.raises(ValueError, match="no attributes"):
+        store.new_email(request_id="r1", email_key="k", bogus=1)
+    with pytest.raises(ValueError, match="send_to cannot be None"):
+        store.new_email(
+            request_id="r1", email_key="k", recipient_key="k", send_from="a@example.org", created_at=utcnow()
+        )

@@ -16,7 +16,7 @@ from dbmail.core.clock import utcnow
 from dbmail.core.errors import ExpansionIncomplete
 from dbmail.core.statuses import RequestStatus
 from dbmail.outgoing import expand
-from dbmail.outgoing.expand import ExpandTask, Outcome, is_priority, plan_chunks
+from dbmail.outgoing.expand import ExpandTask, Outcome, is_priority
 from dbmail.outgoing.queue import QueuedEmail
 from dbmail.outgoing.store import Store
 from tests.conftest import drain, function_settings
@@ -249,17 +249,32 @@ def test_a_task_survives_its_message_body():
         assert ExpandTask.from_body(task.to_body()) == task
 
 
-@pytest.mark.parametrize(
-    ("keys", "size", "ends", "count"),
-    [
-        ([], 3, [], 0),
-        (["a", "b"], 3, ["b"], 2),
-        (["a", "b", "c"], 3, ["c"], 3),
-        (["a", "b", "c", "d", "e", "f", "g"], 3, ["c", "f", "g"], 7),
-    ],
-)
-def test_a_plan_ends_a_chunk_every_size_keys_and_at_the_last(keys, size, ends, count):
-    assert plan_chunks(iter(keys), size) == (ends, count)
+@pytest.mark.parametrize(("recipients", "size"), [(0, 3), (2, 3), (3, 3), (7, 3), (9, 3), (10, 1)])
+def test_a_plan_ends_a_chunk_every_size_recipients_and_at_the_last(moto_stack, recipients, size):
+    # given a request's recipients stored (no request item is needed to count them)
+    rid = "r-plan"
+    keys = [f"u{i:010d}" for i in range(1, recipients + 1)]
+    store = Store(moto_stack.settings)
+    store.put_recipients(
+        store.models.EmailRequest(rid, key, user_id=n, email=f"user{n}@example.net") for n, key in enumerate(keys, 1)
+    )
+    # when the plan counts them, then each chunk ends at every size-th key and at the last
+    expected = [keys[n] for n in range(size - 1, recipients, size)]
+    if recipients % size:
+        expected.append(keys[-1])
+    assert store.chunk_ends(rid, size) == (expected, recipients)
+
+
+def test_a_plan_counts_on_where_a_page_of_large_recipients_stopped_at_1_mb(moto_stack):
+    # given 30 recipients of about 100 KB each: DynamoDB stops a page after 1 MB read, mid-chunk
+    rid = "r-large"
+    keys = [f"u{i:010d}" for i in range(1, 31)]
+    store = Store(moto_stack.settings)
+    store.put_recipients(
+        store.models.EmailRequest(rid, key, user_id=n, vars={"notes": "x" * 100_000}) for n, key in enumerate(keys, 1)
+    )
+    # when the plan counts them in chunks of 25, then the chunks are still 25 and 5
+    assert store.chunk_ends(rid, 25) == ([keys[24], keys[29]], 30)
 
 
 @pytest.mark.parametrize(

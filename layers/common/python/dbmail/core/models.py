@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 from botocore.config import Config
 from pynamodb.attributes import (
@@ -272,6 +273,35 @@ def get_or_none(model: type[Model], hash_key, range_key=None) -> Model | None:
         return model.get(hash_key, range_key, consistent_read=True)
     except model.DoesNotExist:
         return None
+
+
+@lru_cache(maxsize=16)
+def _item_fields(model: type[Model]) -> dict[str, Attribute]:
+    return dict(model.get_attributes())
+
+
+def item_of(model: type[Model], attributes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The DynamoDB item ``model(**attributes).serialize()`` gives, without the model: building
+    and serializing one costs about 50 microseconds, most of an expansion's own CPU per email.
+    Defaults fill what is not given; a None is left out; a required attribute missing or an
+    unknown one is an error, as in PynamoDB."""
+    fields = _item_fields(model)
+    unknown = attributes.keys() - fields.keys()
+    if unknown:
+        raise ValueError(f"{model.__name__} has no attributes {sorted(unknown)}")
+    item: dict[str, dict[str, Any]] = {}
+    for name, attribute in fields.items():
+        if name in attributes:
+            value = attributes[name]
+        else:
+            value = attribute.default() if callable(attribute.default) else attribute.default
+        serialized = None if value is None else attribute.serialize(value)
+        if serialized is None:
+            if not attribute.null:
+                raise ValueError(f"{model.__name__}.{name} cannot be None")
+            continue
+        item[attribute.attr_name] = {attribute.attr_type: serialized}
+    return item
 
 
 # What PynamoDB's clients are created with, beside its own options: the fixed User-Agent.

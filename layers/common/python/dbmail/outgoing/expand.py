@@ -7,11 +7,12 @@ re-checks the one batch that may have been half done. The request's lease keeps 
 trigger and the schedule from working on it at once.
 
 A bulk request (above BULK_THRESHOLD) is handed to the expand_chunk function instead, so that
-it never holds a stream shard: a ``plan`` message reads its keys once, checks the count, cuts
-them into chunks of CHUNK_SIZE and queues one message per chunk; each chunk is expanded by its
-own invocation under its own lease, and its counts are added to the request's once. The update
-that counts the last chunk finishes the request. A chunk whose lease existed before it was
-taken may be half done, so it is expanded carefully: an email that exists keeps its status.
+it never holds a stream shard: a ``plan`` message counts its recipients a chunk (CHUNK_SIZE)
+at a time, keeping only each chunk's last key, checks the count, and queues one message per
+chunk; each chunk is expanded by its own invocation under its own lease, and its counts are
+added to the request's once. The update that counts the last chunk finishes the request. A
+chunk whose lease existed before it was taken may be half done, so it is expanded carefully:
+an email that exists keeps its status.
 
 Idempotent and resumable either way: email keys are deterministic, and a put never replaces an
 email already claimed or sent. The expire sweep queues again a bulk request's plan or chunks
@@ -120,18 +121,6 @@ class ExpandTask:
         data = json.loads(body)
         chunk = data.get("chunk")
         return cls(request_id=str(data["request_id"]), chunk=None if chunk is None else int(chunk))
-
-
-def plan_chunks(keys: Iterable[str], size: int) -> tuple[list[str], int]:
-    """The last key of each run of ``size`` keys (and of the rest), and how many keys there were."""
-    ends: list[str] = []
-    count, last = 0, None
-    for count, last in enumerate(keys, 1):
-        if count % size == 0:
-            ends.append(last)
-    if count % size:
-        ends.append(last)
-    return ends, count
 
 
 def chunk_range(ends: list[str], chunk: int) -> tuple[str | None, str]:
@@ -346,8 +335,8 @@ class Expander:
         return self.expand_chunk(task.request_id, task.chunk, time_left)
 
     def plan(self, request_id: str) -> Outcome:
-        """Cut a bulk request into chunks and queue one message per chunk. The keys are read once
-        (keys only) and counted before any email exists. A plan made already (a message
+        """Cut a bulk request into chunks and queue one message per chunk. The recipients are
+        counted before any email exists (Store.chunk_ends). A plan made already (a message
         delivered twice, a plan that died part-way) is not made again: its chunks not yet
         started are queued again."""
         now = self.clock()
@@ -356,7 +345,7 @@ class Expander:
             return request
         if request.chunk_ends is not None:
             return self.resume_chunks(request, now)
-        ends, found = plan_chunks(self.store.recipient_keys(request_id, page_size=CHUNK_SIZE), CHUNK_SIZE)
+        ends, found = self.store.chunk_ends(request_id, CHUNK_SIZE)
         if found != int(request.recipient_count or 0):
             return self._fail(request_id, self.clock(), _count_mismatch(request, found))
         if not self.store.save_plan(request_id, ends):

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.constants import ALL_OLD, NONE, UPDATED_NEW
-from pynamodb.exceptions import AttributeDeserializationError, UpdateError
+from pynamodb.constants import (
+    ALL_OLD,
+    COUNT,
+    ITEM,
+    LAST_EVALUATED_KEY,
+    NONE,
+    PUT_REQUEST,
+    UNPROCESSED_ITEMS,
+    UPDATED_NEW,
+)
+from pynamodb.exceptions import AttributeDeserializationError, PutError, UpdateError
 from pynamodb.expressions.condition import size
 
 from dbmail.core.clock import format_datetime
@@ -20,6 +31,7 @@ from dbmail.core.models import (
     TextOfEmailBase,
     bind_models,
     get_or_none,
+    item_of,
 )
 from dbmail.core.parallel import each_at_once
 from dbmail.core.settings import Settings
@@ -40,6 +52,16 @@ MARK_SENT_STATEMENT = (
     'UPDATE "{t}" SET "status"=? SET "sent"=? SET "provider_message_id"=? SET "message_id"=? '
     'REMOVE "msgtext" REMOVE "error" REMOVE "claimed_until" WHERE "request_id"=? AND "email_key"=?'
 )
+
+
+@dataclass(frozen=True, slots=True)
+class NewEmail:
+    """A TextOfEmail not yet written, as the put sends it (``item``, item_of's)."""
+
+    request_id: str
+    email_key: str
+    status: str
+    item: dict[str, dict[str, Any]]
 
 
 def _string(value: str) -> dict[str, str]:
@@ -285,14 +307,32 @@ class Store:
             return (recipient for recipient in recipients if recipient.recipient_key != after)
         return recipients
 
-    def recipient_keys(self, request_id: str, page_size: int) -> Iterator[str]:
-        """Every recipient_key in order, keys only. ``page_size`` bounds each call: DynamoDB
-        Local reads all the rest of the partition for a page without a Limit."""
-        Recipient = self.models.EmailRequest
-        found = Recipient.query(
-            request_id, consistent_read=True, attributes_to_get=["recipient_key"], page_size=page_size
-        )
-        return (recipient.recipient_key for recipient in found)
+    def chunk_ends(self, request_id: str, size: int) -> tuple[list[str], int]:
+        """The last recipient_key of each run of ``size`` recipients in key order (and of the
+        rest), and how many recipients there are. Each run is counted (Select COUNT, Limit: the
+        run's rest), so that only a run's last key crosses the wire; DynamoDB ends a page at 1 MB
+        read, and the run's count then goes on from where it stopped. The last run's last key,
+        when no page ended there (a short run, or an emulator that ends a query at its Limit
+        without a LastEvaluatedKey), comes from one reverse read of one key."""
+        table = self.models.EmailRequest._get_connection()
+        ends: list[str] = []
+        count, start = 0, None
+        while True:
+            page = table.query(
+                request_id, consistent_read=True, select=COUNT, limit=size - count % size, exclusive_start_key=start
+            )
+            count += page["Count"]
+            start = page.get(LAST_EVALUATED_KEY)
+            if start is None:
+                break
+            if page["Count"] and count % size == 0:
+                ends.append(start["recipient_key"]["S"])
+        if len(ends) < -(-count // size):
+            last = table.query(
+                request_id, consistent_read=True, limit=1, scan_index_forward=False, attributes_to_get=["recipient_key"]
+            )
+            ends.append(last["Items"][0]["recipient_key"]["S"])
+        return ends, count
 
     def put_recipients(self, recipients: Iterable[EmailRequestBase]) -> None:
         with self.models.EmailRequest.batch_write() as batch:
@@ -309,24 +349,33 @@ class Store:
         return get_or_none(self.models.EmailRequest, request_id, recipient_key)
 
     # ---- TextOfEmail ------------------------------------------------------------------
-    def new_email(self, **attributes) -> TextOfEmailBase:
+    def new_email(self, **attributes) -> NewEmail:
         """A new email item; its message_ref is set now, so that the ByMessageRef index is
         written once, with the put (the claim then finds it there)."""
         attributes.setdefault("message_ref", message_ref_for(attributes["request_id"], attributes["email_key"]))
-        return self.models.TextOfEmail(**attributes)
+        item = item_of(self.models.TextOfEmail, attributes)
+        return NewEmail(attributes["request_id"], attributes["email_key"], item["status"]["S"], item)
 
-    def put_emails(self, emails: Iterable[TextOfEmailBase]) -> None:
-        """Batch-write new emails: 25 per call (PynamoDB retries unprocessed items), the calls a
-        few at a time (each_at_once)."""
+    def put_emails(self, emails: Iterable[NewEmail]) -> None:
+        """Batch-write new emails: 25 per call, the calls a few at a time (each_at_once)."""
         emails = list(emails)
         each_at_once(
             self._write_emails, [emails[n : n + WRITES_PER_CALL] for n in range(0, len(emails), WRITES_PER_CALL)]
         )
 
-    def _write_emails(self, emails: list[TextOfEmailBase]) -> None:
-        with self.models.TextOfEmail.batch_write() as batch:
-            for email in emails:
-                batch.save(email)
+    def _write_emails(self, emails: list[NewEmail]) -> None:
+        """One BatchWriteItem, and again for what DynamoDB left unprocessed (its throttling), as
+        PynamoDB's batch_write does: up to the model's max_retry_attempts calls."""
+        model = self.models.TextOfEmail
+        table = model._get_connection()
+        items = [email.item for email in emails]
+        for _ in range(model.Meta.max_retry_attempts):
+            response = table.batch_write_item(put_items=items)
+            unprocessed = response.get(UNPROCESSED_ITEMS, {}).get(model.Meta.table_name)
+            if not unprocessed:
+                return
+            items = [entry[PUT_REQUEST][ITEM] for entry in unprocessed]
+        raise PutError(f"Failed to batch write items: {len(items)} of {len(emails)} left unprocessed")
 
     def email_statuses(self, request_id: str, email_keys: Iterable[str]) -> dict[str, str]:
         """Status of those emails that exist, for a resumed expansion's first chunk."""
