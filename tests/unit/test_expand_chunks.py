@@ -17,7 +17,7 @@ from dbmail.core.errors import ExpansionIncomplete
 from dbmail.core.statuses import RequestStatus
 from dbmail.outgoing import expand
 from dbmail.outgoing.expand import ExpandTask, Outcome, is_priority
-from dbmail.outgoing.queue import QueuedEmail
+from dbmail.outgoing.queue import QueuedEmail, SendQueue
 from dbmail.outgoing.store import Store
 from tests.conftest import drain, function_settings
 from tests.unit.test_expand import submit
@@ -138,6 +138,32 @@ def test_a_chunk_stopped_part_way_is_done_again_carefully_and_a_sent_email_stays
     assert store.email_status_counts(rid) == {"sent": 1, "queued": 2}
     assert sorted(e.email_key for e in queued_emails(bulk)) == [f"{KEYS[1]}#0", f"{KEYS[2]}#0"]
     # and the chunk is counted once, whole
+    assert request_status(rid)["emails"] == 3
+
+
+def test_a_chunk_whose_queueing_failed_behind_its_next_batch_is_not_counted_and_is_done_again(bulk, monkeypatch):
+    monkeypatch.setattr(expand, "BATCH_RECIPIENTS", 1)
+    rid = planned(bulk)
+    # given SQS that refuses the second batch's emails (queued while the third renders and writes)
+    enqueue, calls = SendQueue.enqueue, []
+
+    def refusing_the_second(self, emails):
+        calls.append(len(emails))
+        if len(calls) == 2:
+            raise ConnectionError("SQS refused the batch")
+        return enqueue(self, emails)
+
+    monkeypatch.setattr(SendQueue, "enqueue", refusing_the_second)
+    # when chunk 0 is expanded, then it fails, uncounted, with no queueing left in flight
+    with pytest.raises(ConnectionError):
+        chunk_expander().expand_chunk(rid, 0, time_left=lambda: float("inf"))
+    assert calls == [1, 1] and request_status(rid)["emails"] == 0
+    assert [e.email_key for e in queued_emails(bulk)] == [f"{KEYS[0]}#0"]
+    # when its message comes back (the lease was let go), then every email of the chunk is
+    # queued and the chunk counted once, whole
+    monkeypatch.setattr(SendQueue, "enqueue", enqueue)
+    assert chunk_expander().run_task(ExpandTask(rid, 0)) == Outcome.CHUNK_DONE
+    assert sorted(e.email_key for e in queued_emails(bulk)) == [f"{key}#0" for key in KEYS[:3]]
     assert request_status(rid)["emails"] == 3
 
 

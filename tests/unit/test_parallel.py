@@ -1,6 +1,7 @@
 """each_at_once: an expansion batch's independent calls overlap, a few at a time, and an error
 is raised only once none of the batch is still in flight. pooled: the threads are kept for the
-next caller, lent to one caller at a time, and hold each caller's own bound."""
+next caller, lent to one caller at a time, and hold each caller's own bound. one_behind: an
+expansion queues a batch while it renders and writes the next, one batch's sends at a time."""
 
 import threading
 import time
@@ -8,7 +9,7 @@ from concurrent.futures import wait
 
 import pytest
 
-from dbmail.core.parallel import each_at_once, pooled
+from dbmail.core.parallel import each_at_once, one_behind, pooled
 
 
 def test_the_calls_overlap_up_to_the_limit_and_the_results_keep_their_order():
@@ -123,3 +124,61 @@ def test_callers_at_once_each_get_a_pool_of_their_own():
     for t in threads:
         t.join()
     assert results == [[None] * 5, [None] * 5]
+
+
+def test_one_behind_runs_each_call_while_the_caller_goes_on_one_at_a_time_in_order():
+    # given calls that each wait until the test lets them finish
+    gates = [threading.Event() for _ in range(3)]
+    started, done = [], []
+
+    def call(n: int) -> None:
+        started.append(n)
+        gates[n].wait(5)
+        done.append(n)
+
+    with one_behind(call, "test-one-behind") as start:
+        # when the first is started, then the caller goes on while it runs
+        start(0)
+        assert done == [] and gates[0].wait(0) is False
+        # when the next is started, then it waits for the one before, and only then runs
+        gates[0].set()
+        start(1)
+        assert done == [0]
+        gates[1].set()
+        start(2)
+        assert done == [0, 1]
+        gates[2].set()
+    # and leaving waited for the last: each ran alone, in order
+    assert started == done == [0, 1, 2]
+
+
+def test_one_behind_raises_a_calls_error_at_the_next_start_or_on_leaving():
+    def call(n: int) -> None:
+        if n == 1:
+            raise ConnectionError("SQS refused the batch")
+
+    # given a call that fails: the next start raises its error
+    with pytest.raises(ConnectionError), one_behind(call, "test-one-behind") as start:
+        start(0)
+        start(1)
+        start(2)
+    # and a last call that fails: leaving raises it
+    with pytest.raises(ConnectionError), one_behind(call, "test-one-behind") as start:
+        start(0)
+        start(1)
+
+
+def test_one_behind_leaves_nothing_running_when_the_block_fails_and_raises_the_blocks_error():
+    finished = threading.Event()
+
+    def call(n: int) -> None:
+        time.sleep(0.1)
+        finished.set()
+        raise ConnectionError("a later error, not the one raised")
+
+    # when the block fails while a call is in flight
+    with pytest.raises(ValueError, match="render limit"), one_behind(call, "test-one-behind") as start:
+        start(0)
+        raise ValueError("render limit")
+    # then the call had finished before the block's own error was raised
+    assert finished.is_set()

@@ -60,3 +60,28 @@ def each_at_once(call: Callable[[T], R], items: Sequence[T], in_flight: int = CA
         futures = [submit(call, item) for item in items]
         wait(futures)
     return [future.result() for future in futures]
+
+
+@contextmanager
+def one_behind(call: Callable[[T], object], name: str) -> Iterator[Callable[[T], None]]:
+    """``start(item)`` runs ``call(item)`` on a thread while the caller goes on with its next
+    item: each start, and leaving, first waits for the call before (raising its error), so
+    the calls run one at a time, in order, and none is left running after the block."""
+    pending: list[Future] = []
+
+    def finish() -> None:
+        while pending:
+            pending.pop().result()
+
+    with pooled(1, name) as submit:
+
+        def start(item: T) -> None:
+            finish()
+            pending.append(submit(call, item))
+
+        try:
+            yield start
+        except BaseException:
+            wait(pending)  # the block's own error is the one raised
+            raise
+        finish()

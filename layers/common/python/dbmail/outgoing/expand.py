@@ -34,6 +34,7 @@ from aws_lambda_powertools import Logger
 from dbmail.core.addresses import check_sender, check_special_headers, format_address
 from dbmail.core.clock import parse_datetime, utcnow
 from dbmail.core.errors import ExpansionIncomplete, RequestInvalid, TemplateInvalid, TemplateLimitExceeded
+from dbmail.core.parallel import one_behind
 from dbmail.core.settings import Settings
 from dbmail.core.statuses import EmailStatus, RequestStatus
 from dbmail.outgoing import render as rendering
@@ -392,18 +393,22 @@ class Expander:
         counts = Counts()
         budget = request_render_budget(int(request.recipient_count)) - float(request.render_seconds or 0)
         try:
-            for batch in _batches(
-                self.store.iter_recipients(request_id, after=after, through=through), BATCH_RECIPIENTS
-            ):
-                self._expand_batch(
-                    prepared,
-                    batch,
-                    counts,
-                    careful=started_before,
-                    budget=budget,
-                    out_of_time=lambda: time_left() < SAFETY_MARGIN_SECONDS,
-                )
-                counts.recipients += len(batch)
+            # a batch's emails are queued while the next batch renders and writes: the chunk is
+            # counted only after the last batch's are (leaving one_behind waits for them)
+            with one_behind(self.queue.enqueue, "enqueue") as enqueue:
+                for batch in _batches(
+                    self.store.iter_recipients(request_id, after=after, through=through), BATCH_RECIPIENTS
+                ):
+                    self._expand_batch(
+                        prepared,
+                        batch,
+                        counts,
+                        careful=started_before,
+                        budget=budget,
+                        out_of_time=lambda: time_left() < SAFETY_MARGIN_SECONDS,
+                        enqueue=enqueue,
+                    )
+                    counts.recipients += len(batch)
         except TemplateLimitExceeded as exc:
             return self._fail(request_id, self.clock(), exc)
         except Exception:
@@ -465,10 +470,12 @@ class Expander:
         careful: bool,
         budget: float,
         out_of_time: Callable[[], bool],
+        enqueue: Callable[[list[QueuedEmail]], object] | None = None,
     ) -> None:
-        """Render, write and queue one batch. A broken render limit, or the request's rendering
-        time passing ``budget``, raises TemplateLimitExceeded before anything of the batch is
-        written. The items hold no body: it travels in the send message."""
+        """Render, write and queue one batch (``enqueue``: the send queue's, unless given). A
+        broken render limit, or the request's rendering time passing ``budget``, raises
+        TemplateLimitExceeded before anything of the batch is written. The items hold no body:
+        it travels in the send message, queued only once its item is written."""
         emails = []
         bodies: dict[str, tuple[str, str]] = {}
         now = self.clock()
@@ -526,7 +533,7 @@ class Expander:
                     email.request_id, email.email_key, subject=subject, msgtext=body, priority=prepared.priority
                 )
             )
-        self.queue.enqueue(queued)
+        (enqueue or self.queue.enqueue)(queued)
         counts.emails += sum(1 for e in emails if e.status == EmailStatus.QUEUED)
 
     def _email(
