@@ -41,7 +41,8 @@ of their own per run (`bench/worker.py`), so the AWS calls and the peak RSS
   Floor: the `BatchWriteItem` and
   `SendMessageBatch` calls that expansion made (the same items, the same message bodies, in
   order), replayed into a fresh copy of the email table (same keys, index and stream: every
-  write a new item) and the same queues, with as many calls in flight as the expansion had at
+  write a new item) and fresh queues (a plan or chunk task replayed into the stack's own queue
+  would be the next expansion's work), with as many calls in flight as the expansion had at
   its peak. Ratio: floor seconds / dbmail seconds.
 - **render vs the original.** dbmail: the request prepared once (`outgoing/expand.prepare`)
   and each recipient rendered, as the expansion does. The original's path: Django's
@@ -197,7 +198,7 @@ HTML body, each run in its own process.
 Peak RSS is the worker's `VmHWM` (it catches a short spike). Not `ru_maxrss`: Linux carries
 that over exec from the forking process, so a worker started by the bench reported the bench's
 own RSS whenever it was larger (the erratic 225-351 MiB of earlier runs). The plateau is the
-median RSS over the run's second half, sampled every 50 ms.
+median RSS over the run's second half, sampled every 10 ms.
 
 ![emails queued per second and peak RSS against recipients]({PLOT})
 

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from pynamodb.exceptions import PutError
 
 from dbmail import wiring
 from dbmail.client import request_status, submit_request
@@ -331,3 +332,56 @@ def test_a_new_email_refuses_what_the_model_would(moto_stack):
         store.new_email(
             request_id="r1", email_key="k", recipient_key="k", send_from="a@example.org", created_at=utcnow()
         )
+
+
+def _emails(store: Store, n: int) -> list:
+    now = utcnow()
+    return [
+        store.new_email(
+            request_id="r-unprocessed",
+            email_key=f"u{i:010d}#0",
+            recipient_key=f"u{i:010d}",
+            send_to=f"user{i}@example.net",
+            send_from="splash@example.org",
+            created_at=now,
+            queued_at=now,
+        )
+        for i in range(n)
+    ]
+
+
+def test_emails_dynamodb_leaves_unprocessed_are_written_again_after_a_pause(moto_stack, monkeypatch):
+    # given DynamoDB leaving the last 5 items of each of the first two calls unprocessed (throttled)
+    store = Store(moto_stack.settings)
+    table = store.models.TextOfEmail._get_connection()
+    write, calls, pauses = type(table).batch_write_item, [], []
+
+    def throttled(self, put_items=None, **kwargs):
+        calls.append(len(put_items))
+        if len(calls) > 2:
+            return write(self, put_items=put_items, **kwargs)
+        write(self, put_items=put_items[:-5], **kwargs)
+        left = [{"PutRequest": {"Item": item}} for item in put_items[-5:]]
+        return {"UnprocessedItems": {self.table_name: left}}
+
+    monkeypatch.setattr(type(table), "batch_write_item", throttled)
+    monkeypatch.setattr("dbmail.outgoing.store.time.sleep", pauses.append)
+    # when 25 emails are put, then the rest is written again, pausing longer each time
+    store.put_emails(_emails(store, 25))
+    assert calls == [25, 5, 5] and pauses == [0.05, 0.1]
+    assert store.email_status_counts("r-unprocessed") == {"queued": 25}
+
+
+def test_emails_left_unprocessed_after_every_attempt_fail_the_put(moto_stack, monkeypatch):
+    store = Store(moto_stack.settings)
+    table = store.models.TextOfEmail._get_connection()
+    monkeypatch.setattr(
+        type(table),
+        "batch_write_item",
+        lambda self, put_items=None, **kw: {
+            "UnprocessedItems": {self.table_name: [{"PutRequest": {"Item": i}} for i in put_items]}
+        },
+    )
+    monkeypatch.setattr("dbmail.outgoing.store.time.sleep", lambda seconds: None)
+    with pytest.raises(PutError, match="25 of 25 left unprocessed"):
+        store.put_emails(_emails(store, 25))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from dbmail.outgoing.emails import message_ref_for
 MAX_ERROR_CHARS = 1000
 STATEMENTS_PER_CALL = 25  # BatchExecuteStatement's limit
 WRITES_PER_CALL = 25  # BatchWriteItem's limit
+UNPROCESSED_PAUSE_SECONDS = 0.05  # before the first retry of items a BatchWriteItem left unprocessed; doubles
 CONDITION_FAILED = "ConditionalCheckFailed"  # a PartiQL statement's condition did not hold
 # The claim and the record of a send, for a batch of emails at once (PartiQL; ``{t}`` is the
 # table, each ``?`` a parameter in the order claim_emails and mark_sent_many give them).
@@ -364,12 +366,15 @@ class Store:
         )
 
     def _write_emails(self, emails: list[NewEmail]) -> None:
-        """One BatchWriteItem, and again for what DynamoDB left unprocessed (its throttling), as
-        PynamoDB's batch_write does: up to the model's max_retry_attempts calls."""
+        """One BatchWriteItem, and again for what DynamoDB left unprocessed (its throttling),
+        after a growing pause, up to the model's max_retry_attempts calls; then PutError (the
+        invocation fails and its message comes back: a put never replaces a claimed email)."""
         model = self.models.TextOfEmail
         table = model._get_connection()
         items = [email.item for email in emails]
-        for _ in range(model.Meta.max_retry_attempts):
+        for attempt in range(model.Meta.max_retry_attempts):
+            if attempt:
+                time.sleep(UNPROCESSED_PAUSE_SECONDS * 2 ** (attempt - 1))
             response = table.batch_write_item(put_items=items)
             unprocessed = response.get(UNPROCESSED_ITEMS, {}).get(model.Meta.table_name)
             if not unprocessed:
