@@ -177,8 +177,11 @@ def test_one_behind_leaves_nothing_running_when_the_block_fails_and_raises_the_b
         raise ConnectionError("a later error, not the one raised")
 
     # when the block fails while a call is in flight
-    with pytest.raises(ValueError, match="render limit"), one_behind(call, "test-one-behind") as start:
+    with pytest.raises(ValueError, match="render limit") as caught, one_behind(call, "test-one-behind") as start:
         start(0)
         raise ValueError("render limit")
-    # then the call had finished before the block's own error was raised
+    # then the call had finished before the block's own error was raised, and its error goes with it
     assert finished.is_set()
+    assert caught.value.__notes__ == [
+        "and the call in flight failed: ConnectionError('a later error, not the one raised')"
+    ]

@@ -81,7 +81,10 @@ def one_behind(call: Callable[[T], object], name: str) -> Iterator[Callable[[T],
 
         try:
             yield start
-        except BaseException:
-            wait(pending)  # the block's own error is the one raised
+        except BaseException as exc:
+            wait(pending)  # the block's own error is the one raised; the call's, if any, goes with it
+            for future in pending:
+                if future.exception() is not None:
+                    exc.add_note(f"and the call in flight failed: {future.exception()!r}")
             raise
         finish()

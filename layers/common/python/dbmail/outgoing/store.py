@@ -60,10 +60,19 @@ MARK_SENT_STATEMENT = (
 class NewEmail:
     """A TextOfEmail not yet written, as the put sends it (``item``, item_of's)."""
 
-    request_id: str
-    email_key: str
-    status: str
     item: dict[str, dict[str, Any]]
+
+    @property
+    def request_id(self) -> str:
+        return self.item["request_id"]["S"]
+
+    @property
+    def email_key(self) -> str:
+        return self.item["email_key"]["S"]
+
+    @property
+    def status(self) -> str:
+        return self.item["status"]["S"]
 
 
 def _string(value: str) -> dict[str, str]:
@@ -355,8 +364,7 @@ class Store:
         """A new email item; its message_ref is set now, so that the ByMessageRef index is
         written once, with the put (the claim then finds it there)."""
         attributes.setdefault("message_ref", message_ref_for(attributes["request_id"], attributes["email_key"]))
-        item = item_of(self.models.TextOfEmail, attributes)
-        return NewEmail(attributes["request_id"], attributes["email_key"], item["status"]["S"], item)
+        return NewEmail(item_of(self.models.TextOfEmail, attributes))
 
     def put_emails(self, emails: Iterable[NewEmail]) -> None:
         """Batch-write new emails: 25 per call, the calls a few at a time (each_at_once)."""
